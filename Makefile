@@ -1,0 +1,60 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+MXVENV := .venv-mxnet
+PY := $(VENV)/bin/python
+AIRFLOW_VERSION := 3.3.2
+TF_PACKAGE := tensorflow-cpu==2.21.0
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export TF_CPP_MIN_LOG_LEVEL := 2
+DEMO := $(CURDIR)/.demo
+
+.PHONY: install test lint demo bench clean
+
+install: $(VENV)/.installed $(MXVENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]' 'apache-airflow==$(AIRFLOW_VERSION)' '$(TF_PACKAGE)'
+	touch $@
+
+# MXNet's own im2rec and RecordIO reader, to cross-check our RecordIO byte for byte. It needs an old
+# numpy, so it lives in a venv of its own.
+$(MXVENV)/.installed:
+	$(PYTHON) -m venv $(MXVENV)
+	$(MXVENV)/bin/pip install -q 'mxnet==1.9.1' 'numpy<1.24' opencv-python-headless
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check airflow_resnet_prep dags tests benchmarks
+	$(VENV)/bin/ruff format --check airflow_resnet_prep dags tests benchmarks
+
+test: install lint
+	$(VENV)/bin/pytest -q
+
+$(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
+	$(VENV)/bin/airflow db migrate > /dev/null
+
+demo: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
+	$(PY) -m airflow_resnet_prep.sample --out $(DEMO)/sample
+	@for impl in nvidia reference; do \
+	  echo "== airflow dags test mlperf_resnet_prep ($$impl)"; \
+	  $(VENV)/bin/airflow dags test mlperf_resnet_prep -c "{\"implementation\": \"$$impl\", \
+	    \"data_dir\": \"$(DEMO)/$$impl\", \
+	    \"train_source\": \"$(DEMO)/sample/ILSVRC2012_img_train.tar\", \
+	    \"val_source\": \"$(DEMO)/sample/ILSVRC2012_img_val.tar\", \
+	    \"labels_source\": \"$(DEMO)/sample/imagenet_2012_validation_synset_labels.txt\", \
+	    \"train_shards\": 8, \"val_shards\": 2}" > $(DEMO)/$$impl.log 2>&1 \
+	    || { tail -40 $(DEMO)/$$impl.log; exit 1; }; \
+	  $(PY) -m airflow_resnet_prep.report $(DEMO)/$$impl; \
+	done
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench.py --json .bench/bench.json
+
+clean:
+	rm -rf $(DEMO) .bench $(AIRFLOW_HOME)

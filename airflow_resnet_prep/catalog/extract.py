@@ -1,0 +1,91 @@
+"""Optional folder tree ``raw/<split>/<synset>/<image>`` for users who want the images on disk.
+
+Paths are built from the catalog's checked class and file names only (never from a member path), so
+nothing can land outside the target. Each file is written under a temporary name and renamed when
+complete; a rerun skips files already there with the right size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
+from airflow_resnet_prep.fsutil import disk_full_as_error, tmp_name
+from airflow_resnet_prep.progress import Progress
+
+
+def image_path(root: Path, synset: str, name: str) -> Path:
+    return root / synset / name if synset else root / name
+
+
+def extract_split(catalog: SplitCatalog, dest: Path) -> int:
+    """Copy every image of ``catalog`` into ``dest``; return how many files were written."""
+    written = 0
+    progress = Progress(f"extracting {catalog.split}", total=len(catalog))
+    fds: dict[int, int] = {}
+    try:
+        for ref in catalog.images:
+            target = image_path(dest, ref.synset, ref.name)
+            try:
+                if target.stat().st_size == ref.size:
+                    progress.advance()
+                    continue
+            except FileNotFoundError:
+                pass
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tmp_name(target)
+            source = catalog.sources[ref.src]
+            try:
+                with disk_full_as_error(target), open(tmp, "wb") as out:
+                    if source.kind == DIR:
+                        with open(os.path.join(source.path, ref.member), "rb") as src:
+                            _copy(src.fileno(), out.fileno(), ref.size, 0)
+                    else:
+                        fd = fds.get(ref.src)
+                        if fd is None:
+                            fd = fds[ref.src] = os.open(source.path, os.O_RDONLY)
+                        _copy(fd, out.fileno(), ref.size, ref.offset)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            written += 1
+            progress.advance()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    progress.finish()
+    return written
+
+
+def _copy(src_fd: int, dst_fd: int, size: int, offset: int) -> None:
+    """Copy ``size`` bytes from ``offset`` of ``src_fd``, in the kernel where the OS allows."""
+    done = 0
+    with contextlib.suppress(OSError):
+        while done < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - done, offset + done)
+            if n == 0:
+                break
+            done += n
+    while done < size:
+        chunk = os.pread(src_fd, min(size - done, 1 << 20), offset + done)
+        if not chunk:
+            raise OSError(f"source ended {size - done} bytes early")
+        os.write(dst_fd, chunk)
+        done += len(chunk)
+
+
+def move_val_into_classes(catalog: SplitCatalog, dest: Path) -> int:
+    """After relabelling: move flat ``raw/val/<image>`` files into ``raw/val/<synset>/`` by rename
+    (same file system, no copy). Idempotent: files already in place are left alone."""
+    moved = 0
+    for ref in catalog.images:
+        flat, target = dest / ref.name, image_path(dest, ref.synset, ref.name)
+        if target.exists() or not flat.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(flat, target)
+        moved += 1
+    return moved

@@ -1,0 +1,165 @@
+"""Give every validation image its class from the labels file (line i = class of ILSVRC2012_val_%08d i).
+
+Everything is checked before anything changes: the line count equals the number of validation
+images, every line is a synset among the training classes, every image name carries a number in
+range. A mismatch names the first offending line or file and leaves catalog and disk untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from airflow_resnet_prep.catalog.extract import move_val_into_classes
+from airflow_resnet_prep.catalog.model import SplitCatalog
+from airflow_resnet_prep.errors import LabelsError, SourceError
+from airflow_resnet_prep.fsutil import exclusive_lock
+from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.sources.download import resolve_source
+
+log = logging.getLogger(__name__)
+
+_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.[A-Za-z]+")
+_SYNSET = re.compile(r"n\d{8}")
+
+
+def read_labels(path: str | os.PathLike[str]) -> list[str]:
+    """Parse the labels file: one synset per line. Windows line endings and blank lines at the end are
+    accepted; a blank line anywhere else, or a line that is not a synset id, is an error naming it."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise LabelsError(
+            f"{path}: not an ASCII text file (byte {exc.start} is {exc.object[exc.start]:#x})"
+        ) from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read the labels file: {exc.strerror or exc}") from exc
+    lines = text.replace("\r\n", "\n").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = []
+    for number, line in enumerate(lines, start=1):
+        synset = line.strip()
+        if not synset:
+            raise LabelsError(f"{path}: line {number} is blank; every line must name the class of one image")
+        if not _SYNSET.fullmatch(synset):
+            raise LabelsError(f"{path}: line {number} is {synset[:40]!r}, not a synset id like n01440764")
+        labels.append(synset)
+    if not labels:
+        raise LabelsError(f"{path}: the labels file is empty")
+    return labels
+
+
+def val_number(name: str) -> int | None:
+    match = _VAL_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def assign_labels(
+    val: SplitCatalog, labels: list[str], train_synsets: list[str], labels_path: str
+) -> SplitCatalog:
+    """Return a copy of ``val`` with each image's class set from ``labels``; ``val`` is not modified."""
+    if len(labels) != len(val):
+        raise LabelsError(
+            f"{labels_path}: has {len(labels):,} lines but the validation set has {len(val):,} images; "
+            "each line must give the class of one image"
+        )
+    known = set(train_synsets)
+    for number, synset in enumerate(labels, start=1):
+        if synset not in known:
+            raise LabelsError(
+                f"{labels_path}: line {number} names class {synset}, which is not among the "
+                f"{len(known):,} training classes"
+            )
+    images = []
+    seen: set[int] = set()
+    for ref in val.images:
+        number = val_number(ref.name)
+        if number is None:
+            raise LabelsError(
+                f"{val.where(ref)}: validation image name does not follow ILSVRC2012_val_%08d, "
+                "so the labels file cannot give its class"
+            )
+        if not 1 <= number <= len(labels):
+            raise LabelsError(
+                f"{val.where(ref)}: image number {number} has no line in {labels_path} ({len(labels)} lines)"
+            )
+        if number in seen:
+            raise LabelsError(f"{val.where(ref)}: a second validation image with number {number}")
+        seen.add(number)
+        images.append(ref._replace(synset=labels[number - 1]))
+    images.sort(key=lambda r: (r.synset, r.name))
+    return SplitCatalog(split=val.split, sources=val.sources, images=images)
+
+
+def check_labelled(val: SplitCatalog, train_synsets: list[str]) -> None:
+    """For a validation source that already comes in class folders: every class must be a training class."""
+    known = set(train_synsets)
+    for synset in val.synsets:
+        if synset not in known:
+            ref = next(r for r in val.images if r.synset == synset)
+            raise LabelsError(
+                f"{val.where(ref)}: validation class {synset} is not among the training classes"
+            )
+
+
+@dataclass
+class RelabelResult:
+    val_catalog: str
+    labels_path: str | None  # None when the validation source already came in class folders
+    labels_fingerprint: dict[str, Any] | None
+    images: int
+    classes: int
+    moved: int  # files moved into class folders under raw/val (extract only)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def labelled_by_source(val: SplitCatalog) -> bool:
+    """True when the validation source itself is laid out as ``<synset>/<image>``."""
+    return all("/" in ref.member for ref in val.images)
+
+
+def relabel(
+    data_dir: str | os.PathLike[str],
+    labels_source: str,
+    *,
+    auth: tuple[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    extract: bool = False,
+) -> RelabelResult:
+    """The relabel step: check the labels file against the catalogs, then assign classes (SPEC §2)."""
+    layout = DataDir.of(data_dir)
+    with exclusive_lock(layout.lock, wait_s=5):
+        train = SplitCatalog.load(layout.catalog_file("train"))
+        val = SplitCatalog.load(layout.catalog_file("val"))
+        train_synsets = train.synsets
+        if labelled_by_source(val):
+            check_labelled(val, train_synsets)
+            log.info("validation images already come in class folders: the labels file is not needed")
+            return RelabelResult(str(layout.catalog_file("val")), None, None, len(val), len(val.synsets), 0)
+        fetched = resolve_source(labels_source, layout.downloads, auth=auth, headers=headers)
+        labels = read_labels(fetched.path)
+        labelled = assign_labels(val, labels, train_synsets, str(fetched.path))
+        labelled.save(layout.catalog_file("val"))
+        moved = move_val_into_classes(labelled, layout.raw("val")) if extract else 0
+        log.info(
+            "validation: %d images assigned to %d classes from %s",
+            len(labelled),
+            len(labelled.synsets),
+            fetched.path,
+        )
+        return RelabelResult(
+            str(layout.catalog_file("val")),
+            str(fetched.path),
+            fetched.fingerprint,
+            len(labelled),
+            len(labelled.synsets),
+            moved,
+        )

@@ -1,0 +1,198 @@
+"""``reference``: TFRecord shards as the MLPerf reference TensorFlow ResNet reads them (SPEC §3).
+
+Differences from upstream ``imagenet_to_gcs.py``, on purpose:
+- JPEGs in RGB or grayscale are stored byte for byte; their size comes from the header. Only images
+  that are not JPEG, or are CMYK/YCCK JPEGs, are decoded and re-encoded (RGB, quality 100), found by
+  content rather than a list of names, and each is listed in the manifest with the reason.
+- Shards are written flat in ``tfrecords/`` (``train-%05d-of-%05d``, ``validation-%05d-of-%05d``),
+  which is where the reference trainer looks for them.
+- Train order is Python's ``random.Random(shuffle_seed).shuffle`` of the catalog order (class, then
+  file name), so shards mix classes and reruns are identical; validation is sorted by file name.
+- A split with fewer images than shards is an error instead of empty shards.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
+from airflow_resnet_prep.converters.base import (
+    Converter,
+    Plan,
+    UnitResult,
+    UnitSpec,
+    WorkItem,
+    bad_image,
+    check_on_bad_image,
+    read_or_report,
+)
+from airflow_resnet_prep.errors import BadImageError, PrepError
+from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
+from airflow_resnet_prep.formats.tfexample import encode_example
+from airflow_resnet_prep.fsutil import atomic_path, atomic_write_text, disk_full_as_error
+from airflow_resnet_prep.layout import DataDir
+
+SHARD_PREFIX = {"train": "train", "val": "validation"}
+_OUTPUT_NAME = re.compile(r"(train|validation)-\d{5}-of-\d{5}(\.idx)?")
+# Units hold whole shards; a unit of about this many images keeps the number of units (and of Airflow
+# mapped tasks' bookkeeping) moderate without making a retry expensive.
+UNIT_IMAGES = 1000
+REENCODE_QUALITY = 100
+# TFRecord framing: uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of the data.
+TFRECORD_OVERHEAD = 16
+
+
+def shard_name(split: str, shard: int, shards: int) -> str:
+    return f"{SHARD_PREFIX[split]}-{shard:05d}-of-{shards:05d}"
+
+
+class TFRecordConverter(Converter):
+    """Write TFRecord shards. Params: ``train_shards``, ``val_shards``, ``shuffle_seed``,
+    ``on_bad_image`` ("fail" | "skip"), ``dali_index`` (write ``<shard>.idx`` for NVIDIA DALI)."""
+
+    implementation: ClassVar[str] = "reference"
+
+    def __init__(
+        self,
+        train_shards: int = 1024,
+        val_shards: int = 128,
+        shuffle_seed: int = 0,
+        on_bad_image: str = "fail",
+        dali_index: bool = False,
+    ) -> None:
+        for name, value in (("train_shards", train_shards), ("val_shards", val_shards)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        super().__init__(
+            {
+                "train_shards": int(train_shards),
+                "val_shards": int(val_shards),
+                "shuffle_seed": int(shuffle_seed),
+                "on_bad_image": check_on_bad_image(on_bad_image),
+                "dali_index": bool(dali_index),
+            }
+        )
+
+    def output_dir(self, layout: DataDir) -> Path:
+        return layout.tfrecords
+
+    def is_output_name(self, name: str) -> bool:
+        return _OUTPUT_NAME.fullmatch(name) is not None
+
+    def prepare_process(self) -> None:
+        import tensorflow  # noqa: F401  (loaded once, before the pool forks)
+
+    def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
+        shards = self.params["train_shards" if split == "train" else "val_shards"]
+        refs = list(catalog.images)  # catalog order: class, then name
+        if split == "train":
+            random.Random(self.params["shuffle_seed"]).shuffle(refs)
+        else:
+            refs.sort(key=lambda r: r.name)
+        if len(refs) < shards:
+            raise PrepError(
+                f"{split}: {len(refs):,} images cannot fill {shards:,} shards without empty ones; "
+                f"lower {'train_shards' if split == 'train' else 'val_shards'}"
+            )
+        label_of = {synset: i + 1 for i, synset in enumerate(classes)}
+        bounds = [len(refs) * i // shards for i in range(shards + 1)]
+        per_unit = max(1, round(UNIT_IMAGES / (len(refs) / shards)))
+        units = []
+        for first in range(0, shards, per_unit):
+            last = min(first + per_unit, shards)
+            items = [
+                WorkItem(*ref, label_of[ref.synset], pos, shard - first)
+                for shard in range(first, last)
+                for pos, ref in zip(
+                    range(bounds[shard], bounds[shard + 1]), refs[bounds[shard] : bounds[shard + 1]]
+                )
+            ]
+            outputs = [shard_name(split, s, shards) for s in range(first, last)]
+            units.append(UnitSpec(split, outputs, items))
+        return units
+
+    def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
+        import tensorflow as tf
+
+        unit = plan.units[unit_id]
+        result = UnitResult(unit=unit_id, split=unit["split"])
+        on_bad = self.params["on_bad_image"]
+        by_output: dict[int, list[WorkItem]] = {}
+        for item in items:
+            by_output.setdefault(item.output, []).append(item)
+        out_dir = self.output_dir(layout)
+        sources = plan.split_sources(unit["split"])
+        with ImageReader(sources) as reader:
+            for index, name in enumerate(unit["outputs"]):
+                path = out_dir / name
+                sizes: list[int] = []
+                with atomic_path(path) as tmp, disk_full_as_error(path):
+                    with tf.io.TFRecordWriter(str(tmp)) as writer:
+                        for item in by_output.get(index, []):
+                            record = self._example(reader, sources, item, on_bad, result)
+                            if record is None:
+                                continue
+                            writer.write(record)
+                            sizes.append(len(record))
+                            result.bytes_in += item.size
+                if not sizes:
+                    path.unlink()
+                    raise PrepError(
+                        f"{path}: every image of this shard was left out; refusing an empty shard"
+                    )
+                result.outputs[name] = {"size": path.stat().st_size, "records": len(sizes)}
+                result.records += len(sizes)
+                if self.params["dali_index"]:
+                    lines, offset = [], 0
+                    for size in sizes:
+                        lines.append(f"{offset} {size + TFRECORD_OVERHEAD}\n")
+                        offset += size + TFRECORD_OVERHEAD
+                    atomic_write_text(out_dir / f"{name}.idx", "".join(lines))
+                    result.outputs[f"{name}.idx"] = {
+                        "size": (out_dir / f"{name}.idx").stat().st_size,
+                        "records": len(sizes),
+                    }
+        return result
+
+    @staticmethod
+    def _example(
+        reader: ImageReader, sources: list, item: WorkItem, on_bad: str, result: UnitResult
+    ) -> bytes | None:
+        where = sources[item.src].describe(item.ref)
+        data = read_or_report(reader, item, where, on_bad, result)
+        if data is None:
+            return None
+        try:
+            info = probe(data, where)
+            width, height = info.width, info.height
+            if info.reencode_reason is not None:
+                data, width, height = to_rgb_jpeg(data, where, quality=REENCODE_QUALITY)
+                result.reencoded.append(
+                    {"name": item.name, "synset": item.synset, "reason": info.reencode_reason}
+                )
+        except BadImageError as exc:
+            return bad_image(exc, item, on_bad, result)
+        return encode_example(
+            encoded=data, filename=item.name, label=item.label, synset=item.synset, height=height, width=width
+        )
+
+    def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
+        outputs: dict[str, dict[str, int]] = {}
+        for r in sorted(results, key=lambda r: r.unit):
+            for name, stats in r.outputs.items():
+                path = layout.tfrecords / name
+                if not path.exists() or path.stat().st_size != stats["size"]:
+                    raise PrepError(
+                        f"{path}: missing or changed since its unit finished; rerun with force=true"
+                    )
+                outputs[f"tfrecords/{name}"] = stats
+        return outputs
+
+
+def params_from(values: dict[str, Any]) -> dict[str, Any]:
+    """Pick this converter's params out of the DAG's params."""
+    keys = ("train_shards", "val_shards", "shuffle_seed", "on_bad_image", "dali_index")
+    return {k: values[k] for k in keys if k in values}

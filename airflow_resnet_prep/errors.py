@@ -1,0 +1,36 @@
+"""The package's own error types. Every message names the file and the problem."""
+
+from __future__ import annotations
+
+
+class PrepError(Exception):
+    """Base class: a problem with the input or the output that a user can act on."""
+
+
+class SourceError(PrepError):
+    """A source (download, archive, folder) is missing, corrupt or does not match its checksum."""
+
+
+class UnsafeArchiveError(SourceError):
+    """An archive member would land outside its target or is not a regular file."""
+
+
+class LabelsError(PrepError):
+    """The validation labels file does not fit the validation images or the training classes."""
+
+
+class BadImageError(PrepError):
+    """An image that no decoder can open, a truncated JPEG or an empty file."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class OutputConflictError(PrepError):
+    """The output folder holds files from a different plan or another run is writing it."""
+
+
+class DiskFullError(PrepError):
+    """The output file system ran out of space."""

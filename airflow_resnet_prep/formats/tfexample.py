@@ -1,0 +1,116 @@
+"""A ``tf.train.Example`` for one ImageNet image, serialised by hand (SPEC §3), without TensorFlow.
+
+Workers that write TFRecords must not pay TensorFlow's import (seconds, hundreds of MB) nor build a
+proto object per image, so the protobuf wire format is written directly::
+
+    Example  { 1: Features }
+    Features { 1: repeated MapEntry { 1: string key, 2: Feature value } }   # map<string, Feature>
+    Feature  { 1: BytesList | 2: FloatList | 3: Int64List }                 # oneof kind
+    BytesList { 1: repeated bytes value }
+    Int64List { 1: repeated int64 value [packed] }
+
+Map entries are written sorted by key, as protobuf's deterministic serialisation orders them, so the
+output is byte-identical to ``example.SerializeToString(deterministic=True)`` and reruns are identical.
+The constant features and every key's prefix are built once at import.
+"""
+
+from __future__ import annotations
+
+_U64 = (1 << 64) - 1
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint; negative int64 values are written as their 64-bit two's complement."""
+    value &= _U64
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _ld(field: int, data: bytes) -> bytes:
+    """A length-delimited field (wire type 2); every field used here has a one-byte tag."""
+    return bytes((field << 3 | 2,)) + _varint(len(data)) + data
+
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _ld(1, _ld(1, value))  # Feature.bytes_list -> BytesList.value
+
+
+def _int64_feature(value: int) -> bytes:
+    return _ld(3, _ld(1, _varint(value)))  # Feature.int64_list -> Int64List.value (packed)
+
+
+def _entry(key: bytes, feature: bytes) -> bytes:
+    """One map entry {1: key, 2: Feature}, wrapped as a Features.feature field (field 1)."""
+    return _ld(1, _ld(1, key) + _ld(2, feature))
+
+
+def _key_prefix(key: bytes) -> bytes:
+    """The constant start of a map entry: its key field and the tag of its value field (2, LEN)."""
+    return _ld(1, key) + b"\x12"
+
+
+_K_LABEL = _key_prefix(b"image/class/label")
+_K_SYNSET = _key_prefix(b"image/class/synset")
+_K_ENCODED = _key_prefix(b"image/encoded")
+_K_FILENAME = _key_prefix(b"image/filename")
+_K_HEIGHT = _key_prefix(b"image/height")
+_K_WIDTH = _key_prefix(b"image/width")
+# Whole entries of the constant features, in their sorted places below.
+_E_CHANNELS = _entry(b"image/channels", _int64_feature(3))
+_E_COLORSPACE = _entry(b"image/colorspace", _bytes_feature(b"RGB"))
+_E_FORMAT = _entry(b"image/format", _bytes_feature(b"JPEG"))
+
+
+def _wrap_entry(prefix: bytes, feature: bytes) -> bytes:
+    entry = prefix + _varint(len(feature)) + feature
+    return b"\x0a" + _varint(len(entry)) + entry
+
+
+def encode_example(
+    *, encoded: bytes, filename: str, label: int, synset: str, height: int, width: int
+) -> bytes:
+    """Serialise the SPEC §3 ``tf.train.Example`` of one image.
+
+    ``encoded`` is the JPEG, ``filename`` its base name, ``label`` the 1-based class, ``synset`` the
+    class's WordNet id, ``height``/``width`` the stored JPEG's size. Image/format, colorspace and
+    channels are the constants ``JPEG``, ``RGB`` and ``3``.
+    """
+    # The image entry is built as a list of pieces so that the JPEG is copied once, by the final join.
+    n = len(encoded)
+    blist_len = 1 + len(_varint(n)) + n
+    feature_len = 1 + len(_varint(blist_len)) + blist_len
+    entry_len = len(_K_ENCODED) + len(_varint(feature_len)) + feature_len
+    # Features.feature tag+len, key, Feature len, Feature.bytes_list tag+len, BytesList.value tag+len.
+    encoded_head = b"".join(
+        (
+            b"\x0a",
+            _varint(entry_len),
+            _K_ENCODED,
+            _varint(feature_len),
+            b"\x0a",
+            _varint(blist_len),
+            b"\x0a",
+            _varint(n),
+        )
+    )
+    before = (
+        _E_CHANNELS
+        + _wrap_entry(_K_LABEL, _int64_feature(label))
+        + _wrap_entry(_K_SYNSET, _bytes_feature(synset.encode()))
+        + _E_COLORSPACE
+    )
+    after = (
+        _wrap_entry(_K_FILENAME, _bytes_feature(filename.encode()))
+        + _E_FORMAT
+        + _wrap_entry(_K_HEIGHT, _int64_feature(height))
+        + _wrap_entry(_K_WIDTH, _int64_feature(width))
+    )
+    features_len = len(before) + len(encoded_head) + n + len(after)
+    # Example.features (field 1) holding the entries in sorted key order.
+    return b"".join((b"\x0a", _varint(features_len), before, encoded_head, encoded, after))

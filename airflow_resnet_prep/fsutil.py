@@ -1,0 +1,132 @@
+"""Crash-safe file writing: a finished name only ever points at a complete, synced file."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from airflow_resnet_prep.errors import DiskFullError, OutputConflictError
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Persist a rename: sync the directory that holds the entry."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(path: str | os.PathLike[str]) -> Path:
+    """The in-progress name of ``path``: same folder (so the rename is atomic), never a final name."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+@contextlib.contextmanager
+def disk_full_as_error(where: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT into a :class:`DiskFullError` that names the place."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"{where}: no space left on the device holding it; free space and rerun (finished work is kept)"
+            ) from exc
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success sync it and rename it to ``path``.
+
+    On any error the temporary file is removed, so a half-written file never carries the final name.
+    """
+    final = Path(path)
+    tmp = tmp_name(final)
+    try:
+        with disk_full_as_error(final):
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_tmp(folder: str | os.PathLike[str]) -> int:
+    """Delete in-progress files a crashed run left behind in ``folder``; return how many."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], wait_s: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block.
+
+    Waits up to ``wait_s`` seconds for another holder, then fails with a message naming the lock, so
+    two runs on one ``data_dir`` never write the same files at once. The lock dies with its process,
+    so a killed run never leaves a stale lock behind.
+    """
+    lock_path = Path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise OutputConflictError(
+                        f"{lock_path}: another run is writing this data_dir ({holder}); "
+                        "wait for it to finish or use a different data_dir"
+                    ) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any | None:
+    """The JSON document at ``path``, or None when it does not exist or is not whole (never half-read)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,96 @@
+"""``manifest.json``: written last, atomically; its presence means the output is complete (SPEC §6).
+
+It also makes reruns cheap: when the recorded implementation, params and source fingerprints equal
+the current ones and every output file still has its recorded size, the output is reused as it is.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow_resnet_prep import __version__
+from airflow_resnet_prep.catalog.model import SplitCatalog
+from airflow_resnet_prep.fsutil import atomic_write_json, read_json
+from airflow_resnet_prep.layout import DataDir
+
+MANIFEST_VERSION = 1
+# Params that change what is written; the rest (workers, force, ...) change only how.
+OUTPUT_PARAMS = {
+    "reference": ("train_shards", "val_shards", "shuffle_seed", "on_bad_image", "dali_index"),
+    "nvidia": ("resize", "quality", "on_bad_image", "mxnet_version"),
+}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def output_params(implementation: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in OUTPUT_PARAMS[implementation] if k in params}
+
+
+def build_manifest(
+    layout: DataDir,
+    *,
+    implementation: str,
+    params: dict[str, Any],
+    fingerprints: dict[str, Any],
+    conversion: dict[str, Any],
+    steps: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """Everything a user (or a rerun) needs to know about this output. ``params`` must hold no secret."""
+    classes = {
+        split: SplitCatalog.load(layout.catalog_file(split)).class_counts() for split in ("train", "val")
+    }
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "implementation": implementation,
+        "params": output_params(implementation, params),
+        "sources": fingerprints,
+        "images": {split: sum(counts.values()) for split, counts in classes.items()},
+        "classes": classes,
+        "outputs": conversion["outputs"],
+        "reencoded": conversion["reencoded"],
+        "skipped": conversion["skipped"],
+        "conversion": {k: conversion[k] for k in ("plan_id", "units", "splits") if k in conversion},
+        "steps": steps,
+        "versions": {
+            "airflow-resnet-prep": __version__,
+            "tensorflow": _version("tensorflow-cpu") or _version("tensorflow"),
+            "pillow": _version("pillow"),
+            "apache-airflow": _version("apache-airflow"),
+        },
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_manifest(layout: DataDir, manifest: dict[str, Any]) -> Path:
+    atomic_write_json(layout.manifest, manifest)
+    return layout.manifest
+
+
+def cached_manifest(
+    layout: DataDir, implementation: str, params: dict[str, Any], fingerprints: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The manifest when it describes exactly this output and every file is still there, else None."""
+    manifest = read_json(layout.manifest)
+    if manifest is None or manifest.get("manifest_version") != MANIFEST_VERSION:
+        return None
+    if manifest.get("implementation") != implementation:
+        return None
+    if (
+        manifest.get("params") != output_params(implementation, params)
+        or manifest.get("sources") != fingerprints
+    ):
+        return None
+    for name, stats in manifest.get("outputs", {}).items():
+        path = layout.root / name
+        if not path.is_file() or path.stat().st_size != stats["size"]:
+            return None
+    return manifest

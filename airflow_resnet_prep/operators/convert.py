@@ -1,0 +1,81 @@
+"""What both converter operators share: the plan / units / finish steps of the converter skeleton."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+STEPS = ("all", "plan", "units", "finish")
+
+
+class ConvertOperatorBase(BaseOperator):
+    """Run one step of a conversion (see :mod:`airflow_resnet_prep.converters.base`).
+
+    - ``step="all"`` (default): plan, run every unit with ``workers`` processes, finish; one task.
+    - ``step="plan"``: write the plan; return the unit ids split into ``fanout`` batches, ready for
+      ``.expand(unit_ids=...)`` of a mapped ``step="units"`` task.
+    - ``step="units"``: run the units ``unit_ids`` (a finished unit is skipped, so retries are cheap).
+    - ``step="finish"``: check every unit is done and put the outputs under their final names.
+
+    Steps ``all`` and ``finish`` push the output folder under :attr:`output_key` and return the
+    conversion summary. A concrete operator sets :attr:`output_key` and defines ``make_converter()``,
+    which imports its converter lazily so that parsing a DAG never loads TensorFlow.
+    """
+
+    output_key: str = ""
+    common_fields: tuple[str, ...] = ("data_dir", "workers", "force", "on_bad_image", "unit_ids", "fanout")
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        step: str = "all",
+        unit_ids: Sequence[int] | str | None = None,
+        fanout: int | str = 4,
+        workers: int | str = 0,
+        force: bool | str = False,
+        on_bad_image: str = "fail",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if step not in STEPS:
+            raise ValueError(f"step must be one of {STEPS}, got {step!r}")
+        self.data_dir = data_dir
+        self.step = step
+        self.unit_ids = unit_ids
+        self.fanout = fanout
+        self.workers = workers
+        self.force = force
+        self.on_bad_image = on_bad_image
+
+    def execute(self, context: Context) -> Any:
+        from airflow_resnet_prep.converters import base
+        from airflow_resnet_prep.layout import DataDir
+        from airflow_resnet_prep.operators.values import as_bool, as_int
+
+        converter = self.make_converter()  # type: ignore[attr-defined]
+        workers = as_int(self.workers, "workers")
+        if self.step == "plan":
+            plan = base.plan(converter, self.data_dir, force=as_bool(self.force))
+            return batches([u["id"] for u in plan.units], as_int(self.fanout, "fanout"))
+        if self.step == "units":
+            ids = [int(i) for i in (self.unit_ids or [])]
+            base.run_units(converter, self.data_dir, ids, workers=workers)
+            return {"units": ids}
+        if self.step == "finish":
+            summary = base.finish(converter, self.data_dir)
+        else:
+            summary = base.convert(converter, self.data_dir, workers=workers, force=as_bool(self.force))
+        out_dir = str(converter.output_dir(DataDir.of(self.data_dir)))
+        context["ti"].xcom_push(key=self.output_key, value=out_dir)
+        self.log.info("%s: %s", self.output_key, out_dir)
+        return summary
+
+
+def batches(ids: list[int], fanout: int) -> list[list[int]]:
+    """Split ``ids`` into at most ``fanout`` contiguous, near-equal, non-empty batches."""
+    fanout = max(1, min(fanout, len(ids)))
+    bounds = [len(ids) * i // fanout for i in range(fanout + 1)]
+    return [ids[bounds[i] : bounds[i + 1]] for i in range(fanout)]

@@ -1,0 +1,85 @@
+"""FetchImagenetOperator: make the ImageNet sources local and catalog every image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+
+class FetchImagenetOperator(BaseOperator):
+    """Download (or use in place) the train and validation sources and build their catalogs.
+
+    The work is :func:`airflow_resnet_prep.catalog.fetch.fetch`; this operator maps arguments and XCom
+    onto it. Its return value (XCom ``return_value``) holds the catalog paths, the source fingerprints,
+    the image counts and ``imagenet_path``.
+
+    :param data_dir: Working and output folder. (templated)
+    :param train_source: URL, ``file://`` URL or path of ``ILSVRC2012_img_train.tar``, or a folder laid
+        out as ``<synset>/<image>``. (templated)
+    :param val_source: URL or path of ``ILSVRC2012_img_val.tar``, a flat folder of its images, or a
+        folder laid out as ``<synset>/<image>``. (templated)
+    :param train_checksum: Optional ``md5:<hex>`` or ``sha256:<hex>``; a mismatch fails before any
+        image is read. (templated)
+    :param val_checksum: As ``train_checksum``, for the validation archive. (templated)
+    :param http_conn_id: Optional Airflow connection whose login/password or extra headers
+        authenticate downloads. Credentials never reach logs, XCom or the manifest. (templated)
+    :param extract: Also lay the images out as ``raw/{train,val}/...`` folders. (templated)
+    """
+
+    template_fields: Sequence[str] = (
+        "data_dir",
+        "train_source",
+        "val_source",
+        "train_checksum",
+        "val_checksum",
+        "http_conn_id",
+        "extract",
+    )
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        train_source: str,
+        val_source: str,
+        train_checksum: str | None = None,
+        val_checksum: str | None = None,
+        http_conn_id: str | None = None,
+        extract: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = data_dir
+        self.train_source = train_source
+        self.val_source = val_source
+        self.train_checksum = train_checksum
+        self.val_checksum = val_checksum
+        self.http_conn_id = http_conn_id
+        self.extract = extract
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_resnet_prep.catalog.fetch import fetch
+        from airflow_resnet_prep.operators.connections import http_auth_from_connection
+        from airflow_resnet_prep.operators.values import as_bool
+
+        auth, headers = http_auth_from_connection(self.http_conn_id)
+        result = fetch(
+            self.data_dir,
+            self.train_source,
+            self.val_source,
+            train_checksum=self.train_checksum or None,
+            val_checksum=self.val_checksum or None,
+            auth=auth,
+            headers=headers,
+            extract=as_bool(self.extract),
+        )
+        self.log.info(
+            "catalogued %s train and %s validation images%s",
+            f"{result.counts['train']:,}",
+            f"{result.counts['val']:,}",
+            " (reused)" if result.reused else "",
+        )
+        return result.to_dict()

@@ -1,0 +1,56 @@
+"""NvidiaPrepOperator: MXNet RecordIO for NVIDIA's MXNet/DALI ResNet, identical to im2rec's output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_resnet_prep.operators.convert import ConvertOperatorBase
+
+
+class NvidiaPrepOperator(ConvertOperatorBase):
+    """Write ``recordio/{train,val}.{lst,rec,idx}`` as ``im2rec.py --list --recursive`` then
+    ``--pass-through`` would (SPEC §4), without MXNet, a container or an extracted copy.
+
+    The work is :class:`airflow_resnet_prep.converters.recordio.RecordIOConverter`; see
+    :class:`~airflow_resnet_prep.operators.convert.ConvertOperatorBase` for ``step``. Pushes
+    ``preprocessed_path`` (the RecordIO folder) to XCom when the output is complete.
+
+    :param data_dir: Working folder holding the catalogs; output goes to ``data_dir/recordio``. (templated)
+    :param resize: Short side to re-encode to, as im2rec's ``--resize`` (0 = pass-through). (templated)
+    :param quality: JPEG quality when resizing, as im2rec's ``--quality`` (default 95). (templated)
+    :param mxnet_version: The NVIDIA MXNet container the data is meant for; recorded in the manifest
+        by the DAG, it does not change the bytes. (templated)
+    :param on_bad_image: ``"fail"`` (default) or ``"skip"`` (left out of .lst, .rec and .idx alike). (templated)
+    :param workers: Processes used by this task (0 = all cores). (templated)
+    :param force: Replace an unfinished conversion with different params. (templated)
+    :param step: ``"all"``, ``"plan"``, ``"units"`` or ``"finish"``.
+    :param unit_ids: With ``step="units"``: the units to run (mappable). (templated)
+    :param fanout: With ``step="plan"``: how many batches of units to return. (templated)
+    """
+
+    output_key = "preprocessed_path"
+    template_fields = (*ConvertOperatorBase.common_fields, "resize", "quality", "mxnet_version")
+    ui_color = "#e8f5e9"
+
+    def __init__(
+        self,
+        *,
+        resize: int | str = 0,
+        quality: int | str = 95,
+        mxnet_version: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.resize = resize
+        self.quality = quality
+        self.mxnet_version = mxnet_version
+
+    def make_converter(self):
+        from airflow_resnet_prep.converters.recordio import RecordIOConverter
+        from airflow_resnet_prep.operators.values import as_int
+
+        return RecordIOConverter(
+            resize=as_int(self.resize, "resize"),
+            quality=as_int(self.quality, "quality"),
+            on_bad_image=self.on_bad_image,
+        )

@@ -1,0 +1,54 @@
+"""RelabelValOperator: give every validation image its class from the labels file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+
+class RelabelValOperator(BaseOperator):
+    """Check the labels file against the catalogs, then assign each validation image its synset.
+
+    The work is :func:`airflow_resnet_prep.catalog.relabel.relabel`. The line count must equal the
+    number of validation images and every line must be a training class; otherwise the task fails
+    naming the first offending line or file, and nothing changes. A validation source that already
+    comes in class folders needs no labels file. Returns (XCom) the catalog path and the labels
+    file's fingerprint.
+
+    :param data_dir: Working folder the fetch step wrote the catalogs into. (templated)
+    :param labels_source: URL or path of the labels file (line *i* = synset of
+        ``ILSVRC2012_val_%08d`` *i*). (templated)
+    :param http_conn_id: Optional Airflow connection for an authenticated download. (templated)
+    :param extract: Move ``raw/val/<image>`` into ``raw/val/<synset>/`` too (by rename). (templated)
+    """
+
+    template_fields: Sequence[str] = ("data_dir", "labels_source", "http_conn_id", "extract")
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        labels_source: str,
+        http_conn_id: str | None = None,
+        extract: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = data_dir
+        self.labels_source = labels_source
+        self.http_conn_id = http_conn_id
+        self.extract = extract
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_resnet_prep.catalog.relabel import relabel
+        from airflow_resnet_prep.operators.connections import http_auth_from_connection
+        from airflow_resnet_prep.operators.values import as_bool
+
+        auth, headers = http_auth_from_connection(self.http_conn_id)
+        result = relabel(
+            self.data_dir, self.labels_source, auth=auth, headers=headers, extract=as_bool(self.extract)
+        )
+        return result.to_dict()

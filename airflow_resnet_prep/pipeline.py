@@ -1,0 +1,136 @@
+"""The whole job as plain function calls, for the CLI, the benchmark and the operators.
+
+``python -m airflow_resnet_prep.pipeline --data-dir D --train-source T --val-source V --labels-source L
+[--implementation nvidia|reference] [--param name=value ...]`` runs fetch -> relabel -> convert ->
+manifest in one process, with the same caching as the DAG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from typing import Any
+
+from airflow_resnet_prep.catalog.fetch import fetch
+from airflow_resnet_prep.catalog.relabel import relabel
+from airflow_resnet_prep.converters import base
+from airflow_resnet_prep.converters.base import Converter
+from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.manifest import build_manifest, cached_manifest, write_manifest
+from airflow_resnet_prep.params import resolved
+
+
+def make_converter(implementation: str, params: dict[str, Any]) -> Converter:
+    """The converter of ``implementation`` configured from the pipeline's params."""
+    if implementation == "reference":
+        from airflow_resnet_prep.converters.tfrecord import TFRecordConverter, params_from
+
+        return TFRecordConverter(**params_from(params))
+    if implementation == "nvidia":
+        from airflow_resnet_prep.converters.recordio import RecordIOConverter, params_from
+
+        return RecordIOConverter(**params_from(params))
+    raise ValueError(f"implementation must be 'nvidia' or 'reference', got {implementation!r}")
+
+
+def output_paths(layout: DataDir, implementation: str, imagenet_path: str) -> dict[str, str]:
+    """The XCom outputs, named after the recipe's ``CM_MLPERF_TRAINING_*`` outputs."""
+    paths = {"data_path": str(layout.root), "imagenet_path": imagenet_path}
+    if implementation == "reference":
+        paths["tfrecords_path"] = str(layout.tfrecords)
+    else:
+        paths["preprocessed_path"] = str(layout.recordio)
+    return paths
+
+
+def fingerprints_of(fetched: dict[str, Any], relabelled: dict[str, Any]) -> dict[str, Any]:
+    return {**fetched["fingerprints"], "labels": relabelled.get("labels_fingerprint")}
+
+
+def run(
+    values: dict[str, Any], *, auth: tuple[str, str] | None = None, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run the whole pipeline; return the output paths plus ``cached`` and ``manifest``."""
+    p = resolved(values)
+    layout = DataDir.of(p["data_dir"])
+    steps: dict[str, dict[str, float]] = {}
+    t0 = time.monotonic()
+    fetched = fetch(
+        p["data_dir"],
+        p["train_source"],
+        p["val_source"],
+        train_checksum=p["train_checksum"] or None,
+        val_checksum=p["val_checksum"] or None,
+        auth=auth,
+        headers=headers,
+        extract=p["extract"],
+    ).to_dict()
+    steps["fetch"] = {"seconds": round(time.monotonic() - t0, 3)}
+    t1 = time.monotonic()
+    relabelled = relabel(
+        p["data_dir"], p["labels_source"], auth=auth, headers=headers, extract=p["extract"]
+    ).to_dict()
+    steps["relabel"] = {"seconds": round(time.monotonic() - t1, 3)}
+    fingerprints = fingerprints_of(fetched, relabelled)
+    paths = output_paths(layout, p["implementation"], fetched["imagenet_path"])
+    if not p["force"]:
+        manifest = cached_manifest(layout, p["implementation"], p, fingerprints)
+        if manifest is not None:
+            return {**paths, "cached": True, "manifest": str(layout.manifest)}
+    converter = make_converter(p["implementation"], p)
+    t2 = time.monotonic()
+    summary = base.convert(converter, p["data_dir"], workers=p["workers"], force=p["force"])
+    seconds = time.monotonic() - t2
+    images = sum(s["records"] for s in summary["splits"].values())
+    steps["convert"] = {
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 1) if seconds else 0,
+    }
+    manifest = build_manifest(
+        layout,
+        implementation=p["implementation"],
+        params=p,
+        fingerprints=fingerprints,
+        conversion=summary,
+        steps=steps,
+    )
+    write_manifest(layout, manifest)
+    return {**paths, "cached": False, "manifest": str(layout.manifest)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--train-source", required=True)
+    parser.add_argument("--val-source", required=True)
+    parser.add_argument("--labels-source")
+    parser.add_argument("--implementation", default="nvidia", choices=["nvidia", "reference"])
+    parser.add_argument(
+        "--param", action="append", default=[], help="name=value (JSON value or plain string)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    values: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "train_source": args.train_source,
+        "val_source": args.val_source,
+        "implementation": args.implementation,
+    }
+    if args.labels_source:
+        values["labels_source"] = args.labels_source
+    for item in args.param:
+        name, _, raw = item.partition("=")
+        try:
+            values[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name] = raw
+    print(json.dumps(run(values), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

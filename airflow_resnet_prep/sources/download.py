@@ -1,0 +1,480 @@
+"""Turn a source parameter into a local file or folder: download ``http(s)://`` resumably, use paths in place.
+
+Downloads (into ``downloads_dir``):
+
+* ``<name>.part`` receives the bytes. ``<name>.part.json`` records the URL (without credentials) and the
+  server's ETag / Last-Modified / size as soon as the first response arrives, so a later attempt, even in
+  another process, can resume with ``Range`` + ``If-Range``. A ``.part`` without that record is discarded,
+  never resumed blindly, and never taken for a finished file.
+* Retries: connection errors, read timeouts (a stalled server), HTTP 5xx/408/429 and bodies shorter than
+  Content-Length are retried with exponential backoff (``backoff_s``, doubling, capped at 60 s).
+  ``retries`` bounds the *consecutive* attempts that bring no new bytes, so a long download over a
+  flaky link that keeps making progress is not abandoned. Other 4xx fail at once.
+* When complete: the checksum (if given) is checked on the ``.part`` (a mismatch deletes it), the file is
+  synced and renamed to ``<name>``, and ``<name>.json`` (the fingerprint) is written. A rerun whose
+  sidecar names the same URL and size reuses the file without touching the network; the checksum is
+  then answered from the verify cache (``verified.json``), not by hashing again.
+
+Local paths and ``file://`` URLs are used where they are, never copied or modified.
+
+Credentials (``user:pass@`` in the URL, ``auth``, ``headers``) never appear in logs, errors,
+fingerprints or sidecars: URLs are shown through :func:`redact_url`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+import requests
+
+from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.fsutil import atomic_write_json, disk_full_as_error, exclusive_lock, fsync_dir
+from airflow_resnet_prep.sources.checksum import (
+    ByteProgress,
+    file_digest,
+    parse_checksum,
+    remember_digest,
+    verify_file,
+)
+
+log = logging.getLogger(__name__)
+
+# A cut connection loses the chunk being read: 1 MiB keeps that small and writes stay efficient.
+CHUNK_BYTES = 1024 * 1024
+MAX_BACKOFF_S = 60.0
+PART_SUFFIX = ".part"
+SIDECAR_SUFFIX = ".json"
+# Query parameters that carry secrets in signed URLs (S3/GCS/Azure SAS, API tokens): shown as ***.
+_SECRET_PARAM = re.compile(r"token|sig|signature|key|password|passwd|secret|credential|auth", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A source ready to read, and what identifies it for output caching.
+
+    ``fingerprint`` keys: ``kind`` (``url`` | ``file`` | ``dir``) and ``source`` (the URL without
+    credentials, or the absolute path), then
+
+    * ``url``: ``size``, ``etag``, ``last_modified`` (``None`` when the server sent none);
+    * ``file``: ``size``, ``mtime_ns``;
+    * ``dir``: ``files`` (regular files below it, symlinks followed), ``size`` (their total bytes) and
+      ``mtime_ns`` (the newest mtime among those files *and the folders*, so renaming or moving a file
+      between folders, which changes no file's mtime, still changes the fingerprint);
+
+    plus ``checksum`` (``"md5:<hex>"``) when a checksum was given and verified by this call.
+    """
+
+    path: Path
+    fingerprint: dict[str, object]
+
+
+class _Retry(Exception):
+    """A transient failure worth another attempt."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without ``user:password@`` and with secret-looking query values replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
+            query = "&".join(
+                f"{quote(k, safe='')}={'***' if _SECRET_PARAM.search(k) else quote(v, safe='')}"
+                for k, v in pairs
+            )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def resolve_source(
+    source: str,
+    downloads_dir: Path,
+    *,
+    checksum: str | None = None,
+    auth: tuple[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    retries: int = 5,
+    backoff_s: float = 1.0,
+    timeout_s: float = 60.0,
+) -> Fetched:
+    """Make ``source`` (``http(s)://`` URL, ``file://`` URL or local path) available as a local path.
+
+    ``timeout_s`` bounds connecting and each wait for more bytes; ``retries`` and ``backoff_s`` are
+    explained in the module docstring. Raises :class:`SourceError` naming the source and the problem.
+    """
+    source = (source or "").strip()
+    if not source:
+        raise SourceError("source is empty: give an http(s):// URL, a file:// URL or a local path")
+    parse_checksum(checksum)  # a malformed checksum fails before any work
+    downloads_dir = Path(downloads_dir)
+    scheme = urlsplit(source).scheme.lower()
+    if scheme in ("http", "https"):
+        return _download(source, downloads_dir, checksum, auth, headers or {}, retries, backoff_s, timeout_s)
+    if scheme == "file":
+        parts = urlsplit(source)
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(f"{redact_url(source)}: a file:// URL must name a local file (no host)")
+        return _local(Path(url2pathname(parts.path)), downloads_dir, checksum)
+    if scheme and not os.path.exists(source):
+        raise SourceError(
+            f"{redact_url(source)}: unsupported URL scheme {scheme!r}; use http(s)://, file:// or a path"
+        )
+    return _local(Path(source), downloads_dir, checksum)
+
+
+# -- local paths ------------------------------------------------------------------------------------
+
+
+def _local(path: Path, downloads_dir: Path, checksum: str | None) -> Fetched:
+    path = Path(os.path.abspath(path.expanduser()))
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file or folder") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read it ({exc.strerror})") from None
+    if path.is_dir():
+        if parse_checksum(checksum):
+            log.warning("%s: is a folder; the checksum %s applies to archives and is ignored", path, checksum)
+        files, size, newest = _walk_folder(path)
+        fp: dict[str, object] = {
+            "kind": "dir",
+            "source": str(path),
+            "files": files,
+            "size": size,
+            "mtime_ns": newest,
+        }
+        return Fetched(path, fp)
+    if not path.is_file():
+        raise SourceError(f"{path}: neither a regular file nor a folder")
+    verified = verify_file(path, checksum, cache_dir=downloads_dir)
+    fp = {"kind": "file", "source": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if verified:
+        fp["checksum"] = verified
+    return Fetched(path, fp)
+
+
+def _walk_folder(root: Path) -> tuple[int, int, int]:
+    """(regular files, their total bytes, newest mtime_ns of files and folders) below ``root``.
+
+    Symlinks to files and folders are followed (data sets are often assembled from links); a folder
+    reached twice (a link loop) is walked once.
+    """
+    files = size = 0
+    newest = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    started = time.monotonic()
+    next_log = started + 10.0
+    while stack:
+        folder = stack.pop()
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        newest = max(newest, st.st_mtime_ns)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif entry.is_file():
+                    est = entry.stat()
+                    files += 1
+                    size += est.st_size
+                    newest = max(newest, est.st_mtime_ns)
+        if time.monotonic() >= next_log:
+            next_log = time.monotonic() + 10.0
+            log.info("%s: fingerprinting, %d files (%.1f GB) so far", root, files, size / 1e9)
+    log.info("%s: %d files, %.1f GB (walked in %.1fs)", root, files, size / 1e9, time.monotonic() - started)
+    return files, size, newest
+
+
+# -- downloads --------------------------------------------------------------------------------------
+
+
+def _file_name(url_path: str, shown: str) -> str:
+    name = posixpath.basename(unquote(url_path))
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise SourceError(f"{shown}: the URL path does not end in a file name to save the download under")
+    if name.endswith(PART_SUFFIX):
+        raise SourceError(f"{shown}: a file name ending in {PART_SUFFIX} is reserved for partial downloads")
+    return name
+
+
+def _download(
+    url: str,
+    downloads_dir: Path,
+    checksum: str | None,
+    auth: tuple[str, str] | None,
+    headers: dict[str, str],
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+) -> Fetched:
+    shown = redact_url(url)
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # Credentials go in the Authorization header, never in the URL that requests logs and reports.
+        if auth is None:
+            auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+        url = urlunsplit((parts.scheme, urlsplit(shown).netloc, parts.path, parts.query, parts.fragment))
+    name = _file_name(parts.path, shown)
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    final = downloads_dir / name
+    sidecar = downloads_dir / f"{name}{SIDECAR_SUFFIX}"
+    part = downloads_dir / f"{name}{PART_SUFFIX}"
+    part_meta = downloads_dir / f"{name}{PART_SUFFIX}{SIDECAR_SUFFIX}"
+
+    with exclusive_lock(downloads_dir / f".{name}.lock"):
+        reused = _reuse(final, sidecar, part_meta, shown, checksum, downloads_dir)
+        if reused is not None:
+            return reused
+        with requests.Session() as session:
+            session.auth = auth
+            session.headers.update(headers)
+            meta = _transfer(session, url, shown, part, part_meta, retries, backoff_s, timeout_s)
+
+        fingerprint: dict[str, object] = {
+            "kind": "url",
+            "source": shown,
+            "size": part.stat().st_size,
+            "etag": meta.get("etag"),
+            "last_modified": meta.get("last_modified"),
+        }
+        parsed = parse_checksum(checksum)
+        if parsed:
+            algo, expected = parsed
+            actual = file_digest(part, algo)
+            if actual != expected:
+                part.unlink(missing_ok=True)
+                part_meta.unlink(missing_ok=True)
+                raise SourceError(
+                    f"{final}: {algo} mismatch: expected {expected}, got {actual} "
+                    f"(downloaded from {shown}; the download was deleted)"
+                )
+            fingerprint["checksum"] = f"{algo}:{actual}"
+        # The rename is the commit point: the final name only ever holds a complete, verified file.
+        os.replace(part, final)
+        fsync_dir(downloads_dir)
+        if parsed:
+            remember_digest(downloads_dir, final, final.stat(), parsed[0], parsed[1])
+        atomic_write_json(sidecar, fingerprint)
+        part_meta.unlink(missing_ok=True)
+        log.info("%s: saved as %s (%.1f MB)", shown, final, final.stat().st_size / 1e6)
+        return Fetched(final, fingerprint)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); ignoring it", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _reuse(
+    final: Path, sidecar: Path, part_meta: Path, shown: str, checksum: str | None, downloads_dir: Path
+) -> Fetched | None:
+    """The finished download of ``shown`` from an earlier run, or ``None`` when there is none."""
+    if not final.is_file():
+        return None
+    size = final.stat().st_size
+    side = _read_json(sidecar)
+    adopted = False
+    if side is None:
+        # A run that stopped between the rename and the sidecar: its .part.json still describes the file.
+        meta = _read_json(part_meta)
+        if meta and meta.get("source") == shown and meta.get("size") == size:
+            side = {"kind": "url", "source": shown, "size": size}
+            side.update({k: meta.get(k) for k in ("etag", "last_modified")})
+            adopted = True
+    if side is None or side.get("source") != shown or side.get("size") != size:
+        log.info("%s: exists but is not a finished download of %s; downloading again", final, shown)
+        return None
+    try:
+        verified = verify_file(final, checksum, cache_dir=downloads_dir)
+    except SourceError as exc:
+        raise SourceError(
+            f"{exc} ({final.name} was downloaded from {shown} by an earlier run; "
+            f"delete {final} to download it again)"
+        ) from None
+    fingerprint: dict[str, object] = {
+        "kind": "url",
+        "source": shown,
+        "size": size,
+        "etag": side.get("etag"),
+        "last_modified": side.get("last_modified"),
+    }
+    if verified:
+        fingerprint["checksum"] = verified
+    if adopted:
+        atomic_write_json(sidecar, fingerprint)
+        part_meta.unlink(missing_ok=True)
+    log.info("%s: reusing %s from an earlier run (%.1f MB), no download", shown, final, size / 1e6)
+    return Fetched(final, fingerprint)
+
+
+def _transfer(
+    session: requests.Session,
+    url: str,
+    shown: str,
+    part: Path,
+    part_meta: Path,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+) -> dict:
+    """Fill ``part`` with the whole body of ``url``; return the server's validators (see module doc)."""
+    meta = _read_json(part_meta) or {}
+    if meta.get("source") != shown or not meta.get("resumable", False):
+        meta = {}
+    if part.exists() and not meta:
+        log.info("%s: no record of where it came from; starting over", part)
+        part.unlink()
+    failures = 0
+    best = part.stat().st_size if part.exists() else 0
+    while True:
+        try:
+            if _attempt(session, url, shown, part, part_meta, meta, timeout_s):
+                return meta
+            reason = "restarting from the first byte"
+        except _Retry as exc:
+            reason = str(exc)
+        except requests.exceptions.SSLError as exc:
+            raise SourceError(f"{shown}: TLS error: {_scrub(exc, url, shown)}") from None
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            reason = f"{type(exc).__name__}: {_scrub(exc, url, shown)}"
+        have = part.stat().st_size if part.exists() else 0
+        if have > best:
+            best, failures = have, 0
+        else:
+            failures += 1
+        if failures > retries:
+            raise SourceError(
+                f"{shown}: download failed, {failures} attempts in a row brought no new bytes; last error: "
+                f"{reason}. {have:,} bytes are kept in {part}; a rerun resumes from there"
+            )
+        if meta and not meta.get("resumable", False) and part.exists():
+            part.unlink()
+        delay = min(backoff_s * 2 ** max(failures - 1, 0), MAX_BACKOFF_S)
+        log.warning("%s: %s; retrying in %.1fs (%s bytes so far)", shown, reason, delay, f"{have:,}")
+        time.sleep(delay)
+
+
+def _attempt(
+    session: requests.Session, url: str, shown: str, part: Path, part_meta: Path, meta: dict, timeout_s: float
+) -> bool:
+    """One GET. True when ``part`` is complete; False to restart at once; raises :class:`_Retry`."""
+    offset = part.stat().st_size if part.exists() else 0
+    # identity: the byte counts (Content-Length, Range) must be those of the file we save.
+    req_headers = {"Accept-Encoding": "identity"}
+    if offset:
+        req_headers["Range"] = f"bytes={offset}-"
+        etag = meta.get("etag")
+        validator = etag if etag and not etag.startswith("W/") else meta.get("last_modified")
+        if validator:
+            req_headers["If-Range"] = validator
+        log.info("%s: resuming at byte %s", shown, f"{offset:,}")
+    else:
+        log.info("%s: downloading to %s", shown, part)
+    with session.get(url, headers=req_headers, stream=True, timeout=(timeout_s, timeout_s)) as resp:
+        status = resp.status_code
+        if status == 416 and offset:
+            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
+            if m and m.group(3) == str(offset) and meta.get("size") == offset:
+                return True  # the .part was already whole: an earlier run stopped just before the rename
+            part.unlink()
+            return False
+        if status in (408, 429) or status >= 500:
+            raise _Retry(f"HTTP {status} {resp.reason}")
+        if 400 <= status < 500:
+            hint = " (check the credentials of http_conn_id)" if status in (401, 403) else ""
+            raise SourceError(f"{shown}: HTTP {status} {resp.reason}{hint}")
+        if status not in (200, 206):
+            raise SourceError(f"{shown}: unexpected HTTP {status} {resp.reason}")
+
+        encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+        length = resp.headers.get("Content-Length")
+        body_len = int(length) if length and length.isdigit() and not encoded else None
+        if status == 206:
+            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
+            if not offset or not m or m.group(1) is None or int(m.group(1)) != offset:
+                part.unlink(missing_ok=True)
+                meta.clear()
+                raise _Retry(f"server answered a different range ({resp.headers.get('Content-Range')})")
+            new_etag = resp.headers.get("ETag")
+            if meta.get("etag") and new_etag and new_etag != meta["etag"]:
+                part.unlink()
+                meta.clear()
+                raise _Retry("the file changed on the server since the partial download began")
+            total = int(m.group(3)) if m.group(3) != "*" else meta.get("size")
+            mode = "ab"
+        else:
+            if offset:
+                log.info("%s: server sent the whole file, not the range asked for; starting over", shown)
+            offset = 0
+            total = body_len
+            mode = "wb"
+            meta.clear()
+            meta.update(
+                source=shown,
+                etag=resp.headers.get("ETag"),
+                last_modified=resp.headers.get("Last-Modified"),
+                size=total,
+                resumable=not encoded and total is not None,
+            )
+            # Recorded before the first byte lands, so a .part always has the validators to resume it.
+            atomic_write_json(part_meta, meta)
+
+        progress = ByteProgress(f"download {part.name[: -len(PART_SUFFIX)]}", total or 0, offset=offset)
+        with disk_full_as_error(part), open(part, mode) as fh:
+            try:
+                for chunk in resp.iter_content(CHUNK_BYTES):
+                    fh.write(chunk)
+                    progress.advance(len(chunk))
+            finally:
+                fh.flush()
+            os.fsync(fh.fileno())
+    have = part.stat().st_size
+    if total is not None and have < total:
+        raise _Retry(f"the body ended early, at byte {have:,} of {total:,}")
+    if total is not None and have > total:
+        part.unlink()
+        meta.clear()
+        raise _Retry(f"received {have:,} bytes, more than the {total:,} announced")
+    progress.finish()
+    return True
+
+
+def _scrub(exc: BaseException, url: str, shown: str) -> str:
+    """The text of a requests error with any secret query values of ``url`` masked."""
+    text = str(exc)
+    raw_q, shown_q = urlsplit(url).query, urlsplit(shown).query
+    if raw_q and raw_q != shown_q:
+        text = text.replace(raw_q, shown_q)
+    return text

@@ -1,0 +1,129 @@
+"""mlperf_resnet_prep: ImageNet -> MLPerf ResNet-50 training inputs (NVIDIA RecordIO or reference TFRecords).
+
+fetch -> relabel_val -> choose_implementation -> {nvidia|reference}_plan -> *_units (mapped) -> *_finish -> publish
+                                              \\-> reuse_existing (manifest says the output is up to date) -/
+
+Parsing this file imports no TensorFlow: the heavy work is imported inside tasks. Defaults for a
+scheduled run come from environment variables (MLPERF_RESNET_PREP_DATA_DIR, ..._TRAIN_SOURCE,
+..._VAL_SOURCE, ..._LABELS_SOURCE, ..._SCHEDULE); see the README.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+
+from airflow_resnet_prep.operators.fetch import FetchImagenetOperator
+from airflow_resnet_prep.operators.nvidia import NvidiaPrepOperator
+from airflow_resnet_prep.operators.relabel import RelabelValOperator
+from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
+from airflow_resnet_prep.params import PARAMS
+
+ENV_PREFIX = "MLPERF_RESNET_PREP_"
+PREPARED = Asset(name="mlperf_resnet_prepared", uri="file:///mlperf-resnet-prep/prepared")
+
+
+def _params() -> dict[str, Param]:
+    params = {}
+    for name, (default, schema, description) in PARAMS.items():
+        default = os.environ.get(ENV_PREFIX + name.upper(), default) if isinstance(default, str) else default
+        params[name] = Param(default, description=description, title=name, **schema)
+    return params
+
+
+def p(name: str) -> str:
+    return "{{ params." + name + " }}"
+
+
+with DAG(
+    dag_id="mlperf_resnet_prep",
+    description="Prepare ImageNet for MLPerf ResNet-50 training (MXNet RecordIO or TFRecords).",
+    schedule=os.environ.get(ENV_PREFIX + "SCHEDULE") or None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # one run per data_dir at a time; the data_dir lock also guards across DAGs
+    params=_params(),
+    render_template_as_native_obj=True,
+    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=10)},
+    tags=["mlperf", "imagenet", "resnet"],
+    doc_md=__doc__,
+) as dag:
+    fetch = FetchImagenetOperator(
+        task_id="fetch",
+        data_dir=p("data_dir"),
+        train_source=p("train_source"),
+        val_source=p("val_source"),
+        train_checksum=p("train_checksum"),
+        val_checksum=p("val_checksum"),
+        http_conn_id=p("http_conn_id"),
+        extract=p("extract"),
+    )
+    relabel = RelabelValOperator(
+        task_id="relabel_val",
+        data_dir=p("data_dir"),
+        labels_source=p("labels_source"),
+        http_conn_id=p("http_conn_id"),
+        extract=p("extract"),
+    )
+
+    @task.branch(task_id="choose_implementation")
+    def choose_implementation(params: dict, ti=None) -> str:
+        """The converter of ``implementation``, or ``reuse_existing`` when the manifest is up to date."""
+        from airflow_resnet_prep.layout import DataDir
+        from airflow_resnet_prep.manifest import cached_manifest
+        from airflow_resnet_prep.pipeline import fingerprints_of
+
+        fingerprints = fingerprints_of(ti.xcom_pull(task_ids="fetch"), ti.xcom_pull(task_ids="relabel_val"))
+        if not params["force"] and cached_manifest(
+            DataDir.of(params["data_dir"]), params["implementation"], params, fingerprints
+        ):
+            return "reuse_existing"
+        return f"{params['implementation']}_plan"
+
+    branch = choose_implementation()
+    reuse = EmptyOperator(task_id="reuse_existing")
+    common = {"data_dir": p("data_dir"), "on_bad_image": p("on_bad_image"), "workers": p("workers")}
+    reference = {
+        "train_shards": p("train_shards"),
+        "val_shards": p("val_shards"),
+        "shuffle_seed": p("shuffle_seed"),
+        "dali_index": p("dali_index"),
+        **common,
+    }
+    nvidia = {"resize": p("resize"), "quality": p("quality"), "mxnet_version": p("mxnet_version"), **common}
+
+    finishes = []
+    for name, operator, kwargs in (
+        ("reference", ConvertTFRecordOperator, reference),
+        ("nvidia", NvidiaPrepOperator, nvidia),
+    ):
+        plan = operator(task_id=f"{name}_plan", step="plan", fanout=p("fanout"), force=p("force"), **kwargs)
+        units = operator.partial(task_id=f"{name}_units", step="units", retries=2, **kwargs).expand(
+            unit_ids=plan.output
+        )
+        finish = operator(task_id=f"{name}_finish", step="finish", **kwargs)
+        branch >> plan >> units >> finish
+        finishes.append(finish)
+
+    @task(task_id="publish", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[PREPARED])
+    def publish(params: dict, ti=None, outlet_events=None) -> dict:
+        """Write manifest.json (last), push the output paths, and update the prepared-data Asset."""
+        from airflow_resnet_prep.publish import publish_outputs
+
+        implementation = params["implementation"]
+        outputs = publish_outputs(
+            params,
+            fetched=ti.xcom_pull(task_ids="fetch"),
+            relabelled=ti.xcom_pull(task_ids="relabel_val"),
+            summary=ti.xcom_pull(task_ids=f"{implementation}_finish"),
+        )
+        for key, value in outputs.items():
+            ti.xcom_push(key=key, value=value)
+        outlet_events[PREPARED].extra = {k: v for k, v in outputs.items() if k.endswith("_path")}
+        return outputs
+
+    fetch >> relabel >> branch >> reuse
+    [reuse, *finishes] >> publish()

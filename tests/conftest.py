@@ -1,0 +1,26 @@
+"""Test set-up: Airflow state in a temporary folder (SQLite, no examples), and the sample data set."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-resnet-prep-tests-"))
+REPO = Path(__file__).resolve().parent.parent
+# Airflow reads these once, at first import: set them before anything imports airflow.
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory):
+    """The package's sample ImageNet (raw download layout), built once per test session."""
+    from airflow_resnet_prep.sample import generate
+
+    return generate(tmp_path_factory.mktemp("sample"), classes=4, train_per_class=6, val_per_class=3, seed=0)
