@@ -12,6 +12,7 @@ the catalog does not depend on the order inside an archive or of a directory lis
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -129,7 +130,7 @@ def build_split_catalog(split: str, source: str | os.PathLike[str]) -> SplitCata
             f"{path}: training images must be grouped by class (<synset>/<image> or <synset>.tar)"
         )
     refs.sort(key=lambda r: (r.synset, r.name))
-    for prev, cur in zip(refs, refs[1:]):
+    for prev, cur in itertools.pairwise(refs):
         if prev.synset == cur.synset and prev.name == cur.name:
             raise SourceError(f"{path}: duplicate image {cur.synset + '/' if cur.synset else ''}{cur.name}")
     return SplitCatalog(split=split, sources=[Source(kind, str(path))], images=refs)

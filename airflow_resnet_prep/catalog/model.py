@@ -90,7 +90,7 @@ class SplitCatalog:
     def load(cls, path: str | os.PathLike[str]) -> SplitCatalog:
         path = Path(path)
         try:
-            fh = open(path, encoding="utf-8", newline="\n")
+            fh = open(path, encoding="utf-8", newline="\n")  # noqa: SIM115 (closed by the with below)
         except FileNotFoundError:
             raise SourceError(f"{path}: catalog not found; run the fetch step first") from None
         with fh:

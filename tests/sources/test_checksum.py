@@ -147,3 +147,11 @@ def test_corrupt_cache_costs_only_a_rehash(blob: Path, tmp_path: Path) -> None:
     assert (
         json.loads((cache / "verified.json").read_text())[str(blob.absolute())]["digests"]["sha256"] == SHA256
     )
+
+
+def test_byte_progress_line_counts_a_resumed_offset_but_not_in_the_rate() -> None:
+    p = checksum.ByteProgress("download train.tar", total=100_000_000, offset=50_000_000)
+    p.advance(10_000_000)
+    line = p.line(now=p.start + 2.0)
+    assert line.startswith("download train.tar: 60.0/100.0 MB (60.0%), 5.0 MB/s")
+    assert line.endswith("ETA 0:08")  # 40 MB left at 5 MB/s
