@@ -221,7 +221,7 @@ def test_truncated_archives_fail_naming_the_file(sample, tmp_path, fraction):
     content = len(data.rstrip(b"\0"))  # a cut in the end-of-archive padding loses nothing
     cut = tmp_path / "train.tar"
     cut.write_bytes(data[: int(content * fraction)])
-    with pytest.raises(SourceError, match="truncated|corrupt|not a readable tar") as info:
+    with pytest.raises(SourceError, match=r"truncated|corrupt|not a readable tar") as info:
         build_split_catalog("train", cut)
     assert str(cut) in str(info.value)
 
@@ -229,7 +229,7 @@ def test_truncated_archives_fail_naming_the_file(sample, tmp_path, fraction):
 def test_not_a_tar_and_empty_sources(tmp_path):
     text = tmp_path / "notes.tar"
     text.write_text("this is not an archive\n" * 100)
-    with pytest.raises(SourceError, match="not a readable tar|corrupt"):
+    with pytest.raises(SourceError, match=r"not a readable tar|corrupt"):
         build_split_catalog("train", text)
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
@@ -241,7 +241,7 @@ def test_not_a_tar_and_empty_sources(tmp_path):
 
 def test_duplicate_images_and_flat_train_are_errors(tmp_path):
     dup = _tar_with(tmp_path / "dup.tar", lambda t: (_file(t, "n01/a.JPEG"), _file(t, "n01/a.JPEG")))
-    with pytest.raises(SourceError, match="duplicate image n01/a.JPEG"):
+    with pytest.raises(SourceError, match=r"duplicate image n01/a\.JPEG"):
         build_split_catalog("train", dup)
     flat = _tar_with(tmp_path / "flat.tar", lambda t: _file(t, "a.JPEG"))
     with pytest.raises(SourceError, match="grouped by class"):

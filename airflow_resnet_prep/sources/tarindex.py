@@ -86,7 +86,7 @@ def iter_tar(fh: BinaryIO, archive: str, start: int = 0, size: int | None = None
     total = size if size is not None else os.fstat(fh.fileno()).st_size - start
     view: BinaryIO = _Window(fh, start, total)  # type: ignore[assignment]
     try:
-        tar = tarfile.open(fileobj=view, mode="r:")
+        tar = tarfile.open(fileobj=view, mode="r:")  # noqa: SIM115 (closed by the with below)
     except tarfile.TarError as exc:
         raise SourceError(f"{archive}: not a readable tar archive ({exc})") from exc
     with tar:
