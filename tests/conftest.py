@@ -15,6 +15,9 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Importing Airflow's SDK replaces the root log handlers; do it once here, before pytest's caplog
+# installs its own, so that tests can read every log record.
+import airflow.sdk  # noqa: E402, F401
 import pytest  # noqa: E402
 
 
