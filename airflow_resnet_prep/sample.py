@@ -12,8 +12,10 @@
 
 Everything derives from ``seed``: synset ids, file numbers, image sizes and pixels, which files carry
 the real set's quirks (a PNG named ``.JPEG``, Adobe CMYK JPEGs, grayscale and progressive JPEGs) and the
-validation order. Tars are byte-identical for identical arguments (fixed mtime, uid/gid 0, no user or
-group names, sorted members, GNU format), whatever ``workers`` is.
+validation order. Each image carries its synset in a comment (JPEG COM, PNG tEXt); ``class_of`` reads
+it back, so tests can check by content where relabelling put a validation image. Tars are
+byte-identical for identical arguments (fixed mtime, uid/gid 0, no user or group names, sorted members,
+GNU format), whatever ``workers`` is, with the same Pillow (its JPEG encoder makes the bytes).
 """
 
 from __future__ import annotations
