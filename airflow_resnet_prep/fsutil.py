@@ -32,15 +32,32 @@ def tmp_name(path: str | os.PathLike[str]) -> Path:
     return p.with_name(f".{p.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` reports a full disk or an exhausted quota.
+
+    An ``OSError`` says so by its errno. TensorFlow's file writers (``tf.io.TFRecordWriter``) raise
+    ``ResourceExhaustedError``, not an ``OSError``, carrying only the C library's text.
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL_ERRNOS
+    return type(exc).__name__ == "ResourceExhaustedError" and any(
+        os.strerror(code) in str(exc) for code in _DISK_FULL_ERRNOS
+    )
+
+
 @contextlib.contextmanager
 def disk_full_as_error(where: str | os.PathLike[str]) -> Iterator[None]:
-    """Turn ENOSPC/EDQUOT into a :class:`DiskFullError` that names the place."""
+    """Turn ENOSPC/EDQUOT (from Python or TensorFlow) into a :class:`DiskFullError` naming the place."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as exc:
+        if is_disk_full(exc):
             raise DiskFullError(
-                f"{where}: no space left on the device holding it; free space and rerun (finished work is kept)"
+                f"{where}: the disk is full (no space left on the device holding it); free space and rerun "
+                "(finished work is kept)"
             ) from exc
         raise
 

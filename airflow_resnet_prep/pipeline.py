@@ -17,6 +17,7 @@ from airflow_resnet_prep.catalog.fetch import fetch
 from airflow_resnet_prep.catalog.relabel import relabel
 from airflow_resnet_prep.converters import base
 from airflow_resnet_prep.converters.base import Converter
+from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.manifest import build_manifest, cached_manifest, write_manifest
 from airflow_resnet_prep.params import resolved
@@ -96,6 +97,7 @@ def run(
         conversion=summary,
         steps=steps,
     )
+    failpoint("before-manifest")
     write_manifest(layout, manifest)
     return {**paths, "cached": False, "manifest": str(layout.manifest)}
 

@@ -27,9 +27,12 @@ PREPARED = Asset(name="mlperf_resnet_prepared", uri="file:///mlperf-resnet-prep/
 
 
 def _params() -> dict[str, Param]:
+    """Every param of params.py; a string param's default can be set by MLPERF_RESNET_PREP_<NAME>."""
     params = {}
     for name, (default, schema, description) in PARAMS.items():
-        default = os.environ.get(ENV_PREFIX + name.upper(), default) if isinstance(default, str) else default
+        if isinstance(default, str):
+            # An empty variable (as docker compose passes an unset one) keeps the built-in default.
+            default = os.environ.get(ENV_PREFIX + name.upper()) or default
         params[name] = Param(default, description=description, title=name, **schema)
     return params
 
@@ -122,7 +125,12 @@ with DAG(
         )
         for key, value in outputs.items():
             ti.xcom_push(key=key, value=value)
-        outlet_events[PREPARED].extra = {k: v for k, v in outputs.items() if k.endswith("_path")}
+        # Every successful run updates the Asset; ``cached`` tells consumers whether the data changed.
+        outlet_events[PREPARED].extra = {
+            **{k: v for k, v in outputs.items() if k.endswith("_path")},
+            "implementation": implementation,
+            "cached": outputs["cached"],
+        }
         return outputs
 
     fetch >> relabel >> branch >> reuse

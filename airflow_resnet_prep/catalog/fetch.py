@@ -14,6 +14,7 @@ from typing import Any
 from airflow_resnet_prep.catalog.build import build_split_catalog
 from airflow_resnet_prep.catalog.extract import extract_split
 from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
+from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock, read_json
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.sources.download import resolve_source
@@ -75,6 +76,8 @@ def fetch(
             for split, fetched in (("train", train), ("val", val)):
                 catalogs[split] = build_split_catalog(split, fetched.path)
                 catalogs[split].save(layout.catalog_file(split))
+                if split == "train":
+                    failpoint("fetch-train-catalog")
                 log.info(
                     "%s: %d images in %d classes", split, len(catalogs[split]), len(catalogs[split].synsets)
                 )

@@ -16,22 +16,32 @@ different plan meets the outputs of an interrupted one only with ``force``.
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import pickle
 import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError, SourceError
-from airflow_resnet_prep.fsutil import atomic_path, atomic_write_json, exclusive_lock, read_json
+from airflow_resnet_prep.fsutil import (
+    atomic_path,
+    atomic_write_json,
+    exclusive_lock,
+    read_json,
+    remove_stale_tmp,
+)
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.progress import Progress
 
@@ -271,6 +281,7 @@ def _clear_previous(
             layout.manifest.unlink()
         for name in foreign:
             (out_dir / name).unlink()
+        remove_stale_tmp(out_dir)  # killed units' temp files: no unit of the discarded plan will rerun
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -343,9 +354,31 @@ _POOL_CONVERTER: Converter | None = None
 _POOL_DATA_DIR: str = ""
 
 
+def _reduce_bad_image(exc: BadImageError) -> tuple[type[BadImageError], tuple[str, str]]:
+    return BadImageError, (exc.name, exc.reason)
+
+
+# An exception pickles as ``cls(*args)``, and BadImageError's args are its one message, not (name, reason):
+# without this, a bad image met in a pool worker fails to unpickle in the parent's result thread, and
+# the pool then waits forever instead of failing.
+copyreg.pickle(BadImageError, _reduce_bad_image)
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it survives the trip back to the parent process, else a PrepError with its message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return PrepError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
 def _pool_run(unit_id: int) -> tuple[int, int]:
     assert _POOL_CONVERTER is not None
-    result = run_unit(_POOL_CONVERTER, _POOL_DATA_DIR, unit_id)
+    try:
+        result = run_unit(_POOL_CONVERTER, _POOL_DATA_DIR, unit_id)
+    except Exception as exc:
+        raise _portable(exc) from None
     return unit_id, result.records + len(result.skipped)
 
 
@@ -381,10 +414,25 @@ def run_units(
         converter.prepare_process()
         _POOL_CONVERTER, _POOL_DATA_DIR = converter, str(data_dir)
         # fork: workers inherit the loaded libraries (TensorFlow costs seconds to import) and the converter.
-        with multiprocessing.get_context("fork").Pool(n) as pool:
-            for _unit_id, count in pool.imap_unordered(_pool_run, ids):
-                progress.advance(count)
-        _POOL_CONVERTER = None
+        # A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (OOM killer, SIGKILL) a Pool
+        # replaces it and waits for ever for the lost unit; the executor fails the pending units instead.
+        ctx = multiprocessing.get_context("fork")
+        try:
+            with ProcessPoolExecutor(n, mp_context=ctx) as pool:
+                futures = [pool.submit(_pool_run, unit_id) for unit_id in ids]
+                try:
+                    for future in as_completed(futures):
+                        progress.advance(future.result()[1])
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # units already running finish whole
+                    raise
+        except BrokenProcessPool:
+            raise PrepError(
+                f"{work_plan.work_dir}: a worker process converting units died abruptly (killed, e.g. by "
+                "the out-of-memory killer); finished units are kept, rerun to resume"
+            ) from None
+        finally:
+            _POOL_CONVERTER = None
     progress.finish()
 
 

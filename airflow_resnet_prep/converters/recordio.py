@@ -12,18 +12,25 @@ offsets; ``finish`` joins the parts in order into the final file with ``os.copy_
 the kernel, and shared extents on file systems with reflinks) and writes ``.idx`` from the offsets.
 This reads every source byte once and needs no pre-scan; the join costs one in-kernel copy of the
 output where the file system cannot share extents. Finish is idempotent: parts are deleted only
-after all final names are in place.
+after all final names are in place, and a rerun that finds a final ``.rec`` lost or cut short writes
+the missing parts again (their units' done records would otherwise hide the loss).
+
+Because im2rec numbers only the class folders that hold images, separately per split, the plan
+refuses a class folder without images and a validation split that lacks a training class: either
+would silently give labels that mean something else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from pathlib import Path
 from typing import Any, ClassVar
 
-from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
+from airflow_resnet_prep.catalog.model import DIR, ImageReader, ImageRef, SplitCatalog
+from airflow_resnet_prep.converters import base
 from airflow_resnet_prep.converters.base import (
     Converter,
     Plan,
@@ -35,10 +42,19 @@ from airflow_resnet_prep.converters.base import (
     read_or_report,
 )
 from airflow_resnet_prep.errors import BadImageError, PrepError
+from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
 from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record_buffers
-from airflow_resnet_prep.fsutil import atomic_path, atomic_write_text, disk_full_as_error, tmp_name
+from airflow_resnet_prep.fsutil import (
+    atomic_path,
+    atomic_write_text,
+    disk_full_as_error,
+    remove_stale_tmp,
+    tmp_name,
+)
 from airflow_resnet_prep.layout import DataDir
+
+log = logging.getLogger(__name__)
 
 IM2REC_SHUFFLE_SEED = 100
 UNIT_RECORDS = 5000
@@ -84,7 +100,12 @@ class RecordIOConverter(Converter):
         return name in OUTPUT_NAMES
 
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
-        by_relpath = {f"{r.synset}/{r.name}": r for r in catalog.images}
+        check_class_folders(split, catalog, classes)
+        by_relpath: dict[str, ImageRef] = {}
+        for ref in catalog.images:
+            relpath = f"{ref.synset}/{ref.name}"
+            if by_relpath.setdefault(relpath, ref) is not ref:
+                raise PrepError(f"{catalog.where(ref)}: a second {split} image named {relpath}")
         listing = list_split(catalog)
         units = []
         for first in range(0, len(listing), UNIT_RECORDS):
@@ -105,6 +126,7 @@ class RecordIOConverter(Converter):
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets: list[list[int]] = []
         position = 0
+        half = max(1, len(items) // 2)
         with (
             ImageReader(sources) as reader,
             atomic_path(path) as tmp,
@@ -132,6 +154,8 @@ class RecordIOConverter(Converter):
                 position += sum(len(b) for b in buffers)
                 result.records += 1
                 result.bytes_in += item.size
+                if result.records == half:
+                    failpoint("unit-half")
         result.outputs[unit["outputs"][0]] = {"size": position, "records": result.records}
         result.extra["offsets"] = offsets
         return result
@@ -140,37 +164,62 @@ class RecordIOConverter(Converter):
         out_dir = layout.recordio
         out_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, dict[str, int]] = {}
-        skipped = {(s["synset"], s["name"]) for r in results for s in r.skipped}
         for split in ("train", "val"):
             parts = sorted((r for r in results if r.split == split), key=lambda r: r.unit)
-            names = [name for r in parts for name in r.outputs]
-            total = sum(r.outputs[n]["size"] for r in parts for n in r.outputs)
-            records = sum(r.records for r in parts)
-            rec = out_dir / f"{split}.rec"
-            done = rec.exists() and rec.stat().st_size == total and (out_dir / f"{split}.lst").exists()
-            if not done:
-                idx_lines, base = [], 0
+            rec, idx, lst = (out_dir / f"{split}.{ext}" for ext in ("rec", "idx", "lst"))
+            # A .rec of the right size was joined by an earlier finish of this plan (a new plan deletes
+            # the old outputs first); .idx and .lst are rewritten whenever the .rec is.
+            rec_done = rec.is_file() and rec.stat().st_size == _parts_size(parts)
+            if not rec_done:
+                parts = [self._ensure_part(layout, plan, r) for r in parts]
+                self._join(
+                    [self._part_path(plan, n) for r in parts for n in r.outputs], rec, _parts_size(parts)
+                )
+                failpoint("finish")
+            if not rec_done or not idx.is_file():
+                idx_lines, start = [], 0  # start: where the unit's part begins in the joined file
                 for r in parts:
-                    idx_lines.extend(f"{index}\t{base + off}\n" for index, off in r.extra["offsets"])
-                    base += r.outputs[next(iter(r.outputs))]["size"]
+                    idx_lines.extend(f"{index}\t{start + off}\n" for index, off in r.extra["offsets"])
+                    start += _parts_size([r])
+                atomic_write_text(idx, "".join(idx_lines))
+            if not rec_done or not lst.is_file():
+                # Skipped images are keyed per split: a val folder source may reuse a train file name.
+                skipped = {(s["synset"], s["name"]) for r in parts for s in r.skipped}
                 lst_lines = [
                     lst_line(item.index, float(item.label), f"{item.synset}/{item.name}")
                     for r in parts
                     for item in plan.load_items(r.unit)
                     if (item.synset, item.name) not in skipped
                 ]
-                self._join([self._part_path(plan, n) for n in names], rec, total)
-                atomic_write_text(out_dir / f"{split}.idx", "".join(idx_lines))
-                atomic_write_text(out_dir / f"{split}.lst", "".join(lst_lines))
-            for ext in ("lst", "rec", "idx"):
-                outputs[f"recordio/{split}.{ext}"] = {
-                    "size": (out_dir / f"{split}.{ext}").stat().st_size,
-                    "records": records,
-                }
+                atomic_write_text(lst, "".join(lst_lines))
+            records = sum(r.records for r in parts)
+            for path in (lst, rec, idx):
+                outputs[f"recordio/{path.name}"] = {"size": path.stat().st_size, "records": records}
+        # Parts go only after every final name is in place, so a finish killed midway can be rerun.
+        parts_dir = self._part_path(plan, "x").parent
         for r in results:
             for name in r.outputs:
                 self._part_path(plan, name).unlink(missing_ok=True)
+        # In-progress files of killed units or of a killed join: no writer is left (every unit is
+        # done and finish holds the data_dir lock), so they are garbage.
+        remove_stale_tmp(parts_dir)
+        remove_stale_tmp(out_dir)
+        with contextlib.suppress(OSError):
+            parts_dir.rmdir()
         return outputs
+
+    def _ensure_part(self, layout: DataDir, plan: Plan, result: UnitResult) -> UnitResult:
+        """The unit's result, its part file redone if it is gone.
+
+        Parts are deleted once the final files exist; if a final ``.rec`` is later lost (deleted,
+        truncated) a rerun of the same plan gets here with done records but no parts: redo the unit
+        rather than fail, so the rerun heals the output.
+        """
+        if all(self._part_path(plan, n).is_file() for n in result.outputs):
+            return result
+        log.warning("unit %d: part file gone (final file lost?); writing it again", result.unit)
+        plan.unit_done_path(result.unit).unlink(missing_ok=True)
+        return base.run_unit(self, layout.root, result.unit)
 
     @staticmethod
     def _join(parts: list[Path], target: Path, total: int) -> None:
@@ -190,6 +239,37 @@ class RecordIOConverter(Converter):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+def _parts_size(parts: list[UnitResult]) -> int:
+    return sum(stats["size"] for r in parts for stats in r.outputs.values())
+
+
+def check_class_folders(split: str, catalog: SplitCatalog, classes: list[str]) -> None:
+    """Refuse trees where im2rec's labels would silently mean something else.
+
+    im2rec numbers only the folders that hold images, per split: a class folder without images
+    would shift every later label (and one missing from val would make val's labels disagree with
+    train's). A folder source laid out by class is checked for class folders without images.
+    """
+    present = {r.synset for r in catalog.images}
+    for src, source in enumerate(catalog.sources):
+        members = [r.member for r in catalog.images if r.src == src]
+        if source.kind != DIR or not all("/" in m for m in members):
+            continue  # a tar, or a flat validation folder: no class folders to check
+        for entry in sorted(os.scandir(source.path), key=lambda e: e.name):
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in present:
+                raise PrepError(
+                    f"{entry.path}: class folder holds no images (.JPEG/.jpg/.png); im2rec would skip it "
+                    "and number the later classes differently; remove it or add its images"
+                )
+    missing = sorted(set(classes) - set(catalog.synsets))
+    if missing:
+        raise PrepError(
+            f"{catalog.sources[0].path}: the {split} split has no images of class {missing[0]}"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}, which the training set has; "
+            f"its labels would not match the training labels"
+        )
 
 
 def _copy_all(src_fd: int, dst_fd: int, size: int) -> None:

@@ -13,6 +13,7 @@ Differences from upstream ``imagenet_to_gcs.py``, on purpose:
 
 from __future__ import annotations
 
+import glob
 import random
 import re
 from pathlib import Path
@@ -30,16 +31,21 @@ from airflow_resnet_prep.converters.base import (
     read_or_report,
 )
 from airflow_resnet_prep.errors import BadImageError, PrepError
+from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import encode_example
-from airflow_resnet_prep.fsutil import atomic_path, atomic_write_text, disk_full_as_error
+from airflow_resnet_prep.fsutil import TMP_SUFFIX, atomic_path, atomic_write_text, disk_full_as_error
 from airflow_resnet_prep.layout import DataDir
 
 SHARD_PREFIX = {"train": "train", "val": "validation"}
-_OUTPUT_NAME = re.compile(r"(train|validation)-\d{5}-of-\d{5}(\.idx)?")
+# %05d prints more digits past 99,999 shards.
+_OUTPUT_NAME = re.compile(r"(train|validation)-\d{5,}-of-\d{5,}(\.idx)?")
 # Units hold whole shards; a unit of about this many images keeps the number of units (and of Airflow
 # mapped tasks' bookkeeping) moderate without making a retry expensive.
 UNIT_IMAGES = 1000
+# ... but a split gets at least this many units (or one per shard, if fewer), so a small set still
+# spreads over the workers (the plan must not depend on the machine, so this is a constant).
+MIN_UNITS = 16
 REENCODE_QUALITY = 100
 # TFRecord framing: uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of the data.
 TFRECORD_OVERHEAD = 16
@@ -99,16 +105,14 @@ class TFRecordConverter(Converter):
             )
         label_of = {synset: i + 1 for i, synset in enumerate(classes)}
         bounds = [len(refs) * i // shards for i in range(shards + 1)]
-        per_unit = max(1, round(UNIT_IMAGES / (len(refs) / shards)))
+        per_unit = max(1, min(round(UNIT_IMAGES / (len(refs) / shards)), shards // MIN_UNITS))
         units = []
         for first in range(0, shards, per_unit):
             last = min(first + per_unit, shards)
             items = [
-                WorkItem(*ref, label_of[ref.synset], pos, shard - first)
+                WorkItem(*refs[pos], label_of[refs[pos].synset], pos, shard - first)
                 for shard in range(first, last)
-                for pos, ref in zip(
-                    range(bounds[shard], bounds[shard + 1]), refs[bounds[shard] : bounds[shard + 1]]
-                )
+                for pos in range(bounds[shard], bounds[shard + 1])
             ]
             outputs = [shard_name(split, s, shards) for s in range(first, last)]
             units.append(UnitSpec(split, outputs, items))
@@ -120,10 +124,12 @@ class TFRecordConverter(Converter):
         unit = plan.units[unit_id]
         result = UnitResult(unit=unit_id, split=unit["split"])
         on_bad = self.params["on_bad_image"]
+        half = max(1, len(items) // 2)  # where the kill-and-resume tests crash a unit
         by_output: dict[int, list[WorkItem]] = {}
         for item in items:
             by_output.setdefault(item.output, []).append(item)
         out_dir = self.output_dir(layout)
+        _remove_stale_tmp(out_dir, unit["outputs"])
         sources = plan.split_sources(unit["split"])
         with ImageReader(sources) as reader:
             for index, name in enumerate(unit["outputs"]):
@@ -138,6 +144,8 @@ class TFRecordConverter(Converter):
                             writer.write(record)
                             sizes.append(len(record))
                             result.bytes_in += item.size
+                            if result.records + len(sizes) == half:
+                                failpoint("unit-half")
                 if not sizes:
                     path.unlink()
                     raise PrepError(
@@ -181,6 +189,7 @@ class TFRecordConverter(Converter):
 
     def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         outputs: dict[str, dict[str, int]] = {}
+        failpoint("finish")
         for r in sorted(results, key=lambda r: r.unit):
             for name, stats in r.outputs.items():
                 path = layout.tfrecords / name
@@ -190,6 +199,16 @@ class TFRecordConverter(Converter):
                     )
                 outputs[f"tfrecords/{name}"] = stats
         return outputs
+
+
+def _remove_stale_tmp(out_dir: Path, names: list[str]) -> None:
+    """Delete temp files a killed run of this unit left behind (a shard's worth of disk each).
+
+    Only this unit's outputs: the caller holds the unit's lock, so no live process writes them.
+    """
+    for name in names:
+        for stale in out_dir.glob(f".{glob.escape(name)}.*{TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
 
 
 def params_from(values: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from urllib.request import url2pathname
 import requests
 
 from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import atomic_write_json, disk_full_as_error, exclusive_lock, fsync_dir
 from airflow_resnet_prep.sources.checksum import (
     ByteProgress,
@@ -457,6 +458,7 @@ def _attempt(
                 for chunk in resp.iter_content(CHUNK_BYTES):
                     fh.write(chunk)
                     progress.advance(len(chunk))
+                    failpoint("download-chunk")
             finally:
                 fh.flush()
             os.fsync(fh.fileno())

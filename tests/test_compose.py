@@ -1,0 +1,146 @@
+"""docker-compose.yaml and Dockerfile, checked by parsing (no Docker engine runs here).
+
+The stack must be Airflow 3's official layout (Postgres, Redis, API server, scheduler, DAG processor,
+Celery worker, triggerer, init, sharing an ``x-airflow-common`` anchor), built from the local
+Dockerfile that installs this package, with ``dags/`` and one shared data volume mounted on every
+Airflow container at the same path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from airflow_resnet_prep.params import PARAMS
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE = REPO / "docker-compose.yaml"
+DOCKERFILE = REPO / "Dockerfile"
+AIRFLOW_SERVICES = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-worker": "celery worker",
+    "airflow-triggerer": "triggerer",
+    "airflow-init": None,
+}
+DATA_MOUNT = "/data"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source of each volume of a service (short syntax ``source:target[:mode]``;
+    the source may hold ``${VAR:-default}``, so split from the right)."""
+    result = {}
+    for volume in service.get("volumes", []):
+        if volume.endswith((":ro", ":rw")):
+            volume = volume[:-3]
+        source, target = volume.rsplit(":", 1)
+        result[target] = source
+    return result
+
+
+def airflow_version_of_makefile() -> str:
+    match = re.search(r"^AIRFLOW_VERSION\s*:=\s*(\S+)", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert match, "Makefile: no AIRFLOW_VERSION"
+    return match.group(1)
+
+
+def test_services_of_the_official_layout(compose):
+    services = compose["services"]
+    assert {"postgres", "redis", *AIRFLOW_SERVICES} <= set(services)
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert services["redis"]["image"].startswith("redis:")
+    for name, command in AIRFLOW_SERVICES.items():
+        if command is not None:
+            assert services[name]["command"] == command, name
+    assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
+    init_env = services["airflow-init"]["environment"]
+    assert init_env["_AIRFLOW_DB_MIGRATE"] == "true"
+
+
+def test_celery_executor_with_redis_and_postgres(compose):
+    for name in AIRFLOW_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:") or env[
+            "AIRFLOW__CELERY__BROKER_URL"
+        ].startswith("redis://:@redis:"), name
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://"), name
+        assert "@postgres/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false", name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+
+
+def test_every_airflow_service_comes_from_the_common_anchor():
+    """The anchored mapping is the very node merged into each Airflow service (``<<: *airflow-common``)."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert re.search(r"^x-airflow-common:\s*\n\s*&airflow-common\s*$", text, re.MULTILINE)
+    root = yaml.compose(text)
+    top = {key.value: value for key, value in root.value}
+    common = top["x-airflow-common"]
+    services = {key.value: value for key, value in top["services"].value}
+    for name in AIRFLOW_SERVICES:
+        merged = [value for key, value in services[name].value if key.value == "<<"]
+        assert merged and merged[0] is common, f"{name} does not merge *airflow-common"
+
+
+def test_image_is_built_from_the_local_dockerfile(compose):
+    images = set()
+    for name in AIRFLOW_SERVICES:
+        service = compose["services"][name]
+        assert service["build"] == ".", name
+        images.add(service["image"])
+    assert len(images) == 1
+    assert not next(iter(images)).endswith("apache/airflow:3.3.2"), "the stock image lacks this package"
+    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in COMPOSE.read_text(encoding="utf-8").split("---", 1)[1]
+
+
+def test_dockerfile_installs_this_package_with_airflow_pinned():
+    version = airflow_version_of_makefile()
+    lines = [
+        line.strip() for line in DOCKERFILE.read_text().splitlines() if line and not line.startswith("#")
+    ]
+    assert lines[0] == f"FROM apache/airflow:{version}"
+    copies = [line.split()[1:] for line in lines if line.startswith("COPY")]
+    copied = {arg for args in copies for arg in args[:-1] if not arg.startswith("--")}
+    assert {"pyproject.toml", "airflow_resnet_prep"} <= copied
+    for path in copied:
+        assert (REPO / path).exists(), f"Dockerfile copies {path}, which is not in the repo"
+    runs = [line for line in lines if line.startswith("RUN") and "pip install" in line]
+    assert len(runs) == 1
+    assert f'"apache-airflow=={version}"' in runs[0]
+    assert "/opt/airflow-resnet-prep" in runs[0]
+    assert all(args[-1].startswith("/opt/airflow-resnet-prep") for args in copies)
+
+
+def test_dags_and_one_shared_data_volume_on_every_airflow_container(compose):
+    for name in AIRFLOW_SERVICES:
+        volumes = mounts(compose["services"][name])
+        assert volumes["/opt/airflow/dags"].endswith("/dags"), name
+        assert volumes[DATA_MOUNT] == "mlperf-data", name
+    assert "mlperf-data" in compose["volumes"]
+    env = compose["services"]["airflow-worker"]["environment"]
+    assert env["DUMB_INIT_SETSID"] == "0"
+    # The DAG's default data_dir lies on the shared volume.
+    assert env["MLPERF_RESNET_PREP_DATA_DIR"].split(":-")[-1].rstrip("}").startswith(DATA_MOUNT + "/")
+
+
+def test_param_defaults_set_by_compose_name_real_params(compose):
+    env = compose["x-airflow-common"]["environment"]
+    names = [
+        k.removeprefix("MLPERF_RESNET_PREP_").lower() for k in env if k.startswith("MLPERF_RESNET_PREP_")
+    ]
+    assert "schedule" in names
+    for name in names:
+        if name != "schedule":
+            assert name in PARAMS, f"MLPERF_RESNET_PREP_{name.upper()} names no param"
+            assert isinstance(PARAMS[name][0], str), f"{name}: only string params take an env default"

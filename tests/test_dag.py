@@ -1,0 +1,504 @@
+"""The real DAG file, run end to end with ``dag.test()`` on the sample set (SQLite, in process).
+
+Covers: the file parses fast without TensorFlow; every param of SPEC §5 with type, default and
+description; invalid params refused before any task runs; both branches end to end with their XComs,
+outputs and Asset event; cached reruns, rebuilds on a changed source or ``force``; a mapped unit that
+fails once and is retried gives the same bytes as a clean run.
+
+The DAG is loaded once per module; each run gets its own ``data_dir``. A fault is injected into a mapped
+unit through Airflow's own ``on_execute_callback`` (a real file-system fault, no mocks).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_resnet_prep.params import PARAMS
+
+REPO = Path(__file__).resolve().parent.parent
+DAG_FILE = REPO / "dags" / "mlperf_resnet_prep.py"
+DAG_ID = "mlperf_resnet_prep"
+ASSET_NAME = "mlperf_resnet_prepared"
+IMPLEMENTATIONS = ("reference", "nvidia")
+# SPEC §5, plus the fan-out unit count of the DAG issue: the contract, independent of params.py.
+SPEC_PARAMS = {
+    "implementation",
+    "data_dir",
+    "train_source",
+    "val_source",
+    "labels_source",
+    "train_checksum",
+    "val_checksum",
+    "http_conn_id",
+    "extract",
+    "train_shards",
+    "val_shards",
+    "shuffle_seed",
+    "resize",
+    "quality",
+    "on_bad_image",
+    "dali_index",
+    "mxnet_version",
+    "workers",
+    "force",
+    "fanout",
+}
+OUTPUT_FILES = {
+    "reference": {
+        "train-00000-of-00004",
+        "train-00001-of-00004",
+        "train-00002-of-00004",
+        "train-00003-of-00004",
+        "validation-00000-of-00002",
+        "validation-00001-of-00002",
+    },
+    "nvidia": {f"{split}.{ext}" for split in ("train", "val") for ext in ("lst", "rec", "idx")},
+}
+OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path"}
+FANOUT = PARAMS["fanout"][0]
+PYTHON_TYPES = {"string": str, "integer": int, "boolean": bool}
+
+
+# -- fixtures and helpers -----------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def airflow_db():
+    """A fresh metadata DB (SQLite under the temporary AIRFLOW_HOME of conftest.py)."""
+    from airflow.utils import db
+
+    db.resetdb()
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAG_FILE.parent))
+    assert bag.import_errors == {}
+    return bag.get_dag(DAG_ID)
+
+
+@dataclass
+class Run:
+    """One finished ``dag.test()`` run: its states, tries and the XComs of ``publish``."""
+
+    run_id: str
+    state: str
+    states: dict[str, list[str]]  # task_id -> state of each map index
+    tries: dict[tuple[str, int], int]  # (task_id, map_index) -> try_number
+    published: dict[str, Any]
+    data_dir: Path
+    implementation: str
+    digests: dict[str, str] = field(default_factory=dict)  # output file -> sha256
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.published[OUTPUT_KEY[self.implementation]])
+
+
+def conf_for(sample, data_dir: Path, implementation: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "implementation": implementation,
+        "data_dir": str(data_dir),
+        "train_source": str(sample.train_tar),
+        "val_source": str(sample.val_tar),
+        "labels_source": str(sample.labels),
+        "train_shards": 4,
+        "val_shards": 2,
+        "workers": 1,  # in process: no pool to fork inside the test process
+        **extra,
+    }
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def run_dag(dag, conf: dict[str, Any]) -> Run:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dr = dag.test(run_conf=conf)
+    states: dict[str, list[str]] = {}
+    tries: dict[tuple[str, int], int] = {}
+    with create_session() as session:
+        for ti in dr.get_task_instances(session=session):
+            states.setdefault(ti.task_id, []).append(str(ti.state))
+            tries[(ti.task_id, ti.map_index)] = ti.try_number
+        rows = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=DAG_ID, task_ids="publish")).all()
+        published = {row.key: XComModel.deserialize_value(row) for row in rows}
+    run = Run(
+        dr.run_id, str(dr.state), states, tries, published, Path(conf["data_dir"]), conf["implementation"]
+    )
+    if run.state == "success":
+        run.digests = digests(run.output_dir)
+    return run
+
+
+def unit_batches(data_dir: Path, implementation: str, fanout: int = FANOUT) -> list[list[int]]:
+    """The unit ids of each mapped ``*_units`` task, as the plan task handed them out."""
+    from airflow_resnet_prep.converters.base import Plan
+    from airflow_resnet_prep.layout import DataDir
+    from airflow_resnet_prep.operators.convert import batches
+
+    plan = Plan.load(DataDir.of(data_dir).work / implementation)
+    return batches([u["id"] for u in plan.units], fanout)
+
+
+def converter_tasks(implementation: str) -> list[str]:
+    return [f"{implementation}_{step}" for step in ("plan", "units", "finish")]
+
+
+def other(implementation: str) -> str:
+    return "nvidia" if implementation == "reference" else "reference"
+
+
+@pytest.fixture(scope="module")
+def clean_runs(dag, sample, tmp_path_factory):
+    """One clean run per implementation, made on first use and shared by the tests that compare with it."""
+    runs: dict[str, Run] = {}
+
+    def get(implementation: str) -> Run:
+        if implementation not in runs:
+            data_dir = tmp_path_factory.mktemp(f"clean-{implementation}")
+            started = time.monotonic()
+            runs[implementation] = run_dag(dag, conf_for(sample, data_dir, implementation))
+            print(f"clean {implementation} run: {time.monotonic() - started:.1f} s")
+        return runs[implementation]
+
+    return get
+
+
+# -- parsing --------------------------------------------------------------------------------------------
+_PROBE = """
+import importlib.util, json, sys, time
+t0 = time.perf_counter()
+import airflow.sdk
+t1 = time.perf_counter()
+spec = importlib.util.spec_from_file_location("mlperf_resnet_prep_probe", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+t2 = time.perf_counter()
+print(json.dumps({
+    "airflow_s": t1 - t0,
+    "dag_file_s": t2 - t1,
+    "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "PIL")),
+    "schedule": str(module.dag.schedule),
+    "timetable": repr(module.dag.timetable),
+    "data_dir": module.dag.params["data_dir"],
+    "train_source": module.dag.params["train_source"],
+    "labels_source": module.dag.params["labels_source"],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def parsed_in_fresh_process() -> dict[str, Any]:
+    """Import the DAG file in a new interpreter, with the schedule and two defaults set by environment."""
+    env = {
+        **os.environ,
+        "MLPERF_RESNET_PREP_SCHEDULE": "@monthly",
+        "MLPERF_RESNET_PREP_DATA_DIR": "/data/mlperf-resnet",
+        "MLPERF_RESNET_PREP_TRAIN_SOURCE": "/imagenet/ILSVRC2012_img_train.tar",
+        "MLPERF_RESNET_PREP_LABELS_SOURCE": "",  # as docker compose passes an unset variable
+    }
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(DAG_FILE)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.monotonic() - started
+    return result
+
+
+def test_dag_file_loads_without_import_errors():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAG_FILE.parent))
+    assert bag.import_errors == {}
+    assert bag.dag_ids == [DAG_ID]
+
+
+def test_dag_file_imports_fast_and_without_tensorflow(parsed_in_fresh_process):
+    result = parsed_in_fresh_process
+    print(
+        f"import airflow.sdk {result['airflow_s']:.2f} s, DAG file {result['dag_file_s']:.2f} s, "
+        f"whole process {result['process_s']:.2f} s"
+    )
+    assert result["heavy"] == [], f"parsing the DAG file imported {result['heavy'][:5]}"
+    assert result["dag_file_s"] < 3.0
+    assert result["process_s"] < 15.0
+
+
+def test_schedule_and_defaults_come_from_the_environment(parsed_in_fresh_process, dag):
+    result = parsed_in_fresh_process
+    assert result["schedule"] == "@monthly"
+    assert "0 0 1 * *" in result["timetable"]
+    assert result["data_dir"] == "/data/mlperf-resnet"
+    assert result["train_source"] == "/imagenet/ILSVRC2012_img_train.tar"
+    assert result["labels_source"] == PARAMS["labels_source"][0]  # empty variable: built-in default
+    # Without the variables (this process): no schedule, the params.py defaults.
+    assert dag.schedule is None
+    assert dag.params["data_dir"] == PARAMS["data_dir"][0]
+
+
+# -- params ---------------------------------------------------------------------------------------------
+def test_every_spec_param_has_type_default_and_description(dag):
+    assert set(dag.params.keys()) == SPEC_PARAMS
+    for name in SPEC_PARAMS:
+        param = dag.params.get_param(name)
+        default, schema, _ = PARAMS[name]
+        assert param.schema["type"] == schema["type"], name
+        assert isinstance(param.value, PYTHON_TYPES[schema["type"]]), name
+        assert param.value == default, name
+        assert param.description and len(param.description) > 10, name
+        assert param.schema.get("title") == name
+    implementation = dag.params.get_param("implementation")
+    assert implementation.schema["enum"] == ["nvidia", "reference"]
+    assert implementation.value == "nvidia"
+    assert dag.params.get_param("on_bad_image").schema["enum"] == ["fail", "skip"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"implementation": "tensorflow"}, "'tensorflow' is not one of ['nvidia', 'reference']"),
+        ({"train_shards": -8}, "-8 is less than the minimum of 1"),
+        ({"val_shards": 0}, "0 is less than the minimum of 1"),
+        ({"fanout": 0}, "0 is less than the minimum of 1"),
+        ({"quality": 101}, "101 is greater than the maximum of 100"),
+        ({"extract": "maybe"}, "'maybe' is not of type 'boolean'"),
+    ],
+    ids=["implementation", "train_shards", "val_shards", "fanout", "quality", "extract"],
+)
+def test_invalid_param_is_refused_before_any_task_runs(dag, sample, tmp_path, bad, message):
+    from airflow.models.dagrun import DagRun
+    from airflow.sdk.exceptions import ParamValidationError
+    from airflow.utils.session import create_session
+
+    data_dir = tmp_path / "data"
+    with create_session() as session:
+        runs_before = session.query(DagRun).count()
+    with pytest.raises(ParamValidationError) as excinfo:
+        dag.test(run_conf={**conf_for(sample, data_dir, "reference"), **bad})
+    text = str(excinfo.value)
+    assert f"Invalid input for param {next(iter(bad))}" in text
+    assert message in text
+    assert not data_dir.exists(), "a task ran although the params were refused"
+    with create_session() as session:
+        assert session.query(DagRun).count() == runs_before
+
+
+# -- end to end -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_end_to_end(clean_runs, sample, implementation):
+    run = clean_runs(implementation)
+    assert run.state == "success", run.states
+    data_dir = run.data_dir.resolve()
+
+    # XComs of publish, named after the recipe's outputs.
+    assert run.published["data_path"] == str(data_dir)
+    assert run.published["imagenet_path"] == str(sample.train_tar.resolve())
+    assert run.published[OUTPUT_KEY[implementation]] == str(
+        data_dir / ("tfrecords" if implementation == "reference" else "recordio")
+    )
+    assert OUTPUT_KEY[other(implementation)] not in run.published
+    assert run.published["cached"] is False
+    assert run.published["manifest"] == str(data_dir / "manifest.json")
+
+    # The outputs: exactly the expected files, no leftovers, the manifest written last.
+    assert {p.name for p in run.output_dir.iterdir()} == OUTPUT_FILES[implementation]
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["implementation"] == implementation
+    assert manifest["images"] == {"train": sample.train_count, "val": sample.val_count}
+    assert set(manifest["outputs"]) == {f"{run.output_dir.name}/{n}" for n in OUTPUT_FILES[implementation]}
+    for name, stats in manifest["outputs"].items():
+        assert (data_dir / name).stat().st_size == stats["size"], name
+    if implementation == "reference":
+        records = {n: s["records"] for n, s in manifest["outputs"].items() if not n.endswith(".idx")}
+        assert sum(r for n, r in records.items() if "/train-" in n) == sample.train_count
+        assert sum(r for n, r in records.items() if "/validation-" in n) == sample.val_count
+    else:
+        assert len((run.output_dir / "train.lst").read_text().splitlines()) == sample.train_count
+        assert len((run.output_dir / "val.lst").read_text().splitlines()) == sample.val_count
+
+    # The branch: this converter ran (mapped over its units), the other one and reuse_existing were skipped.
+    for task_id in ("fetch", "relabel_val", "choose_implementation", "publish"):
+        assert run.states[task_id] == ["success"], task_id
+    assert run.states[f"{implementation}_plan"] == ["success"]
+    mapped = len(unit_batches(run.data_dir, implementation))
+    assert mapped >= 2, "the sample should give the converter at least two mapped tasks"
+    assert run.states[f"{implementation}_units"] == ["success"] * mapped
+    assert run.states[f"{implementation}_finish"] == ["success"]
+    for task_id in [*converter_tasks(other(implementation)), "reuse_existing"]:
+        assert run.states[task_id] == ["skipped"], task_id
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_publish_updates_the_asset(clean_runs, implementation):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    run = clean_runs(implementation)
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == ASSET_NAME, AssetEvent.source_run_id == run.run_id)
+            .all()
+        )
+        assert len(events) == 1
+        event = events[0]
+        assert (event.source_dag_id, event.source_task_id) == (DAG_ID, "publish")
+        paths = {k: v for k, v in run.published.items() if k.endswith("_path")}
+        assert {k: event.extra[k] for k in paths} == paths
+        assert event.extra["cached"] is False
+
+
+# -- cached output and refresh ----------------------------------------------------------------------------
+def test_second_run_reuses_the_output_then_force_rebuilds_it(dag, sample, clean_runs):
+    first = clean_runs("reference")
+    conf = conf_for(sample, first.data_dir, "reference")
+    before = mtimes(first.output_dir)
+    manifest_mtime = (first.data_dir / "manifest.json").stat().st_mtime_ns
+
+    again = run_dag(dag, conf)
+    assert again.state == "success", again.states
+    assert again.states["reuse_existing"] == ["success"]
+    for task_id in converter_tasks("reference") + converter_tasks("nvidia"):
+        assert again.states[task_id] == ["skipped"], task_id
+    assert again.published["cached"] is True
+    paths = {k: v for k, v in first.published.items() if k.endswith("_path")}
+    assert {k: again.published[k] for k in paths} == paths
+    assert mtimes(first.output_dir) == before, "a reused output was rewritten"
+    assert (first.data_dir / "manifest.json").stat().st_mtime_ns == manifest_mtime
+
+    forced = run_dag(dag, {**conf, "force": True})
+    assert forced.state == "success", forced.states
+    assert forced.states["reuse_existing"] == ["skipped"]
+    assert set(forced.states["reference_units"]) == {"success"}
+    assert forced.published["cached"] is False
+    after = mtimes(first.output_dir)
+    assert all(after[name] != before[name] for name in OUTPUT_FILES["reference"]), "force rewrote nothing"
+    assert forced.digests == first.digests  # same inputs, same bytes
+
+
+def test_changed_source_rebuilds(dag, tmp_path):
+    from airflow_resnet_prep.sample import generate
+
+    source = tmp_path / "source"
+    data_dir = tmp_path / "data"
+    sample = generate(source, classes=4, train_per_class=6, val_per_class=3, seed=0)
+    conf = conf_for(sample, data_dir, "nvidia")
+    first = run_dag(dag, conf)
+    assert first.state == "success", first.states
+    sources_before = json.loads((data_dir / "manifest.json").read_text())["sources"]
+
+    # The same paths, new contents (a new release of the data set, say).
+    changed = generate(source, classes=4, train_per_class=6, val_per_class=3, seed=1)
+    assert changed.train_tar == sample.train_tar
+    second = run_dag(dag, conf)
+    assert second.state == "success", second.states
+    assert second.states["reuse_existing"] == ["skipped"]
+    assert second.states["nvidia_plan"] == ["success"]
+    assert set(second.states["nvidia_units"]) == {"success"}
+    assert second.published["cached"] is False
+    assert second.published["preprocessed_path"] == first.published["preprocessed_path"]
+    assert second.digests["train.rec"] != first.digests["train.rec"]
+    assert second.digests["val.lst"] != first.digests["val.lst"]
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["sources"] != sources_before
+    assert sorted(manifest["classes"]["train"]) == sorted(changed.synsets)
+
+
+# -- a mapped unit that fails once ------------------------------------------------------------------------
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_retried_unit_gives_the_same_output_as_a_clean_run(dag, sample, clean_runs, tmp_path, implementation):
+    """The mapped task with the most outputs meets, on its first try, a directory where its last output
+    goes: it fails after writing the outputs before it. The retry (fault removed) must give the clean
+    run's bytes exactly."""
+    from airflow_resnet_prep.converters.base import Plan
+    from airflow_resnet_prep.layout import DataDir
+
+    clean = clean_runs(implementation)
+    data_dir = tmp_path / "data"
+    layout = DataDir.of(data_dir)
+    seen: dict[int, set[str]] = {}  # try number -> files in the fault's folder when that try started
+    target: dict[str, Any] = {}
+
+    def choose_target() -> None:
+        plan = Plan.load(layout.work / implementation)
+        groups = unit_batches(data_dir, implementation)
+        outputs = [[name for u in group for name in plan.units[u]["outputs"]] for group in groups]
+        index = max(range(len(groups)), key=lambda i: len(outputs[i]))
+        # reference units write final shard names; nvidia units write parts that finish joins.
+        folder = layout.tfrecords if implementation == "reference" else Path(plan.work_dir) / "parts"
+        target.update(map_index=index, fault=folder / outputs[index][-1], before=set(outputs[index][:-1]))
+
+    def inject_fault_on_first_try(context) -> None:
+        if not target:
+            choose_target()
+        ti = context["ti"]
+        if ti.map_index != target["map_index"]:
+            return
+        fault: Path = target["fault"]
+        seen[ti.try_number] = {p.name for p in fault.parent.iterdir()} if fault.parent.is_dir() else set()
+        if ti.try_number == 1:
+            fault.mkdir(parents=True)
+        else:
+            fault.rmdir()
+
+    units = dag.get_task(f"{implementation}_units")
+    saved = (units.on_execute_callback, units.retry_delay)
+    units.on_execute_callback = [inject_fault_on_first_try]
+    units.retry_delay = datetime.timedelta(0)  # dag.test waits out the retry delay in its loop
+    try:
+        run = run_dag(dag, conf_for(sample, data_dir, implementation))
+    finally:
+        units.on_execute_callback, units.retry_delay = saved
+
+    assert run.state == "success", run.states
+    task_id = f"{implementation}_units"
+    tries = {i: n for (t, i), n in run.tries.items() if t == task_id}
+    assert tries == {i: 2 if i == target["map_index"] else 1 for i in tries}, "no single failed try"
+    assert set(seen) == {1, 2}
+    # The failed try left the outputs written before the fault; the retry found them.
+    assert target["before"] <= seen[2] - {target["fault"].name}, (target, seen)
+    assert run.digests == clean.digests
+    assert not [p for p in run.output_dir.iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+# -- README -----------------------------------------------------------------------------------------------
+def test_readme_lists_every_param_with_its_default():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# airflow-resnet-prep")
+    first_lines = readme.splitlines()[:6]
+    assert any(line.startswith("make demo") for line in first_lines)
+    assert any(line.startswith("make test") for line in first_lines)
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 3:
+            rows[cells[0].strip("`")] = cells
+    missing = sorted(set(PARAMS) - set(rows))
+    assert not missing, f"README params table lacks {missing}"
+    for name, (default, schema, _) in PARAMS.items():
+        assert rows[name][1] == schema["type"], name
+        assert rows[name][2] == f"`{json.dumps(default)}`", name

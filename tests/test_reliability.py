@@ -1,0 +1,469 @@
+"""Crashes, full disks, concurrent runs and read-only sources end in a correct result or a clear error.
+
+Kill and resume is deterministic: the pipeline CLI runs in a subprocess with
+``AIRFLOW_RESNET_PREP_FAILPOINT`` naming a point in the code (see ``airflow_resnet_prep.failpoints``),
+where it SIGKILLs itself. After the kill no final name may hold a partial file; a rerun without the
+failpoint must give the same bytes as an uninterrupted run (the baseline, also run through the CLI).
+
+The full disk is a real tmpfs with a size cap mounted by the test (the suite runs as root, here and in
+CI); it is skipped, with the reason, only where mounting is not permitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from httpserver import FileServer
+
+from airflow_resnet_prep import pipeline
+from airflow_resnet_prep.catalog.fetch import fetch
+from airflow_resnet_prep.catalog.model import SplitCatalog
+from airflow_resnet_prep.catalog.relabel import relabel
+from airflow_resnet_prep.converters import base
+from airflow_resnet_prep.errors import DiskFullError, OutputConflictError
+from airflow_resnet_prep.failpoints import ENV as FAILPOINT_ENV
+from airflow_resnet_prep.formats.recordio import iter_records
+from airflow_resnet_prep.fsutil import exclusive_lock, read_json
+from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.params import resolved
+from airflow_resnet_prep.sample import SampleSet, generate
+from airflow_resnet_prep.sources.download import CHUNK_BYTES
+
+IMPLEMENTATIONS = ("nvidia", "reference")
+OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords"}
+# Small on purpose: 12 train + 6 val images; reference writes 3 + 2 shards, one unit each.
+SMALL = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}
+SHARDS = {"train_shards": 3, "val_shards": 2}
+# Manifest keys that differ between two correct runs (times, and the source paths the plan id hashes).
+VOLATILE = ("steps", "written_at", "sources", "conversion")
+CLI_TIMEOUT_S = 180
+
+
+# -- fixtures ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
+    return generate(tmp_path_factory.mktemp("small"), **SMALL)
+
+
+@pytest.fixture(scope="module")
+def mirror(small: SampleSet) -> Iterator[FileServer]:
+    """The small set served over HTTP on 127.0.0.1 (ranges on, so downloads can resume)."""
+    files = {p.name: p.read_bytes() for p in (small.train_tar, small.val_tar, small.labels)}
+    assert len(files[small.train_tar.name]) > CHUNK_BYTES, "the train tar must span several download chunks"
+    with FileServer(files=files) as server:
+        yield server
+
+
+def url_sources(small: SampleSet, mirror: FileServer) -> dict[str, str]:
+    return {
+        "train_source": mirror.url(small.train_tar.name),
+        "val_source": mirror.url(small.val_tar.name),
+        "labels_source": mirror.url(small.labels.name),
+    }
+
+
+def local_sources(small: SampleSet) -> dict[str, str]:
+    return {
+        "train_source": str(small.train_tar),
+        "val_source": str(small.val_tar),
+        "labels_source": str(small.labels),
+    }
+
+
+def values_for(data_dir: Path, implementation: str, sources: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "data_dir": str(data_dir),
+        "implementation": implementation,
+        "workers": 1,
+        **SHARDS,
+        **sources,
+        **extra,
+    }
+
+
+def cli(values: dict[str, Any], failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m airflow_resnet_prep.pipeline`` with ``values``, optionally armed with a failpoint."""
+    args = [
+        sys.executable,
+        "-m",
+        "airflow_resnet_prep.pipeline",
+        "--data-dir",
+        values["data_dir"],
+        "--train-source",
+        values["train_source"],
+        "--val-source",
+        values["val_source"],
+        "--labels-source",
+        values["labels_source"],
+        "--implementation",
+        values["implementation"],
+    ]
+    for name, value in values.items():
+        if name not in ("data_dir", "train_source", "val_source", "labels_source", "implementation"):
+            args += ["--param", f"{name}={json.dumps(value)}"]
+    env = {k: v for k, v in os.environ.items() if k != FAILPOINT_ENV}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if failpoint:
+        env[FAILPOINT_ENV] = failpoint
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def baseline(
+    small: SampleSet, mirror: FileServer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """An uninterrupted CLI run per implementation, from the HTTP mirror: the bytes every test expects."""
+    dirs = {}
+    for implementation in IMPLEMENTATIONS:
+        data_dir = tmp_path_factory.mktemp(f"baseline-{implementation}")
+        done = cli(values_for(data_dir, implementation, url_sources(small, mirror)))
+        assert done.returncode == 0, done.stderr[-3000:]
+        dirs[implementation] = data_dir
+    return dirs
+
+
+# -- comparing outputs ---------------------------------------------------------------------------------
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def output_digests(data_dir: Path, implementation: str) -> dict[str, str]:
+    """Every file in the output folder (hidden ones too: a leftover temp file is a difference)."""
+    folder = data_dir / OUTPUT_DIR[implementation]
+    return {p.name: digest(p) for p in sorted(folder.iterdir())}
+
+
+def manifest_core(data_dir: Path) -> dict[str, Any]:
+    manifest = read_json(data_dir / "manifest.json")
+    assert manifest is not None, f"{data_dir}: no manifest.json"
+    return {k: v for k, v in manifest.items() if k not in VOLATILE}
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def assert_same_result(data_dir: Path, baseline_dir: Path, implementation: str) -> None:
+    assert output_digests(data_dir, implementation) == output_digests(baseline_dir, implementation)
+    assert manifest_core(data_dir) == manifest_core(baseline_dir)
+
+
+def tfrecord_count(path: Path) -> int:
+    """Records in a TFRecord file, read to the end with tf.data (a partial file raises DataLossError)."""
+    import tensorflow as tf
+
+    return sum(1 for _ in tf.data.TFRecordDataset(str(path)))
+
+
+def assert_no_partial_final_files(
+    data_dir: Path, baseline_dir: Path, implementation: str, served: dict[str, bytes] | None = None
+) -> None:
+    """Every file that carries a final name is whole: outputs equal the baseline's and read to the end,
+    catalogs and work records parse, downloads (of the files in ``served``) equal what was served."""
+    assert not (data_dir / "manifest.json").exists(), "manifest.json before the output is complete"
+    expected = read_json(baseline_dir / "manifest.json")["outputs"]
+    out_dir = data_dir / OUTPUT_DIR[implementation]
+    for path in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        if path.name.startswith("."):  # an in-progress name, never a final one
+            continue
+        key = f"{OUTPUT_DIR[implementation]}/{path.name}"
+        assert path.read_bytes() == (baseline_dir / key).read_bytes(), f"{path} is partial or wrong"
+        records = expected[key]["records"]
+        if implementation == "reference" and not path.name.endswith(".idx"):
+            assert tfrecord_count(path) == records
+        elif path.suffix == ".rec":
+            assert sum(1 for _ in iter_records(path)) == records
+        else:  # .idx / .lst: one line per record
+            assert len(path.read_text().splitlines()) == records
+    for part in (data_dir / "work").rglob("parts/*.rec"):
+        if not part.name.startswith("."):
+            list(iter_records(part))  # raises on a partial part
+    for split in ("train", "val"):
+        catalog = DataDir.of(data_dir).catalog_file(split)
+        if catalog.exists():
+            SplitCatalog.load(catalog)  # checks the header's image count against the rows
+    for record in (data_dir / "work").rglob("*.json"):
+        if not record.name.startswith("."):
+            assert read_json(record) is not None, f"{record} is not whole JSON"
+    for name, data in (served or {}).items():
+        final = data_dir / "downloads" / name
+        if final.exists():
+            assert final.read_bytes() == data, f"{final} is partial"
+
+
+# -- kill and resume -----------------------------------------------------------------------------------
+POINTS = ("download-chunk", "fetch-train-catalog", "unit-half:2", "finish", "before-manifest")
+
+
+def _check_where_it_died(point: str, data_dir: Path, implementation: str, small: SampleSet) -> None:
+    """The state a kill at ``point`` must leave, so the test proves the point was really reached."""
+    downloads, catalog = data_dir / "downloads", DataDir.of(data_dir).catalog
+    work, out = data_dir / "work" / implementation, data_dir / OUTPUT_DIR[implementation]
+    if point == "download-chunk":
+        part = downloads / f"{small.train_tar.name}.part"
+        assert not (downloads / small.train_tar.name).exists()
+        assert 0 < part.stat().st_size < small.train_tar.stat().st_size
+        assert not catalog.joinpath("train.tsv").exists()
+    elif point == "fetch-train-catalog":
+        assert catalog.joinpath("train.tsv").exists()
+        assert not catalog.joinpath("fetch.json").exists() and not catalog.joinpath("val.tsv").exists()
+    elif point == "unit-half:2":
+        # The first unit is done, the second was killed halfway.
+        assert (work / "done" / "00000.json").exists() and not (work / "done" / "00001.json").exists()
+        if implementation == "reference":
+            assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"train-00000-of-00003"}
+    elif point == "finish":
+        assert len(list((work / "done").glob("*.json"))) == len(read_json(work / "plan.json")["units"])
+        if implementation == "nvidia":
+            assert (out / "train.rec").exists() and not (out / "train.idx").exists()
+    elif point == "before-manifest":
+        assert out.is_dir() and not (data_dir / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_killed_run_resumes_to_the_same_bytes(small, mirror, baseline, tmp_path, implementation, point):
+    values = values_for(tmp_path / "data", implementation, url_sources(small, mirror))
+    killed = cli(values, failpoint=point)
+    assert killed.returncode == -signal.SIGKILL, f"not killed at {point}:\n{killed.stderr[-3000:]}"
+    _check_where_it_died(point, tmp_path / "data", implementation, small)
+    assert_no_partial_final_files(tmp_path / "data", baseline[implementation], implementation, mirror.files)
+
+    gets_before = len(mirror.gets(small.train_tar.name))
+    resumed = cli(values)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_result(tmp_path / "data", baseline[implementation], implementation)
+    # Nothing is left behind: the same files as an uninterrupted run (no temp, part or lock files).
+    assert files_under(tmp_path / "data") == files_under(baseline[implementation])
+    train_gets = mirror.gets(small.train_tar.name)[gets_before:]
+    if point == "download-chunk":  # resumed where the kill left it, not from the first byte
+        assert [r.headers.get("Range") for r in train_gets] == [f"bytes={CHUNK_BYTES}-"]
+    else:  # a finished download is reused
+        assert train_gets == []
+
+
+def test_a_killed_worker_fails_the_run_instead_of_hanging(small, baseline, tmp_path):
+    """A pool worker killed mid-unit (the OOM killer's way) must fail the run, and a rerun resumes."""
+    values = values_for(tmp_path / "data", "nvidia", local_sources(small), workers=2)
+    failed = cli(values, failpoint="unit-half")  # only a worker dies: the run itself must not
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "worker process converting units died" in failed.stderr
+    assert not (tmp_path / "data" / "manifest.json").exists()
+    resumed = cli(values)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_result(tmp_path / "data", baseline["nvidia"], "nvidia")
+
+
+# -- disk full ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A size-capped tmpfs at ``path``; skips the test (saying why) where mounting is not permitted."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command on this machine: cannot make a size-limited file system")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({exc.stderr.strip()}); needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_disk_full_fails_naming_the_place_and_a_rerun_with_space_completes(
+    small, baseline, tmp_path, implementation
+):
+    mount = tmp_path / "small disk"
+    with tmpfs(mount, "1m"):
+        values = values_for(mount / "data", implementation, local_sources(small))
+        with pytest.raises(DiskFullError) as info:
+            pipeline.run(values)
+        message = str(info.value)
+        assert "the disk is full" in message and str(mount / "data") in message
+        assert_no_partial_final_files(mount / "data", baseline[implementation], implementation)
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        pipeline.run(values)
+        assert_same_result(mount / "data", baseline[implementation], implementation)
+        assert not [p for p in (mount / "data").rglob(".*.tmp")], "temp files of the failed run are left"
+
+
+def test_disk_full_during_a_download_keeps_the_bytes_for_a_resume(small, mirror, tmp_path):
+    mount = tmp_path / "tiny disk"
+    with tmpfs(mount, "512k"):  # the train tar is about 1.5 MB
+        downloads = mount / "data" / "downloads"
+        values = values_for(mount / "data", "nvidia", url_sources(small, mirror))
+        with pytest.raises(DiskFullError, match="the disk is full") as info:
+            pipeline.run(values)
+        part = downloads / f"{small.train_tar.name}.part"
+        assert str(part) in str(info.value)
+        kept = part.stat().st_size
+        assert 0 < kept < small.train_tar.stat().st_size
+        assert not (downloads / small.train_tar.name).exists()
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        gets_before = len(mirror.gets(small.train_tar.name))
+        pipeline.run(values)
+        assert (downloads / small.train_tar.name).read_bytes() == small.train_tar.read_bytes()
+        ranges = [r.headers.get("Range") for r in mirror.gets(small.train_tar.name)[gets_before:]]
+        assert ranges == [f"bytes={kept}-"]
+
+
+# -- concurrency ---------------------------------------------------------------------------------------
+def test_a_run_waits_then_refuses_while_another_holds_the_data_dir(small, tmp_path):
+    data_dir = tmp_path / "data"
+    layout = DataDir.of(data_dir)
+    with exclusive_lock(layout.lock), pytest.raises(OutputConflictError) as info:
+        pipeline.run(values_for(data_dir, "nvidia", local_sources(small)))
+    assert str(layout.lock) in str(info.value) and f"pid {os.getpid()}" in str(info.value)
+    assert files_under(data_dir) == {".lock"}  # nothing was written while the other run held it
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_unit_held_by_another_worker_is_never_written_twice(small, baseline, tmp_path, implementation):
+    data_dir = tmp_path / "data"
+    values = values_for(data_dir, implementation, local_sources(small))
+    converter = pipeline.make_converter(implementation, resolved(values))
+    fetch(data_dir, values["train_source"], values["val_source"])
+    relabel(data_dir, values["labels_source"])
+    plan = base.plan(converter, data_dir)
+    busy = plan.unit_done_path(0).with_suffix(".lock")
+    with exclusive_lock(busy), pytest.raises(OutputConflictError) as info:
+        pipeline.run(values)
+    assert str(busy) in str(info.value)
+    assert not plan.unit_done_path(0).exists() and not (data_dir / "manifest.json").exists()
+    assert not [p for p in (data_dir / OUTPUT_DIR[implementation]).iterdir()], "unit 0's output was written"
+    pipeline.run(values)
+    assert_same_result(data_dir, baseline[implementation], implementation)
+
+
+def _popen(values: dict[str, Any]) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "airflow_resnet_prep.pipeline"]
+    args += ["--data-dir", values["data_dir"], "--implementation", values["implementation"]]
+    for name in ("train_source", "val_source", "labels_source"):
+        args += [f"--{name.replace('_', '-')}", values[name]]
+    for name in ("workers", *SHARDS):
+        args += ["--param", f"{name}={values[name]}"]
+    env = {k: v for k, v in os.environ.items() if k != FAILPOINT_ENV}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+    return proc.returncode, err
+
+
+def test_two_runs_on_one_data_dir_at_once_leave_one_whole_output(small, baseline, tmp_path):
+    values = values_for(tmp_path / "data", "nvidia", local_sources(small), workers=2)
+    results = [_wait(p) for p in [_popen(values), _popen(values)]]
+    for code, err in results:
+        # Each run either completed or refused with OutputConflictError; none failed any other way.
+        assert code == 0 or "OutputConflictError" in err, err[-3000:]
+    assert any(code == 0 for code, _ in results)
+    assert_same_result(tmp_path / "data", baseline["nvidia"], "nvidia")
+    assert not [p for p in (tmp_path / "data").rglob(".*.tmp")]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_two_data_dirs_side_by_side_both_complete(small, baseline, tmp_path, implementation):
+    runs = [values_for(tmp_path / name, implementation, local_sources(small), workers=2) for name in "ab"]
+    results = [_wait(p) for p in [_popen(v) for v in runs]]
+    for code, err in results:
+        assert code == 0, err[-3000:]
+    for name in "ab":
+        assert_same_result(tmp_path / name, baseline[implementation], implementation)
+
+
+# -- read-only sources ---------------------------------------------------------------------------------
+def _extract_all(tar_path: Path, dest: Path) -> None:
+    """The sample's tars as folders: train as <synset>/<image>, val flat."""
+    with tarfile.open(tar_path) as outer:
+        for member in outer.getmembers():
+            data = outer.extractfile(member).read()
+            if member.name.endswith(".tar"):
+                with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+                    inner.extractall(dest / member.name[:-4], filter="data")
+            else:
+                (dest / member.name).parent.mkdir(parents=True, exist_ok=True)
+                (dest / member.name).write_bytes(data)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every entry below ``root``: (mode, mtime_ns, sha256 of a file's bytes)."""
+    out = {}
+    for path in sorted([root, *root.rglob("*")]):
+        st = path.lstat()
+        out[str(path.relative_to(root))] = (
+            st.st_mode,
+            st.st_mtime_ns,
+            digest(path) if path.is_file() else "",
+        )
+    return out
+
+
+@contextlib.contextmanager
+def read_only(root: Path) -> Iterator[bool]:
+    """``chmod a-w`` on every file and folder below ``root``, and (where permitted) a read-only bind
+    mount on top: the tests run as root, which file modes do not stop. Yields whether the mount is on."""
+    for path in [root, *root.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    mounted = (
+        subprocess.run(["mount", "--bind", str(root), str(root)], capture_output=True).returncode == 0
+        and subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], capture_output=True).returncode == 0
+    )
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(root)], check=False, capture_output=True)
+        for path in [root, *root.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def test_read_only_sources_are_read_and_never_changed(small, baseline, tmp_path):
+    src = tmp_path / "sources"
+    for path in (small.train_tar, small.val_tar, small.labels):
+        (src / "tars").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, src / "tars" / path.name)
+    _extract_all(small.train_tar, src / "folders" / "train")
+    _extract_all(small.val_tar, src / "folders" / "val")
+    tars = {k: str(src / "tars" / Path(v).name) for k, v in local_sources(small).items()}
+    folders = {
+        **tars,
+        "train_source": str(src / "folders" / "train"),
+        "val_source": str(src / "folders" / "val"),
+    }
+    with read_only(src) as mounted:
+        before = snapshot(src)
+        if mounted:  # the mount really refuses writes, even root's
+            with pytest.raises(OSError):
+                (src / "probe").write_bytes(b"x")
+        # nvidia from the tars, extracting them too; reference from the folders; both with checksums.
+        checksum = "md5:" + hashlib.md5(small.train_tar.read_bytes()).hexdigest()
+        pipeline.run(values_for(tmp_path / "a", "nvidia", tars, extract=True, train_checksum=checksum))
+        pipeline.run(values_for(tmp_path / "b", "reference", folders))
+        after = snapshot(src)
+    assert after == before
+    assert_same_result(tmp_path / "a", baseline["nvidia"], "nvidia")
+    assert_same_result(tmp_path / "b", baseline["reference"], "reference")
