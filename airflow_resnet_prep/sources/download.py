@@ -57,6 +57,10 @@ SIDECAR_SUFFIX = ".json"
 # Query parameters that carry secrets in signed URLs (S3/GCS/Azure SAS, API tokens): shown as ***.
 _SECRET_PARAM = re.compile(r"token|sig|signature|key|password|passwd|secret|credential|auth", re.IGNORECASE)
 _CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+# A query parameter inside free text (a log line), up to the next separator or quote.
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;\s\"'#]+)=([^&;\s\"'#]*)")
+# urllib3 logs each request line, query string included, at DEBUG ("GET /x.tar?token=... HTTP/1.1").
+_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,38 @@ def redact_url(url: str) -> str:
                 for k, v in pairs
             )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the values of secret-looking query parameters of any URL in it replaced by ``***``."""
+
+    def mask(m: re.Match[str]) -> str:
+        return f"{m[1]}{m[2]}=***" if _SECRET_PARAM.search(unquote(m[2])) else m[0]
+
+    return _QUERY_PAIR.sub(mask, text)
+
+
+class _RedactQueryFilter(logging.Filter):
+    """Masks secret query values in the records of the HTTP library's loggers, whatever their level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_text(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_text(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact_text(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+def _install_log_redaction() -> None:
+    for name in _URLLIB3_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactQueryFilter) for f in logger.filters):
+            logger.addFilter(_RedactQueryFilter())
+
+
+_install_log_redaction()
 
 
 def resolve_source(
@@ -246,7 +282,9 @@ def _download(
 
     with exclusive_lock(downloads_dir / f".{name}.lock"):
         reused = _reuse(final, sidecar, part_meta, shown, checksum, downloads_dir)
-        if reused is not None:
+        if reused is not None and (
+            checksum or not _changed_on_server(url, shown, reused, auth, headers, timeout_s)
+        ):
             return reused
         with requests.Session() as session:
             session.auth = auth
@@ -281,6 +319,42 @@ def _download(
         part_meta.unlink(missing_ok=True)
         log.info("%s: saved as %s (%.1f MB)", shown, final, final.stat().st_size / 1e6)
         return Fetched(final, fingerprint)
+
+
+def _changed_on_server(
+    url: str,
+    shown: str,
+    reused: Fetched,
+    auth: tuple[str, str] | None,
+    headers: dict[str, str],
+    timeout_s: float,
+) -> bool:
+    """Whether the file behind ``url`` differs from the earlier download, by size, ETag and
+    Last-Modified from a HEAD request; this is how a scheduled run notices a new release behind the
+    same URL. A pinned checksum makes the check unnecessary. When the server cannot be asked, the
+    earlier download is kept (a rerun works offline)."""
+    try:
+        answer = requests.head(url, auth=auth, headers=headers, timeout=timeout_s, allow_redirects=True)
+    except requests.RequestException as exc:
+        log.warning(
+            "%s: cannot check for a newer file (%s); keeping the earlier download", shown, type(exc).__name__
+        )
+        return False
+    if not answer.ok:
+        log.warning("%s: HEAD answered %d; keeping the earlier download", shown, answer.status_code)
+        return False
+    fp = reused.fingerprint
+    now = {
+        "size": int(answer.headers["Content-Length"])
+        if answer.headers.get("Content-Length", "").isdigit()
+        else None,
+        "etag": answer.headers.get("ETag"),
+        "last_modified": answer.headers.get("Last-Modified"),
+    }
+    changed = [k for k, v in now.items() if v is not None and fp.get(k) is not None and v != fp.get(k)]
+    if changed:
+        log.info("%s: changed on the server (%s); downloading the new file", shown, ", ".join(changed))
+    return bool(changed)
 
 
 def _read_json(path: Path) -> dict | None:

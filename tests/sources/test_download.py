@@ -243,10 +243,24 @@ def test_run_that_stopped_before_the_sidecar_is_adopted_without_network(server: 
         "resumable": True
     }
     (dl / "train.tar.part.json").write_text(json.dumps(meta))
-    n = len(server.requests)
+    n = len(server.gets())
     again = resolve_source(server.url("train.tar"), dl, **FAST)
-    assert again == first and len(server.requests) == n
+    assert again == first and len(server.gets()) == n  # at most a HEAD to check for a newer file
     assert _sidecar(dl) == first.fingerprint and not (dl / "train.tar.part.json").exists()
+
+
+def test_rerun_downloads_again_only_when_the_file_changed_on_the_server(server: FileServer, dl: Path) -> None:
+    first = resolve_source(server.url("train.tar"), dl, **FAST)
+    n = len(server.gets())
+    assert resolve_source(server.url("train.tar"), dl, **FAST) == first
+    assert len(server.gets()) == n
+    assert any(r.method == "HEAD" for r in server.requests)
+    server.put("train.tar", DATA[::-1])  # a new release behind the same URL
+    newer = resolve_source(server.url("train.tar"), dl, **FAST)
+    assert newer.path.read_bytes() == DATA[::-1] and newer.fingerprint["etag"] != first.fingerprint["etag"]
+    assert len(server.gets()) == n + 1
+    server.stop()  # the server gone: the earlier download is kept
+    assert resolve_source(server.url("train.tar"), dl, **FAST) == newer
 
 
 def test_same_name_from_another_url_is_downloaded_again(server: FileServer, dl: Path, tmp_path: Path) -> None:
