@@ -16,12 +16,14 @@ import hashlib
 import io
 import json
 import os
+import selectors
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,17 +292,24 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    ("implementation", "size", "where"),
+    [
+        ("nvidia", "1m", "work/nvidia/parts/train.00000.rec"),  # full while a unit writes its part
+        ("nvidia", "3m", "recordio/train.rec"),  # the parts fit; full while finish joins them
+        ("reference", "1m", "tfrecords/train-0000"),  # in a shard: TensorFlow reports it its own way
+    ],
+)
 def test_disk_full_fails_naming_the_place_and_a_rerun_with_space_completes(
-    small, baseline, tmp_path, implementation
+    small, baseline, tmp_path, implementation, size, where
 ):
     mount = tmp_path / "small disk"
-    with tmpfs(mount, "1m"):
+    with tmpfs(mount, size):
         values = values_for(mount / "data", implementation, local_sources(small))
         with pytest.raises(DiskFullError) as info:
             pipeline.run(values)
         message = str(info.value)
-        assert "the disk is full" in message and str(mount / "data") in message
+        assert "the disk is full" in message and f"{mount / 'data'}/{where}" in message
         assert_no_partial_final_files(mount / "data", baseline[implementation], implementation)
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
@@ -341,21 +350,44 @@ def test_a_run_waits_then_refuses_while_another_holds_the_data_dir(small, tmp_pa
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_a_unit_held_by_another_worker_is_never_written_twice(small, baseline, tmp_path, implementation):
+def test_a_run_waits_for_a_unit_another_process_is_writing(small, baseline, tmp_path, implementation):
+    """The unit's lock held here stands for another run's worker converting it: the run must wait (not
+    write the unit too, and not fail), then take the other's result and complete."""
     data_dir = tmp_path / "data"
     values = values_for(data_dir, implementation, local_sources(small))
-    converter = pipeline.make_converter(implementation, resolved(values))
     fetch(data_dir, values["train_source"], values["val_source"])
     relabel(data_dir, values["labels_source"])
-    plan = base.plan(converter, data_dir)
+    plan = base.plan(pipeline.make_converter(implementation, resolved(values)), data_dir)
     busy = plan.unit_done_path(0).with_suffix(".lock")
-    with exclusive_lock(busy), pytest.raises(OutputConflictError) as info:
-        pipeline.run(values)
-    assert str(busy) in str(info.value)
-    assert not plan.unit_done_path(0).exists() and not (data_dir / "manifest.json").exists()
-    assert not [p for p in (data_dir / OUTPUT_DIR[implementation]).iterdir()], "unit 0's output was written"
-    pipeline.run(values)
+    with exclusive_lock(busy):
+        run = _popen(values)
+        try:
+            _wait_for_line(run, f"unit 0: {busy}: another run is writing")
+            assert run.poll() is None, "the run ended instead of waiting"
+            assert not plan.unit_done_path(0).exists()
+            assert not [p for p in (data_dir / OUTPUT_DIR[implementation]).iterdir()], "unit 0 was written"
+        except BaseException:
+            run.kill()
+            raise
+    code, err = _wait(run)  # the lock is released: the run does unit 0 itself and completes
+    assert code == 0, err[-3000:]
     assert_same_result(data_dir, baseline[implementation], implementation)
+
+
+def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 120) -> None:
+    """Read ``proc``'s stderr until a line holds ``text`` (the sign of a state, instead of a sleep)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if selector.select(timeout=1):
+                line = proc.stderr.readline()
+                if text in line:
+                    return
+                if not line:  # end of output: the run is over
+                    break
+    raise AssertionError(f"no line with {text!r} from the run (exit code {proc.poll()})")
 
 
 def _popen(values: dict[str, Any]) -> subprocess.Popen[str]:
@@ -374,14 +406,15 @@ def _wait(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def test_two_runs_on_one_data_dir_at_once_leave_one_whole_output(small, baseline, tmp_path):
-    values = values_for(tmp_path / "data", "nvidia", local_sources(small), workers=2)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_two_runs_on_one_data_dir_at_once_leave_one_whole_output(small, baseline, tmp_path, implementation):
+    values = values_for(tmp_path / "data", implementation, local_sources(small), workers=2)
     results = [_wait(p) for p in [_popen(values), _popen(values)]]
     for code, err in results:
         # Each run either completed or refused with OutputConflictError; none failed any other way.
         assert code == 0 or "OutputConflictError" in err, err[-3000:]
     assert any(code == 0 for code, _ in results)
-    assert_same_result(tmp_path / "data", baseline["nvidia"], "nvidia")
+    assert_same_result(tmp_path / "data", baseline[implementation], implementation)
     assert not [p for p in (tmp_path / "data").rglob(".*.tmp")]
 
 
@@ -467,3 +500,40 @@ def test_read_only_sources_are_read_and_never_changed(small, baseline, tmp_path)
     assert after == before
     assert_same_result(tmp_path / "a", baseline["nvidia"], "nvidia")
     assert_same_result(tmp_path / "b", baseline["reference"], "reference")
+
+
+# -- the failpoints themselves, and leftovers of a killed extraction -----------------------------------
+@pytest.mark.parametrize(
+    ("armed", "killed"), [("x", True), ("x:2", True), ("x:3", False), ("y", False), ("", False)]
+)
+def test_failpoint_kills_on_the_armed_hit_only(armed, killed):
+    code = (
+        "from airflow_resnet_prep.failpoints import failpoint\nfailpoint('x')\nfailpoint('x')\nprint('alive')"
+    )
+    env = {**os.environ, FAILPOINT_ENV: armed}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == ((-signal.SIGKILL, "") if killed else (0, "alive\n"))
+
+
+@pytest.mark.parametrize("armed", ["x:0", "x:two"])
+def test_a_malformed_failpoint_is_an_error(armed):
+    env = {**os.environ, FAILPOINT_ENV: armed}
+    code = "import airflow_resnet_prep.failpoints"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and FAILPOINT_ENV in done.stderr
+
+
+def test_an_interrupted_extraction_is_completed_and_its_temp_files_removed(small, tmp_path):
+    """What a kill during extraction leaves (temp files, images not yet renamed into place) is repaired."""
+    sources = local_sources(small)
+    fetch(tmp_path, sources["train_source"], sources["val_source"], extract=True)
+    raw = tmp_path / "raw"
+    first = sorted((raw / "train").rglob("*.JPEG"))[0]
+    expected = first.read_bytes()
+    first.unlink()  # killed before its rename
+    stale = [first.parent / f".{first.name}.999999.tmp", raw / "val" / ".ILSVRC2012_val_00000001.JPEG.1.tmp"]
+    for path in stale:
+        path.write_bytes(expected[:100])
+    fetch(tmp_path, sources["train_source"], sources["val_source"], extract=True)
+    assert first.read_bytes() == expected
+    assert not [p for p in raw.rglob("*") if p.name.startswith(".")]

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
-from airflow_resnet_prep.fsutil import disk_full_as_error, tmp_name
+from airflow_resnet_prep.fsutil import disk_full_as_error, remove_stale_tmp, tmp_name
 from airflow_resnet_prep.progress import Progress
 
 
@@ -21,13 +21,21 @@ def image_path(root: Path, synset: str, name: str) -> Path:
 
 
 def extract_split(catalog: SplitCatalog, dest: Path) -> int:
-    """Copy every image of ``catalog`` into ``dest``; return how many files were written."""
+    """Copy every image of ``catalog`` into ``dest``; return how many files were written.
+
+    The caller holds the data_dir lock, so temp files found in a folder are a killed run's leftovers:
+    each folder is cleared of them on first visit.
+    """
     written = 0
     progress = Progress(f"extracting {catalog.split}", total=len(catalog))
     fds: dict[int, int] = {}
+    visited: set[Path] = set()
     try:
         for ref in catalog.images:
             target = image_path(dest, ref.synset, ref.name)
+            if target.parent not in visited:
+                visited.add(target.parent)
+                remove_stale_tmp(target.parent)
             try:
                 if target.stat().st_size == ref.size:
                     progress.advance()
@@ -73,7 +81,9 @@ def _copy(src_fd: int, dst_fd: int, size: int, offset: int) -> None:
         chunk = os.pread(src_fd, min(size - done, 1 << 20), offset + done)
         if not chunk:
             raise OSError(f"source ended {size - done} bytes early")
-        os.write(dst_fd, chunk)
+        view = memoryview(chunk)
+        while view:  # write() may take less than it is given (a signal, a nearly full disk)
+            view = view[os.write(dst_fd, view) :]
         done += len(chunk)
 
 

@@ -93,22 +93,33 @@ class SplitCatalog:
             fh = open(path, encoding="utf-8", newline="\n")  # noqa: SIM115 (closed by the with below)
         except FileNotFoundError:
             raise SourceError(f"{path}: catalog not found; run the fetch step first") from None
+        rerun = "rerun the fetch step to rebuild it"
+        number = 1
         with fh:
-            first = fh.readline()
             try:
-                header = json.loads(first[2:]) if first.startswith("# ") else None
-            except json.JSONDecodeError:
-                header = None
-            if not header or header.get("version") != CATALOG_VERSION:
-                raise SourceError(f"{path}: not a catalog of version {CATALOG_VERSION}; rerun the fetch step")
-            images = []
-            for line in fh:
-                synset, name, src, offset, size, member = line.rstrip("\n").split("\t")
-                images.append(ImageRef(synset, name, int(src), int(offset), int(size), member))
-        if len(images) != header["images"]:
-            raise SourceError(f"{path}: holds {len(images)} images, its header says {header['images']}")
-        sources = [Source(s["kind"], s["path"]) for s in header["sources"]]
-        return cls(split=header["split"], sources=sources, images=images)
+                first = fh.readline()
+                try:
+                    header = json.loads(first[2:]) if first.startswith("# ") else None
+                except json.JSONDecodeError:
+                    header = None
+                if not isinstance(header, dict) or header.get("version") != CATALOG_VERSION:
+                    raise SourceError(f"{path}: not a catalog of version {CATALOG_VERSION}; {rerun}")
+                sources = [Source(s["kind"], s["path"]) for s in header["sources"]]
+                split, count = header["split"], header["images"]
+                images = []
+                for number, line in enumerate(fh, start=2):  # noqa: B007 (number names the bad line below)
+                    synset, name, src, offset, size, member = line.rstrip("\n").split("\t")
+                    ref = ImageRef(synset, name, int(src), int(offset), int(size), member)
+                    if not (0 <= ref.src < len(sources) and ref.offset >= 0 and ref.size >= 0):
+                        raise ValueError("source, offset or size out of range")
+                    images.append(ref)
+            except SourceError:
+                raise
+            except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+                raise SourceError(f"{path}: damaged catalog (line {number}: {exc}); {rerun}") from None
+        if len(images) != count:
+            raise SourceError(f"{path}: holds {len(images)} images, its header says {count}; {rerun}")
+        return cls(split=split, sources=sources, images=images)
 
 
 class ImageReader:

@@ -16,10 +16,12 @@ different plan meets the outputs of an interrupted one only with ``force``.
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -293,7 +295,16 @@ def run_unit(converter: Converter, data_dir: str | os.PathLike[str], unit_id: in
     done = read_json(done_path)
     if done is not None:
         return UnitResult.from_dict(done)
-    with exclusive_lock(done_path.with_suffix(".lock"), wait_s=0):
+    with contextlib.ExitStack() as held:
+        lock = done_path.with_suffix(".lock")
+        try:
+            held.enter_context(exclusive_lock(lock, wait_s=0))
+        except OutputConflictError as exc:
+            # Another process (a second run on this data_dir) is writing this unit: wait for it rather
+            # than fail, or two runs that each hold a unit the other needs would both fail. The lock
+            # dies with its holder, so this wait ends when the holder finishes or is killed.
+            log.info("unit %d: %s; waiting for it", unit_id, exc)
+            held.enter_context(exclusive_lock(lock, wait_s=math.inf))
         done = read_json(done_path)  # another worker may have finished it while we waited
         if done is not None:
             return UnitResult.from_dict(done)

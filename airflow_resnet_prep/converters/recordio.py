@@ -286,7 +286,9 @@ def _copy_all(src_fd: int, dst_fd: int, size: int) -> None:
         chunk = os.pread(src_fd, min(size - done, 8 << 20), done)
         if not chunk:
             raise PrepError(f"part ended {size - done} bytes early")
-        os.write(dst_fd, chunk)
+        view = memoryview(chunk)
+        while view:  # write() may take less than it is given (a signal, a nearly full disk)
+            view = view[os.write(dst_fd, view) :]
         done += len(chunk)
 
 
