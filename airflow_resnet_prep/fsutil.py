@@ -63,20 +63,23 @@ def disk_full_as_error(where: str | os.PathLike[str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success sync it and rename it to ``path``.
 
     On any error the temporary file is removed, so a half-written file never carries the final name.
+    ``sync=False`` skips the fsyncs, for scratch files whose consumer checks them and syncs its own output.
     """
     final = Path(path)
     tmp = tmp_name(final)
     try:
         with disk_full_as_error(final):
             yield tmp
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            if sync:
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
             os.replace(tmp, final)
-            fsync_dir(final.parent)
+            if sync:
+                fsync_dir(final.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

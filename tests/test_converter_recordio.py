@@ -34,6 +34,7 @@ from airflow_resnet_prep.converters import base, recordio
 from airflow_resnet_prep.converters.recordio import RecordIOConverter
 from airflow_resnet_prep.errors import BadImageError, PrepError, SourceError
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
+from airflow_resnet_prep.layout import DataDir
 
 M = struct.pack("<I", 0xCED7230A)  # the RecordIO magic as it sits in the file
 LEN_MASK = (1 << 29) - 1
@@ -366,6 +367,40 @@ def test_identical_across_runs_unit_sizes_and_workers(
     # A second run of the same job from scratch: same bytes again.
     run_nvidia(tmp_path / "again", sample.train_tar, sample.val_tar, sample.labels, workers=2)
     assert outputs_of(tmp_path / "again") == reference
+    # Units one by one with part files joined by finish (the DAG's mapped tasks) give the same bytes
+    # as the one-machine path that writes each .rec in place.
+    data_dir = tmp_path / "units"
+    fetch(data_dir, str(sample.train_tar), str(sample.val_tar))
+    relabel(data_dir, str(sample.labels))
+    converter = RecordIOConverter()
+    base.plan(converter, data_dir)
+    base.run_units(converter, data_dir, workers=2)
+    base.finish(converter, data_dir)
+    assert outputs_of(data_dir) == reference
+    assert not any(
+        json.loads(p.read_text())["extra"].get("written") for p in (data_dir / "work").rglob("done/*.json")
+    )
+
+
+def test_direct_write_spreads_chunks_over_processes(sample, converted: Path, tmp_path: Path) -> None:
+    """The one-machine path with several processes and many small chunks: same bytes, done records
+    like the units'."""
+    from airflow_resnet_prep.converters import recordio_direct
+
+    data_dir = tmp_path / "direct"
+    fetch(data_dir, str(sample.train_tar), str(sample.val_tar))
+    relabel(data_dir, str(sample.labels))
+    converter = RecordIOConverter()
+    work_plan = base.plan(converter, data_dir)
+    assert recordio_direct.write_direct(converter, DataDir.of(data_dir), work_plan, workers=3)
+    done = [json.loads(work_plan.unit_done_path(u["id"]).read_text()) for u in work_plan.units]
+    assert all(d["extra"]["written"] == "direct" for d in done)
+    assert sum(d["records"] for d in done) == sample.train_count + sample.val_count
+    base.finish(converter, data_dir)
+    assert outputs_of(data_dir) == outputs_of(converted)
+    assert tmp_files(data_dir) == []
+    # A second call finds the units done and leaves the work to the unit-by-unit path (nothing to do).
+    assert not recordio_direct.write_direct(converter, DataDir.of(data_dir), work_plan, workers=3)
 
 
 _KILL_SCRIPT = """
@@ -425,7 +460,7 @@ def test_unit_killed_midway_then_rerun_gives_the_same_bytes(
 def test_pipeline_killed_at_a_failpoint_then_rerun_gives_the_same_bytes(
     sample, converted: Path, tmp_path: Path, point: str
 ) -> None:
-    """SIGKILL halfway through the train unit, or in finish after train.rec is joined and before its
+    """SIGKILL halfway through writing train.rec, or after both .rec are in place and before their
     .idx and .lst: final names hold only whole files, and a rerun completes with the same bytes."""
     data_dir = tmp_path / "data"
     args = ["--data-dir", str(data_dir), "--train-source", str(sample.train_tar)]
@@ -442,13 +477,12 @@ def test_pipeline_killed_at_a_failpoint_then_rerun_gives_the_same_bytes(
     assert not (data_dir / "manifest.json").exists()
     reference = outputs_of(converted)
     finals = sorted(p.name for p in (data_dir / "recordio").iterdir() if not p.name.startswith("."))
-    assert finals == ([] if point == "unit-half" else ["train.rec"])
+    # Killed in the middle of train, or with both .rec in place but no .idx/.lst yet.
+    assert finals == ([] if point == "unit-half" else ["train.rec", "val.rec"])
     for name in finals:
         assert (data_dir / "recordio" / name).read_bytes() == reference[name]
-    parts = data_dir / "work" / "nvidia" / "parts"
-    if point == "unit-half":  # the unit's part exists only under its in-progress name
-        assert [p.name.split(".")[1:3] for p in parts.iterdir()] == [["train", "00000"]]
-        assert all(p.name.endswith(".tmp") for p in parts.iterdir())
+    if point == "unit-half":  # one machine writes train.rec in place: only its in-progress name exists
+        assert [Path(p).name.split(".")[1:3] for p in tmp_files(data_dir)] == [["train", "rec"]]
     assert run_nvidia(data_dir, sample.train_tar, sample.val_tar, sample.labels)["cached"] is False
     assert outputs_of(data_dir) == reference
     assert tmp_files(data_dir) == []

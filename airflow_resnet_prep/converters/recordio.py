@@ -11,7 +11,9 @@ Units take contiguous runs of the shuffled list and write their own part file pl
 offsets; ``finish`` joins the parts in order into the final file with ``os.copy_file_range`` (done in
 the kernel, and shared extents on file systems with reflinks) and writes ``.idx`` from the offsets.
 This reads every source byte once and needs no pre-scan; the join costs one in-kernel copy of the
-output where the file system cannot share extents. Finish is idempotent: parts are deleted only
+output where the file system cannot share extents. When one machine runs the whole conversion
+(``base.convert``: the operator's ``step="all"``, the CLI, the benchmark), :mod:`.recordio_direct`
+writes each ``.rec`` in place instead, with no parts and no join. Finish is idempotent: parts are deleted only
 after all final names are in place, and a rerun that finds a final ``.rec`` lost or cut short writes
 the missing parts again (their units' done records would otherwise hide the loss).
 
@@ -120,45 +122,56 @@ class RecordIOConverter(Converter):
     def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
         unit = plan.units[unit_id]
         result = UnitResult(unit=unit_id, split=unit["split"])
-        on_bad, resize, quality = self.params["on_bad_image"], self.params["resize"], self.params["quality"]
         sources = plan.split_sources(unit["split"])
         path = self._part_path(plan, unit["outputs"][0])
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets: list[list[int]] = []
         position = 0
         half = max(1, len(items) // 2)
+        # A part is scratch: finish checks its size and fsyncs the joined file, so it is not synced here.
         with (
             ImageReader(sources) as reader,
-            atomic_path(path) as tmp,
+            atomic_path(path, sync=False) as tmp,
             open(tmp, "wb", buffering=1 << 20) as out,
         ):
             for item in items:
-                where = sources[item.src].describe(item.ref)
-                data = read_or_report(reader, item, where, on_bad, result)
-                if data is None:
+                buffers = self.frame_item(reader, sources, item, result)
+                if buffers is None:
                     continue
-                try:
-                    probe(data, where)  # validates (truncation, unknown format) without decoding pixels
-                    if resize:
-                        data = resize_short_side(data, where, resize, quality)[0]
-                except BadImageError as exc:
-                    bad_image(exc, item, on_bad, result)
-                    continue
-                if len(data) + 24 > MAX_RECORD:
-                    raise PrepError(
-                        f"{where}: {len(data):,} bytes is over RecordIO's record limit of 2^29-1 bytes"
-                    )
-                buffers = record_buffers(pack_header(float(item.label), item.index), data)
                 out.writelines(buffers)
                 offsets.append([item.index, position])
                 position += sum(len(b) for b in buffers)
-                result.records += 1
-                result.bytes_in += item.size
                 if result.records == half:
                     failpoint("unit-half")
         result.outputs[unit["outputs"][0]] = {"size": position, "records": result.records}
         result.extra["offsets"] = offsets
         return result
+
+    def frame_item(
+        self, reader: ImageReader, sources: list, item: WorkItem, result: UnitResult
+    ) -> list | None:
+        """The framed record of ``item`` (a list of buffers), or None when the image is left out."""
+        on_bad, resize, quality = self.params["on_bad_image"], self.params["resize"], self.params["quality"]
+        where = sources[item.src].describe(item.ref)
+        data = read_or_report(reader, item, where, on_bad, result)
+        if data is None:
+            return None
+        try:
+            probe(data, where)  # validates (truncation, unknown format) without decoding pixels
+            if resize:
+                data = resize_short_side(data, where, resize, quality)[0]
+        except BadImageError as exc:
+            return bad_image(exc, item, on_bad, result)
+        if len(data) + 24 > MAX_RECORD:
+            raise PrepError(f"{where}: {len(data):,} bytes is over RecordIO's record limit of 2^29-1 bytes")
+        result.records += 1
+        result.bytes_in += item.size
+        return record_buffers(pack_header(float(item.label), item.index), data)
+
+    def run_local(self, layout: DataDir, plan: Plan, workers: int) -> bool:
+        from airflow_resnet_prep.converters.recordio_direct import write_direct
+
+        return write_direct(self, layout, plan, workers)
 
     def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         out_dir = layout.recordio

@@ -1,0 +1,286 @@
+"""The ``nvidia`` converter's local fast path: each split's ``.rec`` written in place, no parts, no join.
+
+When one machine runs the whole conversion (``step="all"``, the CLI, the benchmark) there is no need
+for per-unit part files: ``workers`` processes take chunks of the shuffled list in order, frame them
+in memory, and write each chunk straight into the split's temporary ``.rec`` at its offset. A chunk's
+offset is the sum of the sizes of the chunks before it, which is known as soon as those chunks are
+framed (framing, not writing, decides a record's size), so processes wait only for earlier chunks'
+*sizes*, never for their writes. Memory stays at about two chunks per process.
+
+The end state is the one units + finish would leave: the final ``.rec`` and a done record per unit
+(with the unit's part-relative offsets), so the shared ``finish`` writes ``.idx`` and ``.lst`` and
+the manifest sees the same summary. A crash leaves only temporary names; the rerun starts the split
+again. The path is taken only when no unit of the plan is done yet (a conversion started as units,
+e.g. by the DAG's mapped tasks, is resumed as units).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_resnet_prep.catalog.model import ImageReader
+from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem, portable_error, resolve_workers
+from airflow_resnet_prep.errors import PrepError
+from airflow_resnet_prep.failpoints import failpoint
+from airflow_resnet_prep.fsutil import atomic_write_json, disk_full_as_error, fsync_dir, tmp_name
+from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.progress import Progress
+
+if TYPE_CHECKING:
+    from airflow_resnet_prep.converters.recordio import RecordIOConverter
+
+CHUNK_RECORDS = 256  # ~28 MB of ImageNet images: large writes, little memory
+
+
+@dataclass
+class _Chunk:
+    unit: int  # position of the unit among the split's units
+    items: list[WorkItem]
+
+
+@dataclass
+class _Framed:
+    """What a chunk produced, without its bytes (those went to the file)."""
+
+    chunk: int
+    size: int = 0
+    offsets: list[list[int]] = field(default_factory=list)  # [index, offset within the chunk]
+    result: UnitResult | None = None
+
+
+def write_direct(converter: RecordIOConverter, layout: DataDir, work_plan: Plan, workers: int) -> bool:
+    """Write both splits' ``.rec`` directly; False (nothing done) when some unit is done or being
+    written by another process: that conversion goes on unit by unit."""
+    if any(work_plan.unit_done_path(u["id"]).exists() for u in work_plan.units) or _units_busy(work_plan):
+        return False
+    processes = resolve_workers(workers)
+    total = sum(u["items"] for u in work_plan.units)
+    progress = Progress("nvidia conversion (direct)", total)
+    for split in ("train", "val"):
+        _write_split(converter, layout, work_plan, split, processes, progress)
+    failpoint("finish")
+    progress.finish()
+    return True
+
+
+def _units_busy(work_plan: Plan) -> bool:
+    """Whether another process holds a unit's lock (e.g. a mapped Airflow task converting it now)."""
+    for unit in work_plan.units:
+        lock = work_plan.unit_done_path(unit["id"]).with_suffix(".lock")
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def _write_split(
+    converter: RecordIOConverter,
+    layout: DataDir,
+    work_plan: Plan,
+    split: str,
+    processes: int,
+    progress: Progress,
+) -> None:
+    units = [u for u in work_plan.units if u["split"] == split]
+    # Small splits get small chunks, so that every process has work.
+    size = max(1, min(CHUNK_RECORDS, -(-sum(u["items"] for u in units) // (4 * processes))))
+    chunks: list[_Chunk] = []
+    for position, unit in enumerate(units):
+        items = work_plan.load_items(unit["id"])
+        chunks.extend(_Chunk(position, items[i : i + size]) for i in range(0, len(items), size))
+    rec = layout.recordio / f"{split}.rec"
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(rec)
+    sources = work_plan.split_sources(split)
+    try:
+        with disk_full_as_error(rec):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                if processes <= 1 or len(chunks) <= 1:
+                    framed = _run_in_process(converter, sources, chunks, fd, split, progress)
+                else:
+                    framed = _run_in_pool(converter, sources, chunks, fd, split, processes, progress)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, rec)
+        fsync_dir(rec.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _write_done_records(work_plan, units, chunks, framed, split)
+
+
+def _frame_chunk(
+    converter: RecordIOConverter, reader: ImageReader, sources: list, chunk: _Chunk, index: int, split: str
+) -> tuple[_Framed, list]:
+    result = UnitResult(unit=-1, split=split)
+    framed = _Framed(index, result=result)
+    buffers: list = []
+    for item in chunk.items:
+        record = converter.frame_item(reader, sources, item, result)
+        if record is None:
+            continue
+        framed.offsets.append([item.index, framed.size])
+        framed.size += sum(len(b) for b in record)
+        buffers.extend(record)
+    return framed, buffers
+
+
+def _pwrite_all(fd: int, buffers: list, offset: int) -> None:
+    """Write ``buffers`` at ``offset``; os.pwritev may write less than asked (and takes at most IOV_MAX).
+
+    Then ask the kernel to start writing the range back now (POSIX_FADV_DONTNEED starts writeback of
+    dirty pages without waiting): the disk works while later chunks are framed, and the final fsync
+    has little left to wait for.
+    """
+    start = offset
+    pending = [memoryview(b) for b in buffers if len(b)]
+    while pending:
+        batch = pending[:512]
+        written = os.pwritev(fd, batch, offset)
+        offset += written
+        while written:
+            if written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][written:]
+                written = 0
+    if offset > start:
+        os.posix_fadvise(fd, start, offset - start, os.POSIX_FADV_DONTNEED)
+
+
+def _run_in_process(
+    converter: RecordIOConverter, sources: list, chunks: list[_Chunk], fd: int, split: str, progress: Progress
+) -> list[_Framed]:
+    framed_all, offset, half = [], 0, len(chunks) // 2
+    with ImageReader(sources) as reader:
+        for index, chunk in enumerate(chunks):
+            framed, buffers = _frame_chunk(converter, reader, sources, chunk, index, split)
+            _pwrite_all(fd, buffers, offset)
+            offset += framed.size
+            framed_all.append(framed)
+            progress.advance(len(chunk.items))
+            if index == half:
+                failpoint("unit-half")
+    return framed_all
+
+
+def _run_in_pool(
+    converter: RecordIOConverter,
+    sources: list,
+    chunks: list[_Chunk],
+    fd: int,
+    split: str,
+    processes: int,
+    progress: Progress,
+) -> list[_Framed]:
+    ctx = multiprocessing.get_context("fork")
+    n = len(chunks)
+    cond = ctx.Condition()
+    next_chunk = ctx.RawValue("q", 0)
+    sizes = ctx.RawArray("q", n)  # a chunk's size; -1 until framed
+    starts = ctx.RawArray("q", n + 1)  # starts[i] is valid once frontier >= i
+    frontier = ctx.RawValue("q", 0)  # chunks [0, frontier) have known sizes
+    for i in range(n):
+        sizes[i] = -1
+    results: Any = ctx.Queue()
+
+    def worker() -> None:
+        try:
+            with ImageReader(sources) as reader:
+                while True:
+                    with cond:
+                        index = next_chunk.value
+                        if index >= n:
+                            break
+                        next_chunk.value = index + 1
+                    framed, buffers = _frame_chunk(converter, reader, sources, chunks[index], index, split)
+                    with cond:
+                        sizes[index] = framed.size
+                        while frontier.value < n and sizes[frontier.value] >= 0:
+                            f = frontier.value
+                            starts[f + 1] = starts[f] + sizes[f]
+                            frontier.value = f + 1
+                        cond.notify_all()
+                        cond.wait_for(lambda i=index: frontier.value >= i)
+                        start = starts[index]
+                    _pwrite_all(fd, buffers, start)
+                    results.put(("ok", framed))
+                    if index == n // 2:
+                        failpoint("unit-half")
+        except BaseException as exc:  # reported to the parent, which stops the others
+            results.put(("error", portable_error(exc)))
+            results.close()
+            results.join_thread()
+            os._exit(1)
+        results.close()
+        results.join_thread()
+        os._exit(0)
+
+    procs = [ctx.Process(target=worker, daemon=True) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    framed_all: dict[int, _Framed] = {}
+    try:
+        while len(framed_all) < n:
+            try:
+                kind, value = results.get(timeout=0.5)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    time.sleep(0.2)  # let an error report that is on its way arrive first
+                    if results.empty():
+                        raise PrepError(
+                            f"a process writing {split}.rec died abruptly (exit code {dead[0].exitcode}); "
+                            "nothing was finished, rerun to start the split again"
+                        ) from None
+                continue
+            if kind == "error":
+                raise value
+            framed_all[value.chunk] = value
+            progress.advance(len(chunks[value.chunk].items))
+    finally:
+        for proc in procs:
+            if proc.is_alive() and len(framed_all) < n:
+                proc.kill()
+        for proc in procs:
+            proc.join()
+    return [framed_all[i] for i in range(n)]
+
+
+def _write_done_records(
+    work_plan: Plan, units: list[dict[str, Any]], chunks: list[_Chunk], framed: list[_Framed], split: str
+) -> None:
+    """One done record per unit, exactly as ``run_unit`` would have written it (offsets part-relative)."""
+    by_unit: dict[int, list[_Framed]] = {}
+    for chunk, f in zip(chunks, framed, strict=True):
+        by_unit.setdefault(chunk.unit, []).append(f)
+    for position, unit in enumerate(units):
+        result = UnitResult(unit=unit["id"], split=split)
+        offset = 0
+        offsets: list[list[int]] = []
+        for f in by_unit.get(position, []):
+            offsets.extend([index, offset + off] for index, off in f.offsets)
+            offset += f.size
+            assert f.result is not None
+            result.records += f.result.records
+            result.bytes_in += f.result.bytes_in
+            result.skipped.extend(f.result.skipped)
+            result.reencoded.extend(f.result.reencoded)
+        result.outputs[unit["outputs"][0]] = {"size": offset, "records": result.records}
+        result.extra["offsets"] = offsets
+        result.extra["written"] = "direct"
+        atomic_write_json(work_plan.unit_done_path(unit["id"]), result.to_dict())
