@@ -85,6 +85,31 @@ def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Pat
             tmp.unlink()
 
 
+class EarlyWriteback:
+    """Starts the writeback of a file being written, so its final fsync has little left to wait for.
+
+    ``POSIX_FADV_DONTNEED`` makes Linux begin writing the file's dirty pages without waiting for them
+    (and drop clean ones from the cache, which an output does not need); the disk then works while
+    the CPU produces the next records instead of all at once at the end.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def start(self) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def __enter__(self) -> EarlyWriteback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)

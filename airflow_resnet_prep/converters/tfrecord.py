@@ -13,6 +13,7 @@ Differences from upstream ``imagenet_to_gcs.py``, on purpose:
 
 from __future__ import annotations
 
+import gc
 import glob
 import random
 import re
@@ -34,7 +35,13 @@ from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import encode_example
-from airflow_resnet_prep.fsutil import TMP_SUFFIX, atomic_path, atomic_write_text, disk_full_as_error
+from airflow_resnet_prep.fsutil import (
+    TMP_SUFFIX,
+    EarlyWriteback,
+    atomic_path,
+    atomic_write_text,
+    disk_full_as_error,
+)
 from airflow_resnet_prep.layout import DataDir
 
 SHARD_PREFIX = {"train": "train", "val": "validation"}
@@ -43,12 +50,23 @@ _OUTPUT_NAME = re.compile(r"(train|validation)-\d{5,}-of-\d{5,}(\.idx)?")
 # Units hold whole shards; a unit of about this many images keeps the number of units (and of Airflow
 # mapped tasks' bookkeeping) moderate without making a retry expensive.
 UNIT_IMAGES = 1000
+WRITEBACK_RECORDS = 128  # start the disk writing a shard every ~14 MB, not all at its fsync
 # ... but a split gets at least this many units (or one per shard, if fewer), so a small set still
 # spreads over the workers (the plan must not depend on the machine, so this is a constant).
 MIN_UNITS = 16
 REENCODE_QUALITY = 100
 # TFRecord framing: uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of the data.
 TFRECORD_OVERHEAD = 16
+
+
+def _tensorflow():
+    """TensorFlow, imported on first use (never at DAG parse time)."""
+    import tensorflow as tf
+
+    # The import leaves ~300k long-lived objects; keep the cyclic GC from walking them on every
+    # collection (it otherwise slows plan-sized work in the same process several times over).
+    gc.freeze()
+    return tf
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
@@ -89,7 +107,7 @@ class TFRecordConverter(Converter):
         return _OUTPUT_NAME.fullmatch(name) is not None
 
     def prepare_process(self) -> None:
-        import tensorflow  # noqa: F401  (loaded once, before the pool forks)
+        _tensorflow()  # loaded once, before the pool forks
 
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
         shards = self.params["train_shards" if split == "train" else "val_shards"]
@@ -119,7 +137,7 @@ class TFRecordConverter(Converter):
         return units
 
     def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
-        import tensorflow as tf
+        tf = _tensorflow()
 
         unit = plan.units[unit_id]
         result = UnitResult(unit=unit_id, split=unit["split"])
@@ -136,13 +154,16 @@ class TFRecordConverter(Converter):
                 path = out_dir / name
                 sizes: list[int] = []
                 with atomic_path(path) as tmp, disk_full_as_error(path):
-                    with tf.io.TFRecordWriter(str(tmp)) as writer:
+                    with tf.io.TFRecordWriter(str(tmp)) as writer, EarlyWriteback(tmp) as writeback:
                         for item in by_output.get(index, []):
                             record = self._example(reader, sources, item, on_bad, result)
                             if record is None:
                                 continue
                             writer.write(record)
                             sizes.append(len(record))
+                            if len(sizes) % WRITEBACK_RECORDS == 0:
+                                writer.flush()
+                                writeback.start()
                             result.bytes_in += item.size
                             if result.records + len(sizes) == half:
                                 failpoint("unit-half")
