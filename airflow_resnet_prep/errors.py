@@ -27,6 +27,11 @@ class BadImageError(PrepError):
         self.name = name
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[BadImageError], tuple[str, str]]:
+        # Pickled as cls(*args) by default, and args is the one message: rebuild from (name, reason) so
+        # the error survives the trip from a worker process back to the parent.
+        return type(self), (self.name, self.reason)
+
 
 class OutputConflictError(PrepError):
     """The output folder holds files from a different plan or another run is writing it."""

@@ -36,12 +36,10 @@ def extract_split(catalog: SplitCatalog, dest: Path) -> int:
             if target.parent not in visited:
                 visited.add(target.parent)
                 remove_stale_tmp(target.parent)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 if target.stat().st_size == ref.size:
                     progress.advance()
                     continue
-            except FileNotFoundError:
-                pass
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = tmp_name(target)
             source = catalog.sources[ref.src]

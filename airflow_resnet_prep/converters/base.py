@@ -17,7 +17,6 @@ different plan meets the outputs of an interrupted one only with ``force``.
 from __future__ import annotations
 
 import contextlib
-import copyreg
 import hashlib
 import json
 import logging
@@ -371,16 +370,6 @@ def summarize(
 # -- running units in a local process pool ------------------------------------------------------------
 _POOL_CONVERTER: Converter | None = None
 _POOL_DATA_DIR: str = ""
-
-
-def _reduce_bad_image(exc: BadImageError) -> tuple[type[BadImageError], tuple[str, str]]:
-    return BadImageError, (exc.name, exc.reason)
-
-
-# An exception pickles as ``cls(*args)``, and BadImageError's args are its one message, not (name, reason):
-# without this, a bad image met in a pool worker fails to unpickle in the parent's result thread, and
-# the pool then waits forever instead of failing.
-copyreg.pickle(BadImageError, _reduce_bad_image)
 
 
 def portable_error(exc: BaseException) -> BaseException:
