@@ -63,13 +63,22 @@ UNIT_RECORDS = 5000
 OUTPUT_NAMES = {f"{split}.{ext}" for split in ("train", "val") for ext in ("lst", "rec", "idx")}
 
 
-def list_split(catalog: SplitCatalog) -> list[tuple[int, str, int]]:
-    """im2rec's ``--list --recursive`` for a tree laid out as the catalog: (index, relpath, label), shuffled."""
+def list_split(catalog: SplitCatalog) -> list[tuple[int, ImageRef, int]]:
+    """im2rec's ``--list --recursive`` for a tree laid out as the catalog: (index, image, label), shuffled.
+
+    The walk order (class folders sorted, files sorted within each) is the catalog's own order.
+    """
     folders: dict[str, int] = {}
     listing = []
+    previous: ImageRef | None = None
     for index, ref in enumerate(sorted(catalog.images, key=lambda r: (r.synset, r.name))):
+        if previous is not None and (previous.synset, previous.name) == (ref.synset, ref.name):
+            raise PrepError(
+                f"{catalog.where(ref)}: a second {catalog.split} image named {ref.synset}/{ref.name}"
+            )
         label = folders.setdefault(ref.synset, len(folders))
-        listing.append((index, f"{ref.synset}/{ref.name}", label))
+        listing.append((index, ref, label))
+        previous = ref
     random.Random(IM2REC_SHUFFLE_SEED).shuffle(listing)
     return listing
 
@@ -103,16 +112,11 @@ class RecordIOConverter(Converter):
 
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
         check_class_folders(split, catalog, classes)
-        by_relpath: dict[str, ImageRef] = {}
-        for ref in catalog.images:
-            relpath = f"{ref.synset}/{ref.name}"
-            if by_relpath.setdefault(relpath, ref) is not ref:
-                raise PrepError(f"{catalog.where(ref)}: a second {split} image named {relpath}")
         listing = list_split(catalog)
         units = []
         for first in range(0, len(listing), UNIT_RECORDS):
             chunk = listing[first : first + UNIT_RECORDS]
-            items = [WorkItem(*by_relpath[relpath], label, index, 0) for index, relpath, label in chunk]
+            items = [WorkItem(*ref, label, index, 0) for index, ref, label in chunk]
             units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], items))
         return units
 
