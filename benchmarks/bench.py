@@ -85,8 +85,8 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
     ),
     "nvidia": (
         "RecordIO converter on an already-built catalog over the tars (fetch + relabel done before, not "
-        "timed; images read from the tars, nothing extracted): base.plan + base.run_units(workers) + "
-        "base.finish, i.e. base.convert",
+        "timed; images read from the tars, nothing extracted): base.convert's steps, i.e. base.plan, the "
+        "one-machine path (each .rec written in place by `workers` processes), base.finish",
         "cat",
         0.8,
     ),
@@ -241,10 +241,12 @@ def _records(summary: dict[str, Any]) -> int:
 
 
 def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
-    """plan + run_units + finish on a data_dir whose catalogs exist (``from_tars``: fetch + relabel too)."""
+    """base.convert's steps on a data_dir whose catalogs exist (``from_tars``: fetch + relabel too):
+    plan, then the converter's one-machine path (``run_local``) or else every unit, then finish."""
     from airflow_resnet_prep.catalog.fetch import fetch
     from airflow_resnet_prep.catalog.relabel import relabel
     from airflow_resnet_prep.converters import base
+    from airflow_resnet_prep.layout import DataDir
 
     converter = _converter(spec)
     data_dir = spec["data_dir"]
@@ -257,7 +259,10 @@ def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
     with clock.phase("plan"):
         base.plan(converter, data_dir)
     with clock.phase("units"):
-        base.run_units(converter, data_dir, workers=spec["workers"])
+        layout = DataDir.of(data_dir)
+        work_plan = base.Plan.load(layout.work / converter.implementation)
+        if not converter.run_local(layout, work_plan, spec["workers"]):
+            base.run_units(converter, data_dir, workers=spec["workers"])
     with clock.phase("finish"):
         summary = base.finish(converter, data_dir)
     result = clock.result(import_s=_IMPORT_S)
@@ -501,8 +506,22 @@ class Sample:
         }
 
 
+def drop_page_cache() -> bool:
+    """Empty the page cache (root only), so that the runs do not pay for evicting earlier work's pages
+    at random moments; returns whether it was possible."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
 def warm_page_cache(sample: Sample) -> None:
-    """Read every source byte once so all rows start from the page cache."""
+    """Empty the page cache where allowed, then read every source byte once so all rows start from
+    the page cache."""
+    log("page cache emptied first" if drop_page_cache() else "page cache not emptied (needs root)")
     mem_kb = _meminfo().get("MemAvailable", 0)
     need = 2 * (sample.image_bytes + sample.tar_bytes)  # sources + up to two outputs of that size
     if mem_kb and need > mem_kb * 1024 * 0.8:
