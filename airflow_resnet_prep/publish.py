@@ -28,9 +28,14 @@ def publish_outputs(
     layout = DataDir.of(params["data_dir"])
     implementation = params["implementation"]
     if summary is not None:
+        unit_seconds = round(sum(s["unit_seconds"] for s in summary["splits"].values()), 3)
+        records = sum(s["records"] for s in summary["splits"].values())
         steps = {
             "fetch": fetched.get("timings", {}),
-            "convert": {"unit_seconds": sum(s["unit_seconds"] for s in summary["splits"].values())},
+            "convert": {
+                "unit_seconds": unit_seconds,
+                "images_per_unit_second": round(records / unit_seconds, 1) if unit_seconds else None,
+            },
         }
         manifest = build_manifest(
             layout,
