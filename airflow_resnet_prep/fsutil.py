@@ -110,6 +110,27 @@ class EarlyWriteback:
             os.close(self.fd)
 
 
+def copy_range(src_fd: int, dst_fd: int, size: int, offset: int = 0) -> None:
+    """Append ``size`` bytes from ``offset`` of ``src_fd`` to ``dst_fd`` (at its position), in the kernel
+    with ``os.copy_file_range`` where the OS allows (shared extents on file systems with reflinks),
+    else with reads and writes. Raises OSError if the source ends early."""
+    done = 0
+    with contextlib.suppress(OSError):  # e.g. across file systems on old kernels: plain copy below
+        while done < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - done, offset + done)
+            if n == 0:
+                break
+            done += n
+    while done < size:
+        chunk = os.pread(src_fd, min(size - done, 8 << 20), offset + done)
+        if not chunk:
+            raise OSError(f"source ended {size - done} bytes early")
+        view = memoryview(chunk)
+        while view:  # write() may take less than it is given (a signal, a nearly full disk)
+            view = view[os.write(dst_fd, view) :]
+        done += len(chunk)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from sampletools import extract_sample_tar
 
 from airflow_resnet_prep.catalog.build import build_split_catalog
 from airflow_resnet_prep.catalog.fetch import fetch
@@ -18,24 +19,11 @@ from airflow_resnet_prep.errors import LabelsError, SourceError, UnsafeArchiveEr
 from airflow_resnet_prep.layout import DataDir
 
 
-def _extract_all(tar_path: Path, dest: Path) -> None:
-    """Extract the sample's tars with the standard library (nested train tars too) as a user would."""
-    with tarfile.open(tar_path) as outer:
-        for member in outer.getmembers():
-            data = outer.extractfile(member).read()
-            if member.name.endswith(".tar"):
-                with tarfile.open(fileobj=io.BytesIO(data)) as inner:
-                    inner.extractall(dest / member.name[:-4], filter="data")
-            else:
-                (dest / member.name).parent.mkdir(parents=True, exist_ok=True)
-                (dest / member.name).write_bytes(data)
-
-
 @pytest.fixture(scope="module")
 def extracted(sample, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("extracted")
-    _extract_all(sample.train_tar, root / "train")
-    _extract_all(sample.val_tar, root / "val")
+    extract_sample_tar(sample.train_tar, root / "train")
+    extract_sample_tar(sample.val_tar, root / "val")
     return root
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import selectors
@@ -22,7 +21,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 import pytest
 from httpserver import FileServer
+from sampletools import extract_sample_tar
 
 from airflow_resnet_prep import pipeline
 from airflow_resnet_prep.catalog.fetch import fetch
@@ -428,19 +427,6 @@ def test_two_data_dirs_side_by_side_both_complete(small, baseline, tmp_path, imp
 
 
 # -- read-only sources ---------------------------------------------------------------------------------
-def _extract_all(tar_path: Path, dest: Path) -> None:
-    """The sample's tars as folders: train as <synset>/<image>, val flat."""
-    with tarfile.open(tar_path) as outer:
-        for member in outer.getmembers():
-            data = outer.extractfile(member).read()
-            if member.name.endswith(".tar"):
-                with tarfile.open(fileobj=io.BytesIO(data)) as inner:
-                    inner.extractall(dest / member.name[:-4], filter="data")
-            else:
-                (dest / member.name).parent.mkdir(parents=True, exist_ok=True)
-                (dest / member.name).write_bytes(data)
-
-
 def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     """Every entry below ``root``: (mode, mtime_ns, sha256 of a file's bytes)."""
     out = {}
@@ -478,8 +464,8 @@ def test_read_only_sources_are_read_and_never_changed(small, baseline, tmp_path)
     for path in (small.train_tar, small.val_tar, small.labels):
         (src / "tars").mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, src / "tars" / path.name)
-    _extract_all(small.train_tar, src / "folders" / "train")
-    _extract_all(small.val_tar, src / "folders" / "val")
+    extract_sample_tar(small.train_tar, src / "folders" / "train")
+    extract_sample_tar(small.val_tar, src / "folders" / "val")
     tars = {k: str(src / "tars" / Path(v).name) for k, v in local_sources(small).items()}
     folders = {
         **tars,

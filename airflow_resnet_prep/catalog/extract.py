@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
-from airflow_resnet_prep.fsutil import disk_full_as_error, remove_stale_tmp, tmp_name
+from airflow_resnet_prep.fsutil import copy_range, disk_full_as_error, remove_stale_tmp, tmp_name
 from airflow_resnet_prep.progress import Progress
 
 
@@ -47,12 +47,12 @@ def extract_split(catalog: SplitCatalog, dest: Path) -> int:
                 with disk_full_as_error(target), open(tmp, "wb") as out:
                     if source.kind == DIR:
                         with open(os.path.join(source.path, ref.member), "rb") as src:
-                            _copy(src.fileno(), out.fileno(), ref.size, 0)
+                            copy_range(src.fileno(), out.fileno(), ref.size, 0)
                     else:
                         fd = fds.get(ref.src)
                         if fd is None:
                             fd = fds[ref.src] = os.open(source.path, os.O_RDONLY)
-                        _copy(fd, out.fileno(), ref.size, ref.offset)
+                        copy_range(fd, out.fileno(), ref.size, ref.offset)
                 os.replace(tmp, target)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -64,25 +64,6 @@ def extract_split(catalog: SplitCatalog, dest: Path) -> int:
             os.close(fd)
     progress.finish()
     return written
-
-
-def _copy(src_fd: int, dst_fd: int, size: int, offset: int) -> None:
-    """Copy ``size`` bytes from ``offset`` of ``src_fd``, in the kernel where the OS allows."""
-    done = 0
-    with contextlib.suppress(OSError):
-        while done < size:
-            n = os.copy_file_range(src_fd, dst_fd, size - done, offset + done)
-            if n == 0:
-                break
-            done += n
-    while done < size:
-        chunk = os.pread(src_fd, min(size - done, 1 << 20), offset + done)
-        if not chunk:
-            raise OSError(f"source ended {size - done} bytes early")
-        view = memoryview(chunk)
-        while view:  # write() may take less than it is given (a signal, a nearly full disk)
-            view = view[os.write(dst_fd, view) :]
-        done += len(chunk)
 
 
 def move_val_into_classes(catalog: SplitCatalog, dest: Path) -> int:

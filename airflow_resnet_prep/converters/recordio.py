@@ -50,6 +50,7 @@ from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record
 from airflow_resnet_prep.fsutil import (
     atomic_path,
     atomic_write_text,
+    copy_range,
     disk_full_as_error,
     remove_stale_tmp,
     tmp_name,
@@ -247,7 +248,7 @@ class RecordIOConverter(Converter):
                 for part in parts:
                     with open(part, "rb") as src:
                         size = os.fstat(src.fileno()).st_size
-                        _copy_all(src.fileno(), out.fileno(), size)
+                        copy_range(src.fileno(), out.fileno(), size)
                 out.flush()
                 os.fsync(out.fileno())
             if tmp.stat().st_size != total:
@@ -287,26 +288,6 @@ def check_class_folders(split: str, catalog: SplitCatalog, classes: list[str]) -
             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}, which the training set has; "
             f"its labels would not match the training labels"
         )
-
-
-def _copy_all(src_fd: int, dst_fd: int, size: int) -> None:
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(src_fd, dst_fd, size - done)
-            if n == 0:
-                break
-            done += n
-    except OSError:
-        pass  # e.g. across file systems on old kernels: fall back to plain reads and writes below
-    while done < size:
-        chunk = os.pread(src_fd, min(size - done, 8 << 20), done)
-        if not chunk:
-            raise PrepError(f"part ended {size - done} bytes early")
-        view = memoryview(chunk)
-        while view:  # write() may take less than it is given (a signal, a nearly full disk)
-            view = view[os.write(dst_fd, view) :]
-        done += len(chunk)
 
 
 def params_from(values: dict[str, Any]) -> dict[str, Any]:
