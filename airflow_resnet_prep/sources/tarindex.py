@@ -12,7 +12,6 @@ import io
 import os
 import tarfile
 from collections.abc import Iterator
-from pathlib import PurePosixPath
 from typing import BinaryIO, NamedTuple
 
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
@@ -61,7 +60,7 @@ def check_member_name(archive: str, name: str) -> str:
         raise UnsafeArchiveError(f"{archive}: member with an empty or invalid name {name!r}")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path; refusing the archive")
-    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UnsafeArchiveError(f"{archive}: member {name!r} points outside the archive ('..'); refusing it")
     return "/".join(parts)
@@ -84,6 +83,79 @@ def iter_tar(fh: BinaryIO, archive: str, start: int = 0, size: int | None = None
     would run past the end of its container means the archive is truncated.
     """
     total = size if size is not None else os.fstat(fh.fileno()).st_size - start
+    members = _fast_index(fh, archive, start, total)
+    if members is not None:
+        yield from members
+        return
+    yield from _tarfile_index(fh, archive, start, total)
+
+
+# Plain ustar/GNU headers (what ImageNet's tars hold) are read directly: about 5x faster than building
+# tarfile.TarInfo objects, which matters for 1.3 M members. Anything else (long names, pax headers,
+# sparse files) goes to the standard library's reader.
+_BLOCK = 512
+_ZERO_BLOCK = bytes(_BLOCK)
+_FILE_TYPES = (b"0", b"\0", b"7")
+_PLAIN_TYPES = {*_FILE_TYPES, b"5", b"1", b"2", b"3", b"4", b"6"}
+
+
+def _octal(field: bytes) -> int | None:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for large numbers
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        return None
+
+
+def _fast_index(fh: BinaryIO, archive: str, start: int, total: int) -> list[TarMember] | None:
+    """The archive's regular files from its raw headers, or None when a header is anything but plain
+    and valid (tarfile then reads the archive, and reports damage)."""
+    members: list[TarMember] = []
+    pos = 0
+    while pos + _BLOCK <= total:
+        fh.seek(start + pos)
+        block = fh.read(_BLOCK)
+        if block == _ZERO_BLOCK:
+            return members
+        if len(block) < _BLOCK:
+            return None
+        stored, size = _octal(block[148:156]), _octal(block[124:136])
+        if stored != sum(block) - sum(block[148:156]) + 8 * 32 or size is None:
+            return None
+        kind = block[156:157]
+        if kind not in _PLAIN_TYPES:
+            return None
+        name = block[0:100].split(b"\0", 1)[0]
+        if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX ustar: name = prefix/name
+            name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+        text = name.decode("utf-8", "surrogateescape")
+        if kind == b"\0" and text.endswith("/"):
+            kind = b"5"
+        path = check_member_name(archive, text)
+        if kind in (b"1", b"2"):
+            link = block[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            raise UnsafeArchiveError(
+                f"{archive}: member {text!r} is a {'symbolic' if kind == b'2' else 'hard'} link "
+                f"(to {link!r}); ImageNet archives hold plain files only, refusing it"
+            )
+        if kind in (b"3", b"4", b"6"):
+            raise UnsafeArchiveError(f"{archive}: member {text!r} is a device or FIFO; refusing it")
+        data = pos + _BLOCK
+        if kind in _FILE_TYPES:
+            if data + size > total:
+                raise SourceError(
+                    f"{archive}: truncated: member {text!r} needs {size} bytes at offset "
+                    f"{start + data}, the archive ends first"
+                )
+            members.append(TarMember(path, start + data, size))
+        pos = data + (size if kind in _FILE_TYPES else 0)
+        pos += -pos % _BLOCK
+    return None  # no end-of-archive marker: let tarfile find out what is wrong
+
+
+def _tarfile_index(fh: BinaryIO, archive: str, start: int, total: int) -> Iterator[TarMember]:
     view: BinaryIO = _Window(fh, start, total)  # type: ignore[assignment]
     try:
         tar = tarfile.open(fileobj=view, mode="r:")  # noqa: SIM115 (closed by the with below)
