@@ -249,6 +249,10 @@ class RecordIOConverter(Converter):
                     with open(part, "rb") as src:
                         size = os.fstat(src.fileno()).st_size
                         copy_range(src.fileno(), out.fileno(), size)
+                        # The part is read once; the output is written back now (see EarlyWriteback):
+                        # neither fills the page cache.
+                        os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                    os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
                 out.flush()
                 os.fsync(out.fileno())
             if tmp.stat().st_size != total:
