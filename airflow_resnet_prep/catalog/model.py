@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -151,10 +150,6 @@ class ImageReader:
                 f"(wanted {ref.size} bytes at offset {ref.offset}, got {len(data)}); was it truncated or replaced?"
             )
         return data
-
-    def read_many(self, refs: Iterable[ImageRef]) -> Iterator[bytes]:
-        for ref in refs:
-            yield self.read(ref)
 
     def close(self) -> None:
         for fd in self._fds.values():

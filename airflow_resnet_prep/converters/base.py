@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog
-from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError, SourceError
+from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError
 from airflow_resnet_prep.fsutil import (
     atomic_path,
     atomic_write_json,
@@ -494,9 +494,3 @@ def check_on_bad_image(value: str) -> str:
     if value not in ON_BAD_IMAGE:
         raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {value!r}")
     return value
-
-
-def catalog_sources_exist(work_plan: Plan, split: str) -> None:
-    for source in work_plan.split_sources(split):
-        if not os.path.exists(source.path):
-            raise SourceError(f"{source.path}: {split} source named in the plan is gone; rerun fetch")
