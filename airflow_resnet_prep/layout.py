@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from airflow_resnet_prep.errors import PrepError
+
 
 @dataclass(frozen=True)
 class DataDir:
@@ -13,6 +15,9 @@ class DataDir:
 
     @classmethod
     def of(cls, data_dir: str | os.PathLike[str]) -> DataDir:
+        if not str(data_dir).strip():
+            # An empty param would otherwise mean the worker's current folder.
+            raise PrepError("data_dir is empty: set the data_dir param (or MLPERF_RESNET_PREP_DATA_DIR)")
         return cls(Path(data_dir).expanduser().resolve())
 
     @property

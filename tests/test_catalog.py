@@ -276,3 +276,10 @@ def test_header_reader_agrees_with_tarfile(sample, tmp_path):
         fast, slow = both(path)
         assert slow[0].path == f"{long_dir}/x.JPEG"
         assert (fast == slow) if handled else fast is None
+
+
+def test_an_empty_data_dir_is_refused(sample):
+    from airflow_resnet_prep.errors import PrepError
+
+    with pytest.raises(PrepError, match="data_dir is empty"):
+        fetch("", str(sample.train_tar), str(sample.val_tar))
