@@ -80,9 +80,10 @@ PARAMS: dict[str, tuple[Any, dict[str, Any], str]] = {
     ),
     "workers": (0, {"type": "integer", "minimum": 0}, "Processes per conversion task (0 = all cores)."),
     "fanout": (
-        4,
-        {"type": "integer", "minimum": 1, "maximum": 1024},
-        "How many mapped Airflow tasks share the conversion (each runs its units with `workers` processes).",
+        0,
+        {"type": "integer", "minimum": 0, "maximum": 1024},
+        "How many mapped Airflow tasks share the conversion (each runs its units with `workers` processes); "
+        "0 = auto: 1 with a local executor, 8 with Celery/Kubernetes.",
     ),
     "force": (False, {"type": "boolean"}, "Rebuild even when manifest.json says the output is up to date."),
 }

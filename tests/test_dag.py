@@ -66,7 +66,7 @@ OUTPUT_FILES = {
     "nvidia": {f"{split}.{ext}" for split in ("train", "val") for ext in ("lst", "rec", "idx")},
 }
 OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path"}
-FANOUT = PARAMS["fanout"][0]
+FANOUT = 3
 PYTHON_TYPES = {"string": str, "integer": int, "boolean": bool}
 
 
@@ -116,6 +116,7 @@ def conf_for(sample, data_dir: Path, implementation: str) -> dict[str, Any]:
         "train_shards": 4,
         "val_shards": 2,
         "workers": 1,  # in process: no pool to fork inside the test process
+        "fanout": FANOUT,  # as on a cluster: several mapped unit tasks
     }
 
 
@@ -281,7 +282,7 @@ def test_every_spec_param_has_type_default_and_description(dag):
         ({"implementation": "tensorflow"}, "'tensorflow' is not one of ['nvidia', 'reference']"),
         ({"train_shards": -8}, "-8 is less than the minimum of 1"),
         ({"val_shards": 0}, "0 is less than the minimum of 1"),
-        ({"fanout": 0}, "0 is less than the minimum of 1"),
+        ({"fanout": -1}, "-1 is less than the minimum of 0"),
         ({"quality": 101}, "101 is greater than the maximum of 100"),
         ({"extract": "maybe"}, "'maybe' is not of type 'boolean'"),
     ],
@@ -485,6 +486,26 @@ def test_retried_unit_gives_the_same_output_as_a_clean_run(dag, sample, clean_ru
     assert target["before"] <= seen[2] - {target["fault"].name}, (target, seen)
     assert run.digests == clean.digests
     assert not [p for p in run.output_dir.iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+def test_auto_fanout_runs_every_unit_in_one_task_and_nvidia_writes_in_place(
+    dag, sample, clean_runs, tmp_path
+):
+    """fanout=0 (the default) with a local executor: one mapped task holds every unit, so the nvidia
+    converter writes each .rec in place (no parts to join), with the bytes of the fanned-out run."""
+    from airflow_resnet_prep.operators.convert import auto_fanout
+
+    assert PARAMS["fanout"][0] == 0 and auto_fanout() == 1
+    clean = clean_runs("nvidia")
+    conf = {**conf_for(sample, tmp_path / "data", "nvidia"), "fanout": 0}
+    run = run_dag(dag, conf)
+    assert run.state == "success", run.states
+    assert run.states["nvidia_units"] == ["success"]
+    done = [
+        json.loads(p.read_text()) for p in (tmp_path / "data" / "work" / "nvidia" / "done").glob("*.json")
+    ]
+    assert done and all(d["extra"].get("written") == "direct" for d in done)
+    assert run.digests == clean.digests
 
 
 # -- README -----------------------------------------------------------------------------------------------

@@ -444,6 +444,15 @@ def run_units(
     progress.finish()
 
 
+def run_all(converter: Converter, data_dir: str | os.PathLike[str], workers: int = 0) -> None:
+    """Run every unit of the plan on this machine: the format's one-machine path when it has one
+    (and no unit has started elsewhere), else unit by unit."""
+    layout = DataDir.of(data_dir)
+    work_plan = Plan.load(layout.work / converter.implementation)
+    if not converter.run_local(layout, work_plan, workers):
+        run_units(converter, data_dir, workers=workers)
+
+
 def convert(
     converter: Converter,
     data_dir: str | os.PathLike[str],
@@ -455,10 +464,7 @@ def convert(
     started = time.monotonic()
     plan(converter, data_dir, force=force)
     t_plan = time.monotonic() - started
-    layout = DataDir.of(data_dir)
-    work_plan = Plan.load(layout.work / converter.implementation)
-    if not converter.run_local(layout, work_plan, workers):
-        run_units(converter, data_dir, workers=workers)
+    run_all(converter, data_dir, workers=workers)
     summary = finish(converter, data_dir)
     elapsed = time.monotonic() - started
     images = sum(s["records"] for s in summary["splits"].values())

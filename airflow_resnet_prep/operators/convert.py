@@ -16,7 +16,8 @@ class ConvertOperatorBase(BaseOperator):
     - ``step="all"`` (default): plan, run every unit with ``workers`` processes, finish; one task.
     - ``step="plan"``: write the plan; return the unit ids split into ``fanout`` batches, ready for
       ``.expand(unit_ids=...)`` of a mapped ``step="units"`` task.
-    - ``step="units"``: run the units ``unit_ids`` (a finished unit is skipped, so retries are cheap).
+    - ``step="units"``: run the units ``unit_ids`` (a finished unit is skipped, so retries are cheap);
+      a batch holding every unit runs the format's one-machine path, as ``step="all"`` does.
     - ``step="finish"``: check every unit is done and put the outputs under their final names.
 
     Steps ``all`` and ``finish`` push the output folder under :attr:`output_key` and return the
@@ -33,7 +34,7 @@ class ConvertOperatorBase(BaseOperator):
         data_dir: str,
         step: str = "all",
         unit_ids: Sequence[int] | str | None = None,
-        fanout: int | str = 4,
+        fanout: int | str = 0,
         workers: int | str = 0,
         force: bool | str = False,
         on_bad_image: str = "fail",
@@ -59,10 +60,16 @@ class ConvertOperatorBase(BaseOperator):
         workers = as_int(self.workers, "workers")
         if self.step == "plan":
             plan = base.plan(converter, self.data_dir, force=as_bool(self.force))
-            return batches([u["id"] for u in plan.units], as_int(self.fanout, "fanout"))
+            fanout = as_int(self.fanout, "fanout") or auto_fanout()
+            self.log.info("%d units in %d batches", len(plan.units), min(fanout, len(plan.units)))
+            return batches([u["id"] for u in plan.units], fanout)
         if self.step == "units":
             ids = [int(i) for i in (self.unit_ids or [])]
-            base.run_units(converter, self.data_dir, ids, workers=workers)
+            work_plan = base.Plan.load(DataDir.of(self.data_dir).work / converter.implementation)
+            if set(ids) == {u["id"] for u in work_plan.units}:
+                base.run_all(converter, self.data_dir, workers=workers)  # one task has it all
+            else:
+                base.run_units(converter, self.data_dir, ids, workers=workers)
             return {"units": ids}
         if self.step == "finish":
             summary = base.finish(converter, self.data_dir)
@@ -72,6 +79,20 @@ class ConvertOperatorBase(BaseOperator):
         context["ti"].xcom_push(key=self.output_key, value=out_dir)
         self.log.info("%s: %s", self.output_key, out_dir)
         return summary
+
+
+DISTRIBUTED_FANOUT = 8
+
+
+def auto_fanout() -> int:
+    """``fanout=0``: one batch on a single machine, where one task running every unit is fastest
+    (``nvidia`` then writes each ``.rec`` in place, without part files to join); a few batches for
+    executors that spread tasks over machines."""
+    from airflow.configuration import conf
+
+    executor = conf.get("core", "executor", fallback="LocalExecutor")
+    distributed = any(name in executor for name in ("Celery", "Kubernetes", "Edge", "Batch", "Ecs"))
+    return DISTRIBUTED_FANOUT if distributed else 1
 
 
 def batches(ids: list[int], fanout: int) -> list[list[int]]:

@@ -25,7 +25,8 @@ class ConvertTFRecordOperator(ConvertOperatorBase):
     :param force: Replace an unfinished conversion with different params. (templated)
     :param step: ``"all"``, ``"plan"``, ``"units"`` or ``"finish"``.
     :param unit_ids: With ``step="units"``: the units to run (mappable). (templated)
-    :param fanout: With ``step="plan"``: how many batches of units to return. (templated)
+    :param fanout: With ``step="plan"``: how many batches of units to return; 0 (default) = auto, one
+        batch with a local executor, eight with a distributed one. (templated)
     """
 
     output_key = "tfrecords_path"
