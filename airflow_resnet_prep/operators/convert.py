@@ -88,7 +88,7 @@ def auto_fanout() -> int:
     """``fanout=0``: one batch on a single machine, where one task running every unit is fastest
     (``nvidia`` then writes each ``.rec`` in place, without part files to join); a few batches for
     executors that spread tasks over machines."""
-    from airflow.configuration import conf
+    from airflow.sdk.configuration import conf
 
     executor = conf.get("core", "executor", fallback="LocalExecutor")
     distributed = any(name in executor for name in ("Celery", "Kubernetes", "Edge", "Batch", "Ecs"))
