@@ -17,7 +17,9 @@ Points (where they are placed and why there):
 * ``unit-half``: after half of a conversion unit's records are written (both converters);
 * ``finish``: in the finish step (recordio: after a split's ``.rec`` is joined, before its ``.idx`` and
   ``.lst``; tfrecord: while checking the shards);
-* ``before-manifest``: after the conversion, before ``manifest.json`` is written (pipeline.py).
+* ``before-manifest``: after the conversion, before ``manifest.json`` is written (pipeline.py);
+* ``direct-parent``: in the parent of the nvidia one-machine path's processes, after the first chunk
+  is written (converters/recordio_direct.py): the workers must not outlive it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import signal
 
 ENV = "AIRFLOW_RESNET_PREP_FAILPOINT"
-POINTS = ("download-chunk", "fetch-train-catalog", "unit-half", "finish", "before-manifest")
+POINTS = ("download-chunk", "fetch-train-catalog", "unit-half", "finish", "before-manifest", "direct-parent")
 
 
 def _parse(value: str) -> tuple[str, int]:

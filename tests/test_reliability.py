@@ -269,6 +269,54 @@ def test_a_killed_worker_fails_the_run_instead_of_hanging(small, baseline, tmp_p
     assert_same_result(tmp_path / "data", baseline["nvidia"], "nvidia")
 
 
+def test_workers_do_not_outlive_a_killed_parent(small, baseline, tmp_path):
+    """The one-machine nvidia path's parent killed while its processes write: they die with it (an
+    orphan would hold the inherited data_dir lock for ever), so a rerun gets the lock and completes."""
+    values = values_for(tmp_path / "data", "nvidia", local_sources(small), workers=2)
+    killed = cli(values, failpoint="direct-parent")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    with exclusive_lock(DataDir.of(tmp_path / "data").lock, wait_s=10):
+        pass  # free within seconds: no process is left holding it
+    resumed = cli(values)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_result(tmp_path / "data", baseline["nvidia"], "nvidia")
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from airflow_resnet_prep.converters.recordio_direct import _die_with_parent
+parent = os.getpid()
+child = os.fork()
+if child == 0:
+    _die_with_parent(parent)
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has died and waits to be reaped
+
+
+def test_a_direct_worker_dies_with_its_parent():
+    """What keeps orphans from holding the lock: a worker asks Linux to kill it with its parent."""
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    assert _alive(child)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the worker outlived its parent"
+
+
 # -- disk full ---------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:

@@ -16,10 +16,13 @@ e.g. by the DAG's mapped tasks, is resumed as units).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
 import multiprocessing
 import os
 import queue
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,14 +31,21 @@ from airflow_resnet_prep.catalog.model import ImageReader
 from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem, portable_error, resolve_workers
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.fsutil import atomic_write_json, disk_full_as_error, fsync_dir, tmp_name
+from airflow_resnet_prep.fsutil import (
+    atomic_write_json,
+    disk_full_as_error,
+    exclusive_lock,
+    fsync_dir,
+    tmp_name,
+)
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.progress import Progress
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.converters.recordio import RecordIOConverter
 
-CHUNK_RECORDS = 256  # ~28 MB of ImageNet images: large writes, little memory
+CHUNK_RECORDS = 256
+PR_SET_PDEATHSIG = 1  # ~28 MB of ImageNet images: large writes, little memory
 
 
 @dataclass
@@ -57,15 +67,18 @@ class _Framed:
 def write_direct(converter: RecordIOConverter, layout: DataDir, work_plan: Plan, workers: int) -> bool:
     """Write both splits' ``.rec`` directly; False (nothing done) when some unit is done or being
     written by another process: that conversion goes on unit by unit."""
-    if any(work_plan.unit_done_path(u["id"]).exists() for u in work_plan.units) or _units_busy(work_plan):
-        return False
-    processes = resolve_workers(workers)
-    total = sum(u["items"] for u in work_plan.units)
-    progress = Progress("nvidia conversion (direct)", total)
-    for split in ("train", "val"):
-        _write_split(converter, layout, work_plan, split, processes, progress)
-    failpoint("finish")
-    progress.finish()
+    # The data_dir lock keeps another run's finish (which clears in-progress files) and conversion out
+    # while the .rec files are written; a second run waits a few seconds, then fails clearly.
+    with exclusive_lock(layout.lock, wait_s=5):
+        if any(work_plan.unit_done_path(u["id"]).exists() for u in work_plan.units) or _units_busy(work_plan):
+            return False
+        processes = resolve_workers(workers)
+        total = sum(u["items"] for u in work_plan.units)
+        progress = Progress("nvidia conversion (direct)", total)
+        for split in ("train", "val"):
+            _write_split(converter, layout, work_plan, split, processes, progress)
+        failpoint("finish")
+        progress.finish()
     return True
 
 
@@ -197,7 +210,10 @@ def _run_in_pool(
         sizes[i] = -1
     results: Any = ctx.Queue()
 
+    parent = os.getpid()
+
     def worker() -> None:
+        _die_with_parent(parent)
         try:
             with ImageReader(sources) as reader:
                 while True:
@@ -251,6 +267,7 @@ def _run_in_pool(
                 raise value
             framed_all[value.chunk] = value
             progress.advance(len(chunks[value.chunk].items))
+            failpoint("direct-parent")
     finally:
         for proc in procs:
             if proc.is_alive() and len(framed_all) < n:
@@ -258,6 +275,16 @@ def _run_in_pool(
         for proc in procs:
             proc.join()
     return [framed_all[i] for i in range(n)]
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when the parent dies (e.g. the OOM killer takes it): an orphan
+    would otherwise wait for results nobody reads, holding the data_dir lock it inherited."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _write_done_records(
