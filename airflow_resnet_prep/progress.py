@@ -16,7 +16,10 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts units of work (images, bytes) and logs ``label: done/total, rate/s, ETA`` every ``interval`` s."""
+    """Counts units of work (images, bytes) and logs ``label: done/total, rate/s, ETA`` every ``interval`` s.
+
+    ``total=0`` means the total is not known in advance: the line then shows the count and rate only.
+    """
 
     def __init__(
         self,
@@ -46,9 +49,11 @@ class Progress:
         now = time.monotonic() if now is None else now
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
+        if not self.total:  # an unknown total (e.g. members of an archive being indexed): no ETA
+            return f"{self.label}: {self.done:,} {self.unit}, {rate:,.0f} {self.unit}/s, elapsed {_fmt_duration(elapsed)}"
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta_s = _fmt_duration(eta) if eta != float("inf") else "?"
-        pct = 100.0 * self.done / self.total if self.total else 100.0
+        pct = 100.0 * self.done / self.total
         return (
             f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({pct:.1f}%), "
             f"{rate:,.0f} {self.unit}/s, elapsed {_fmt_duration(elapsed)}, ETA {eta_s}"
