@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow_resnet_prep.catalog.fetch import fetch
 from airflow_resnet_prep.catalog.relabel import relabel
-from airflow_resnet_prep.converters import base
+from airflow_resnet_prep.converters import local
 from airflow_resnet_prep.converters.base import Converter
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import DataDir
@@ -82,7 +82,7 @@ def run(
             return {**paths, "cached": True, "manifest": str(layout.manifest)}
     converter = make_converter(p["implementation"], p)
     t2 = time.monotonic()
-    summary = base.convert(converter, p["data_dir"], workers=p["workers"], force=p["force"])
+    summary = local.convert(converter, p["data_dir"], workers=p["workers"], force=p["force"])
     seconds = time.monotonic() - t2
     images = sum(s["records"] for s in summary["splits"].values())
     steps["convert"] = {

@@ -85,7 +85,7 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
     ),
     "nvidia": (
         "RecordIO converter on an already-built catalog over the tars (fetch + relabel done before, not "
-        "timed; images read from the tars, nothing extracted): base.convert's steps, i.e. base.plan, the "
+        "timed; images read from the tars, nothing extracted): local.convert's steps, i.e. base.plan, the "
         "one-machine path (each .rec written in place by `workers` processes), base.finish",
         "cat",
         0.8,
@@ -241,11 +241,11 @@ def _records(summary: dict[str, Any]) -> int:
 
 
 def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
-    """base.convert's steps on a data_dir whose catalogs exist (``from_tars``: fetch + relabel too):
+    """local.convert's steps on a data_dir whose catalogs exist (``from_tars``: fetch + relabel too):
     plan, then the converter's one-machine path (``run_local``) or else every unit, then finish."""
     from airflow_resnet_prep.catalog.fetch import fetch
     from airflow_resnet_prep.catalog.relabel import relabel
-    from airflow_resnet_prep.converters import base
+    from airflow_resnet_prep.converters import base, local
     from airflow_resnet_prep.layout import DataDir
 
     converter = _converter(spec)
@@ -262,7 +262,7 @@ def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
         layout = DataDir.of(data_dir)
         work_plan = base.Plan.load(layout.work / converter.implementation)
         if not converter.run_local(layout, work_plan, spec["workers"]):
-            base.run_units(converter, data_dir, workers=spec["workers"])
+            local.run_units(converter, data_dir, workers=spec["workers"])
     with clock.phase("finish"):
         summary = base.finish(converter, data_dir)
     result = clock.result(import_s=_IMPORT_S)

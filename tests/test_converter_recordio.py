@@ -30,7 +30,7 @@ from PIL import Image
 from airflow_resnet_prep import pipeline
 from airflow_resnet_prep.catalog.fetch import fetch
 from airflow_resnet_prep.catalog.relabel import relabel
-from airflow_resnet_prep.converters import base, recordio
+from airflow_resnet_prep.converters import base, local, recordio
 from airflow_resnet_prep.converters.recordio import RecordIOConverter
 from airflow_resnet_prep.errors import BadImageError, PrepError, SourceError
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
@@ -374,7 +374,7 @@ def test_identical_across_runs_unit_sizes_and_workers(
     relabel(data_dir, str(sample.labels))
     converter = RecordIOConverter()
     base.plan(converter, data_dir)
-    base.run_units(converter, data_dir, workers=2)
+    local.run_units(converter, data_dir, workers=2)
     base.finish(converter, data_dir)
     assert outputs_of(data_dir) == reference
     assert not any(
@@ -450,7 +450,7 @@ def test_unit_killed_midway_then_rerun_gives_the_same_bytes(
     assert not (parts / "train.00000.rec").exists()
     with pytest.raises(PrepError, match="units are not done"):
         base.finish(converter, data_dir)
-    base.run_units(converter, data_dir, workers=2)
+    local.run_units(converter, data_dir, workers=2)
     base.finish(converter, data_dir)
     assert outputs_of(data_dir) == reference == outputs_of(converted)
     assert tmp_files(data_dir) == []
@@ -504,7 +504,7 @@ def test_partial_files_left_behind_are_overwritten_and_cleaned(
     (parts / "train.00000.rec").write_bytes(M + b"half a record")
     (parts / ".val.00001.rec.999999.tmp").write_bytes(b"partial")
     (data_dir / "recordio" / ".train.rec.999999.tmp").write_bytes(b"partial join")
-    base.run_units(converter, data_dir, workers=1)
+    local.run_units(converter, data_dir, workers=1)
     base.finish(converter, data_dir)
     assert outputs_of(data_dir) == outputs_of(converted)
     assert tmp_files(data_dir) == []
@@ -589,7 +589,7 @@ def test_image_gone_since_fetch_fails_naming_the_file(tmp_path: Path) -> None:
     gone = train / "n00000001" / "n00000001_2.JPEG"
     gone.unlink()
     with pytest.raises(SourceError, match="cannot read image") as info:
-        base.convert(RecordIOConverter(), data_dir, workers=1)
+        local.convert(RecordIOConverter(), data_dir, workers=1)
     assert str(gone) in str(info.value)
     assert not any((data_dir / "recordio").iterdir())
 

@@ -31,7 +31,7 @@ from PIL import Image
 from airflow_resnet_prep.catalog.fetch import fetch
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.catalog.relabel import relabel
-from airflow_resnet_prep.converters import base
+from airflow_resnet_prep.converters import base, local
 from airflow_resnet_prep.converters.tfrecord import TFRecordConverter
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError, SourceError
 from airflow_resnet_prep.formats.jpeg import REASON_CMYK, REASON_PNG
@@ -202,7 +202,7 @@ def sources(sample) -> dict[str, dict[str, tuple[str, bytes]]]:
 @pytest.fixture(scope="module")
 def converted(sample, sources, tmp_path_factory: pytest.TempPathFactory) -> Converted:
     data_dir = prepare(tmp_path_factory.mktemp("converted"), sample.train_tar, sample.val_tar, sample.labels)
-    summary = base.convert(TFRecordConverter(**PARAMS), data_dir, workers=1)
+    summary = local.convert(TFRecordConverter(**PARAMS), data_dir, workers=1)
     out = DataDir.of(data_dir).tfrecords
     shards = {
         split: [read_shard(out / name) for name in shard_names(split, PARAMS[f"{split}_shards"])]
@@ -351,14 +351,14 @@ def test_output_names_include_counts_past_five_digits() -> None:
 def test_same_bytes_with_two_workers_and_on_a_forced_rerun(converted: Converted, fresh: Path) -> None:
     out = DataDir.of(fresh).tfrecords
     with deadline(120):
-        base.convert(TFRecordConverter(**PARAMS), fresh, workers=2)
+        local.convert(TFRecordConverter(**PARAMS), fresh, workers=2)
     assert output_bytes(out) == converted.files
-    base.convert(TFRecordConverter(**PARAMS), fresh, workers=1, force=True)
+    local.convert(TFRecordConverter(**PARAMS), fresh, workers=1, force=True)
     assert output_bytes(out) == converted.files
 
 
 def test_another_seed_gives_another_train_order(converted: Converted, fresh: Path) -> None:
-    base.convert(TFRecordConverter(**{**PARAMS, "shuffle_seed": 1}), fresh, workers=1)
+    local.convert(TFRecordConverter(**{**PARAMS, "shuffle_seed": 1}), fresh, workers=1)
     out = DataDir.of(fresh).tfrecords
     train = [(r.synset, r.filename) for n in shard_names("train", 4) for r in read_shard(out / n)]
     expected = sorted((synset, name) for name, (synset, _) in converted.sources["train"].items())
@@ -423,7 +423,7 @@ def test_unit_killed_midway_leaves_no_partial_shard_and_rerun_gives_the_same_byt
     with pytest.raises(PrepError, match="not done"):
         base.finish(converter, fresh)
 
-    base.run_units(converter, fresh, workers=1)
+    local.run_units(converter, fresh, workers=1)
     summary = base.finish(converter, fresh)
     assert output_bytes(out) == converted.files
     assert hidden_files(out) == []  # the killed run's temp file is gone too
@@ -473,7 +473,7 @@ def test_bad_image_fails_the_task_naming_the_file(
     ((_, bad_path),) = planted.values()
     data_dir = prepare(tmp_path / "data", src / "train", src / "val", sample.labels)
     with deadline(120), pytest.raises(BadImageError) as info:
-        base.convert(TFRecordConverter(train_shards=2, val_shards=1), data_dir, workers=workers)
+        local.convert(TFRecordConverter(train_shards=2, val_shards=1), data_dir, workers=workers)
     assert str(bad_path) in str(info.value)
     assert BAD_REASON[kind] in info.value.reason
     # The shard that holds the bad image was not written, not even partly.
@@ -491,7 +491,7 @@ def test_bad_images_are_left_out_and_listed_with_skip(
 ) -> None:
     src, planted = _with_bad_images(folder_source, sources, tmp_path / "src", list(BAD))
     data_dir = prepare(tmp_path / "data", src / "train", src / "val", sample.labels)
-    summary = base.convert(
+    summary = local.convert(
         TFRecordConverter(train_shards=2, val_shards=1, on_bad_image="skip"), data_dir, workers=1
     )
     skipped = {x["name"]: x["reason"] for x in summary["skipped"]}
@@ -537,12 +537,12 @@ def test_foreign_shards_are_refused_then_replaced_with_force(fresh: Path) -> Non
     (out / "train-00000-of-00001").write_bytes(b"someone else's shard")
     (out / "notes.txt").write_bytes(b"not a shard name: left alone")
     with pytest.raises(OutputConflictError, match="train-00000-of-00001") as info:
-        base.convert(TFRecordConverter(**PARAMS), fresh, workers=1)
+        local.convert(TFRecordConverter(**PARAMS), fresh, workers=1)
     assert str(out) in str(info.value)
     assert (out / "train-00000-of-00001").read_bytes() == b"someone else's shard"
     assert sorted(os.listdir(out)) == ["notes.txt", "train-00000-of-00001"]
 
-    base.convert(TFRecordConverter(**PARAMS), fresh, workers=1, force=True)
+    local.convert(TFRecordConverter(**PARAMS), fresh, workers=1, force=True)
     assert not (out / "train-00000-of-00001").exists()
     assert (out / "notes.txt").exists()
     assert (out / "train-00003-of-00004").is_file()
@@ -563,7 +563,7 @@ def test_unfinished_plan_with_other_params_is_refused_then_replaced_with_force(f
     # The same params resume the plan without complaint.
     assert base.plan(first, fresh).params == first.params
 
-    summary = base.convert(other, fresh, workers=1, force=True)
+    summary = local.convert(other, fresh, workers=1, force=True)
     assert sorted(os.listdir(out)) == sorted(
         [*shard_names("train", 2), *shard_names("val", 2)]
         + [f"{n}.idx" for n in [*shard_names("train", 2), *shard_names("val", 2)]]

@@ -21,15 +21,11 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
-import pickle
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -44,7 +40,6 @@ from airflow_resnet_prep.fsutil import (
     remove_stale_tmp,
 )
 from airflow_resnet_prep.layout import DataDir
-from airflow_resnet_prep.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +125,8 @@ class Converter(ABC):
     def run_local(self, layout: DataDir, plan: Plan, workers: int) -> bool:
         """A format's faster way to run every unit of ``plan`` on this machine, when it has one.
 
-        Must leave the state ``run_units`` would (outputs and done records) and return True, or do
-        nothing and return False; :func:`convert` then runs the units one by one.
+        Must leave the state :func:`.local.run_units` would (outputs and done records) and return True,
+        or do nothing and return False; the units are then run one by one.
         """
         return False
 
@@ -365,115 +360,6 @@ def summarize(
         "reencoded": [x for r in results for x in r.reencoded],
         "skipped": [x for r in results for x in r.skipped],
     }
-
-
-# -- running units in a local process pool ------------------------------------------------------------
-_POOL_CONVERTER: Converter | None = None
-_POOL_DATA_DIR: str = ""
-
-
-def portable_error(exc: BaseException) -> BaseException:
-    """``exc`` if it survives the trip back to the parent process, else a PrepError with its message."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return PrepError(f"{type(exc).__name__}: {exc}")
-    return exc
-
-
-def _pool_run(unit_id: int) -> tuple[int, int]:
-    assert _POOL_CONVERTER is not None
-    try:
-        result = run_unit(_POOL_CONVERTER, _POOL_DATA_DIR, unit_id)
-    except Exception as exc:
-        raise portable_error(exc) from None
-    return unit_id, result.records + len(result.skipped)
-
-
-def resolve_workers(workers: int) -> int:
-    """``workers`` as the number of processes: 0 means one per available core."""
-    if workers < 0:
-        raise ValueError(f"workers must be 0 (all cores) or more, got {workers}")
-    return workers or len(os.sched_getaffinity(0))
-
-
-def run_units(
-    converter: Converter,
-    data_dir: str | os.PathLike[str],
-    unit_ids: Sequence[int] | None = None,
-    workers: int = 0,
-    progress_label: str | None = None,
-) -> None:
-    """Run the given units (all when None) with ``workers`` processes, logging progress."""
-    global _POOL_CONVERTER, _POOL_DATA_DIR
-    layout = DataDir.of(data_dir)
-    work_plan = Plan.load(layout.work / converter.implementation)
-    ids = [u["id"] for u in work_plan.units] if unit_ids is None else list(unit_ids)
-    sizes = {u["id"]: u["items"] for u in work_plan.units}
-    progress = Progress(
-        progress_label or f"{converter.implementation} conversion", sum(sizes[i] for i in ids)
-    )
-    n = min(resolve_workers(workers), len(ids)) if ids else 1
-    if n <= 1:
-        for unit_id in ids:
-            result = run_unit(converter, data_dir, unit_id)
-            progress.advance(result.records + len(result.skipped))
-    else:
-        converter.prepare_process()
-        _POOL_CONVERTER, _POOL_DATA_DIR = converter, str(data_dir)
-        # fork: workers inherit the loaded libraries (TensorFlow costs seconds to import) and the converter.
-        # A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (OOM killer, SIGKILL) a Pool
-        # replaces it and waits for ever for the lost unit; the executor fails the pending units instead.
-        ctx = multiprocessing.get_context("fork")
-        try:
-            with ProcessPoolExecutor(n, mp_context=ctx) as pool:
-                futures = [pool.submit(_pool_run, unit_id) for unit_id in ids]
-                try:
-                    for future in as_completed(futures):
-                        progress.advance(future.result()[1])
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)  # units already running finish whole
-                    raise
-        except BrokenProcessPool:
-            raise PrepError(
-                f"{work_plan.work_dir}: a worker process converting units died abruptly (killed, e.g. by "
-                "the out-of-memory killer); finished units are kept, rerun to resume"
-            ) from None
-        finally:
-            _POOL_CONVERTER = None
-    progress.finish()
-
-
-def run_all(converter: Converter, data_dir: str | os.PathLike[str], workers: int = 0) -> None:
-    """Run every unit of the plan on this machine: the format's one-machine path when it has one
-    (and no unit has started elsewhere), else unit by unit."""
-    layout = DataDir.of(data_dir)
-    work_plan = Plan.load(layout.work / converter.implementation)
-    if not converter.run_local(layout, work_plan, workers):
-        run_units(converter, data_dir, workers=workers)
-
-
-def convert(
-    converter: Converter,
-    data_dir: str | os.PathLike[str],
-    *,
-    workers: int = 0,
-    force: bool = False,
-) -> dict[str, Any]:
-    """Plan, run every unit locally with ``workers`` processes, finish. The one-call form."""
-    started = time.monotonic()
-    plan(converter, data_dir, force=force)
-    t_plan = time.monotonic() - started
-    run_all(converter, data_dir, workers=workers)
-    summary = finish(converter, data_dir)
-    elapsed = time.monotonic() - started
-    images = sum(s["records"] for s in summary["splits"].values())
-    summary["timing"] = {
-        "plan_s": round(t_plan, 3),
-        "total_s": round(elapsed, 3),
-        "images_per_s": round(images / elapsed, 1) if elapsed > 0 else None,
-    }
-    return summary
 
 
 # -- helpers shared by the formats -------------------------------------------------------------------

@@ -12,7 +12,7 @@ offsets; ``finish`` joins the parts in order into the final file with ``os.copy_
 the kernel, and shared extents on file systems with reflinks) and writes ``.idx`` from the offsets.
 This reads every source byte once and needs no pre-scan; the join costs one in-kernel copy of the
 output where the file system cannot share extents. When one machine runs the whole conversion
-(``base.convert``: the operator's ``step="all"``, the CLI, the benchmark), :mod:`.recordio_direct`
+(``local.convert``: the operator's ``step="all"``, the CLI, the benchmark), :mod:`.recordio_direct`
 writes each ``.rec`` in place instead, with no parts and no join. Finish is idempotent: parts are deleted only
 after all final names are in place, and a rerun that finds a final ``.rec`` lost or cut short writes
 the missing parts again (their units' done records would otherwise hide the loss).

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_resnet_prep.catalog.model import ImageReader
-from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem, portable_error, resolve_workers
+from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem
+from airflow_resnet_prep.converters.local import portable_error, resolve_workers
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import (

@@ -52,7 +52,7 @@ class ConvertOperatorBase(BaseOperator):
         self.on_bad_image = on_bad_image
 
     def execute(self, context: Context) -> Any:
-        from airflow_resnet_prep.converters import base
+        from airflow_resnet_prep.converters import base, local
         from airflow_resnet_prep.layout import DataDir
         from airflow_resnet_prep.operators.values import as_bool, as_int
 
@@ -67,14 +67,14 @@ class ConvertOperatorBase(BaseOperator):
             ids = [int(i) for i in (self.unit_ids or [])]
             work_plan = base.Plan.load(DataDir.of(self.data_dir).work / converter.implementation)
             if set(ids) == {u["id"] for u in work_plan.units}:
-                base.run_all(converter, self.data_dir, workers=workers)  # one task has it all
+                local.run_all(converter, self.data_dir, workers=workers)  # one task has it all
             else:
-                base.run_units(converter, self.data_dir, ids, workers=workers)
+                local.run_units(converter, self.data_dir, ids, workers=workers)
             return {"units": ids}
         if self.step == "finish":
             summary = base.finish(converter, self.data_dir)
         else:
-            summary = base.convert(converter, self.data_dir, workers=workers, force=as_bool(self.force))
+            summary = local.convert(converter, self.data_dir, workers=workers, force=as_bool(self.force))
         out_dir = str(converter.output_dir(DataDir.of(self.data_dir)))
         context["ti"].xcom_push(key=self.output_key, value=out_dir)
         self.log.info("%s: %s", self.output_key, out_dir)
