@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_resnet_prep.errors import DiskFullError, OutputConflictError
+
+log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 
@@ -190,9 +193,16 @@ def exclusive_lock(path: str | os.PathLike[str], wait_s: float = 0.0) -> Iterato
 
 
 def read_json(path: str | os.PathLike[str]) -> Any | None:
-    """The JSON document at ``path``, or None when it does not exist or is not whole (never half-read)."""
+    """The JSON document at ``path``, or None when it does not exist or cannot be read whole.
+
+    Every JSON file of this package is a record that can be rebuilt (a plan, a done record, a sidecar,
+    a cache), so a damaged one is logged and treated as missing rather than failing the run.
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        log.warning("%s: unreadable (%s); ignoring it", path, exc)
         return None

@@ -24,7 +24,6 @@ import argparse
 import concurrent.futures
 import hashlib
 import io
-import json
 import logging
 import multiprocessing
 import random
@@ -39,7 +38,13 @@ from typing import Any, TypeVar
 
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from airflow_resnet_prep.fsutil import atomic_path, atomic_write_json, atomic_write_text, exclusive_lock
+from airflow_resnet_prep.fsutil import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    exclusive_lock,
+    read_json,
+)
 from airflow_resnet_prep.progress import Progress
 
 log = logging.getLogger("airflow_resnet_prep.sample")
@@ -302,10 +307,7 @@ def _sample_set(root: Path, meta: dict[str, Any]) -> SampleSet:
 
 def _existing(root: Path, args: dict[str, int]) -> dict[str, Any] | None:
     """The recorded description of a complete set made with ``args``, or None."""
-    try:
-        meta = json.loads((root / SAMPLE_JSON).read_text())
-    except (OSError, ValueError):
-        return None
+    meta = read_json(root / SAMPLE_JSON)
     if not isinstance(meta, dict) or meta.get("args") != args or meta.get("generator") != GENERATOR_VERSION:
         return None
     sizes = meta.get("sizes", {})

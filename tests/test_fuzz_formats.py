@@ -60,8 +60,10 @@ def mutate(data: bytes, draw: st.DrawFn, head: int | None = None) -> bytes:
 
 
 @st.composite
-def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
-    return mutate(seed, draw)
+def mutated(draw: st.DrawFn, seeds: bytes | list[bytes], heads: tuple[int, ...] = ()) -> bytes:
+    """One of ``seeds`` with mutations, aimed at its first ``head`` bytes (a header) or anywhere."""
+    data = draw(st.sampled_from(seeds)) if isinstance(seeds, list) else seeds
+    return mutate(data, draw, head=draw(st.sampled_from([*heads, len(data)])))
 
 
 # -- images: probe, then re-encode as the converters do ------------------------------------------------
@@ -118,14 +120,8 @@ def test_unmutated_seeds_convert(seed: int) -> None:
     probe(SEEDS[seed], "seed")  # the seeds themselves are good images
 
 
-@st.composite
-def mutated_images(draw: st.DrawFn) -> bytes:
-    data = draw(st.sampled_from(SEEDS))
-    return mutate(data, draw, head=draw(st.sampled_from([64, 256, len(data)])))
-
-
 @FUZZ
-@given(mutated_images())
+@given(mutated(SEEDS, (64, 256)))
 def test_fuzz_mutated_images_through_probe_and_reencode(data: bytes) -> None:
     convert_like_the_converters(data)
 
@@ -178,15 +174,8 @@ def test_fuzz_random_bytes_as_a_tar(tmp_path: Path, data: bytes) -> None:
     check_catalog(tmp_path, data)
 
 
-@st.composite
-def mutated_tars(draw: st.DrawFn) -> bytes:
-    data = draw(st.sampled_from(TAR_SEEDS))
-    # Headers are the first 512 bytes of each member: aim there most of the time.
-    return mutate(data, draw, head=draw(st.sampled_from([512, 1536, len(data)])))
-
-
 @FUZZ
-@given(mutated_tars())
+@given(mutated(TAR_SEEDS, (512, 1536)))  # a member's header is its first 512 bytes: aim there mostly
 def test_fuzz_mutated_tar_headers(tmp_path: Path, data: bytes) -> None:
     check_catalog(tmp_path, data)
 

@@ -8,7 +8,6 @@ unchanged file does not hash it again, and any change to the file (new size or n
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -16,7 +15,7 @@ import time
 from pathlib import Path
 
 from airflow_resnet_prep.errors import SourceError
-from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock
+from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock, read_json
 from airflow_resnet_prep.progress import Progress, _fmt_duration
 
 log = logging.getLogger(__name__)
@@ -86,14 +85,7 @@ def _cache_key(path: Path) -> str:
 
 
 def _load_cache(cache_file: Path) -> dict[str, dict]:
-    try:
-        data = json.loads(cache_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        # A damaged cache only costs a rehash: never fail the run over it.
-        log.warning("%s: unreadable checksum cache (%s); hashing again", cache_file, exc)
-        return {}
+    data = read_json(cache_file)  # a damaged cache only costs a rehash
     return data if isinstance(data, dict) else {}
 
 

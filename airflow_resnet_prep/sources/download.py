@@ -23,7 +23,6 @@ fingerprints or sidecars: URLs are shown through :func:`redact_url`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
@@ -38,7 +37,13 @@ import requests
 
 from airflow_resnet_prep.errors import SourceError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.fsutil import atomic_write_json, disk_full_as_error, exclusive_lock, fsync_dir
+from airflow_resnet_prep.fsutil import (
+    atomic_write_json,
+    disk_full_as_error,
+    exclusive_lock,
+    fsync_dir,
+    read_json,
+)
 from airflow_resnet_prep.sources.checksum import (
     ByteProgress,
     file_digest,
@@ -358,13 +363,7 @@ def _changed_on_server(
 
 
 def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable (%s); ignoring it", path, exc)
-        return None
+    data = read_json(path)
     return data if isinstance(data, dict) else None
 
 
