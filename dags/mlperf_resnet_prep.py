@@ -11,6 +11,7 @@ scheduled run come from environment variables (MLPERF_RESNET_PREP_DATA_DIR, ..._
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
@@ -26,19 +27,45 @@ ENV_PREFIX = "MLPERF_RESNET_PREP_"
 PREPARED = Asset(name="mlperf_resnet_prepared", uri="file:///mlperf-resnet-prep/prepared")
 
 
+def _defaults() -> dict[str, Any]:
+    """What a param left empty means: params.py's default, or for a string param the value of
+    MLPERF_RESNET_PREP_<NAME> (an empty variable, as docker compose passes an unset one, keeps it)."""
+    return {
+        name: (os.environ.get(ENV_PREFIX + name.upper()) or spec.default)
+        if isinstance(spec.default, str)
+        else spec.default
+        for name, spec in PARAMS.items()
+    }
+
+
+DEFAULTS = _defaults()
+
+
 def _params() -> dict[str, Param]:
-    """Every param of params.py; a string param's default can be set by MLPERF_RESNET_PREP_<NAME>."""
+    """The trigger form: required params first, then the optional ones (which admit null) by section."""
     params = {}
-    for name, (default, schema, description) in PARAMS.items():
-        if isinstance(default, str):
-            # An empty variable (as docker compose passes an unset one) keeps the built-in default.
-            default = os.environ.get(ENV_PREFIX + name.upper()) or default
-        params[name] = Param(default, description=description, title=name, **schema)
+    for name, spec in PARAMS.items():
+        env_default = os.environ.get(ENV_PREFIX + name.upper()) if isinstance(spec.default, str) else None
+        # The form shows `description_md` only when `description` is None.
+        description = None if spec.description_md else spec.description
+        extra = {"description_md": spec.description_md} if spec.description_md else {}
+        params[name] = Param(
+            env_default or spec.form_default,
+            description=description,
+            title=name,
+            **spec.form_schema(),
+            **extra,
+        )
     return params
 
 
+def or_default(value: Any, name: str) -> Any:
+    """Jinja filter: a param left empty in the form (null) takes its default."""
+    return DEFAULTS[name] if value is None else value
+
+
 def p(name: str) -> str:
-    return "{{ params." + name + " }}"
+    return "{{ params." + name + " | or_default('" + name + "') }}"
 
 
 with DAG(
@@ -50,6 +77,7 @@ with DAG(
     max_active_runs=1,  # one run per data_dir at a time; the data_dir lock also guards across DAGs
     params=_params(),
     render_template_as_native_obj=True,
+    user_defined_filters={"or_default": or_default},
     default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=10)},
     tags=["mlperf", "imagenet", "resnet"],
     doc_md=__doc__,
@@ -77,8 +105,10 @@ with DAG(
         """The converter of ``implementation``, or ``reuse_existing`` when the manifest is up to date."""
         from airflow_resnet_prep.layout import DataDir
         from airflow_resnet_prep.manifest import cached_manifest
+        from airflow_resnet_prep.params import resolved
         from airflow_resnet_prep.pipeline import fingerprints_of
 
+        params = resolved(dict(params), DEFAULTS)
         fingerprints = fingerprints_of(ti.xcom_pull(task_ids="fetch"), ti.xcom_pull(task_ids="relabel_val"))
         if not params["force"] and cached_manifest(
             DataDir.of(params["data_dir"]), params["implementation"], params, fingerprints
@@ -114,8 +144,10 @@ with DAG(
     @task(task_id="publish", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[PREPARED])
     def publish(params: dict, ti=None, outlet_events=None) -> dict:
         """Write manifest.json (last), push the output paths, and update the prepared-data Asset."""
+        from airflow_resnet_prep.params import resolved
         from airflow_resnet_prep.publish import publish_outputs
 
+        params = resolved(dict(params), DEFAULTS)
         implementation = params["implementation"]
         outputs = publish_outputs(
             params,

@@ -264,27 +264,74 @@ def test_every_spec_param_has_type_default_and_description(dag):
     assert set(dag.params.keys()) == SPEC_PARAMS
     for name in SPEC_PARAMS:
         param = dag.params.get_param(name)
-        default, schema, _ = PARAMS[name]
-        assert param.schema["type"] == schema["type"], name
-        assert isinstance(param.value, PYTHON_TYPES[schema["type"]]), name
-        assert param.value == default, name
-        assert param.description and len(param.description) > 10, name
+        spec = PARAMS[name]
+        base_type = spec.schema["type"]
+        if spec.required:
+            assert param.schema["type"] == base_type, name
+            assert "section" not in param.schema, name
+        else:
+            # Optional: the form may leave it empty (null), which means the default.
+            assert param.schema["type"] == ["null", base_type], name
+            assert param.schema["section"] == spec.section, name
+        assert param.value == spec.form_default, name
+        assert param.value is None or isinstance(param.value, PYTHON_TYPES[base_type]), name
+        assert isinstance(spec.default, PYTHON_TYPES[base_type]), name
+        # The form renders description_md only when description is None: never both.
+        text = param.description or param.schema.get("description_md")
+        assert text and len(text) > 10, name
+        assert not (param.description and param.schema.get("description_md")), name
         assert param.schema.get("title") == name
+    assert [n for n in dag.params if PARAMS[n].required] == ["data_dir", "train_source", "val_source"]
     implementation = dag.params.get_param("implementation")
-    assert implementation.schema["enum"] == ["nvidia", "reference"]
+    assert implementation.schema["enum"] == [None, "nvidia", "reference"]
+    assert set(implementation.schema["values_display"]) == {"nvidia", "reference"}
     assert implementation.value == "nvidia"
-    assert dag.params.get_param("on_bad_image").schema["enum"] == ["fail", "skip"]
+    assert dag.params.get_param("on_bad_image").schema["enum"] == [None, "fail", "skip"]
+
+
+def test_form_sections_come_in_the_order_a_user_fills_them(dag):
+    from airflow_resnet_prep import params
+
+    sections = []
+    for name in dag.params:
+        section = dag.params.get_param(name).schema.get("section")
+        if not sections or sections[-1] != section:
+            sections.append(section)
+    assert sections == [
+        None,
+        params.OUTPUT,
+        params.SOURCES,
+        params.REFERENCE,
+        params.NVIDIA,
+        params.EXECUTION,
+    ]
+
+
+def test_params_left_empty_run_with_their_defaults(dag, sample, tmp_path):
+    """What the form sends when only the required fields are filled: null for every optional param."""
+    data_dir = tmp_path / "data"
+    conf = {name: None for name, spec in PARAMS.items() if not spec.required}
+    full = conf_for(sample, data_dir, "nvidia")
+    conf.update({k: full[k] for k in ("data_dir", "train_source", "val_source")})
+    conf["labels_source"] = full["labels_source"]  # the default is a URL: no internet in tests
+    conf["workers"] = 1  # in process: no pool to fork inside the test process
+    run = dag.test(run_conf=conf)
+    assert run.state == "success"
+    assert (data_dir / "recordio" / "train.rec").is_file()
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["implementation"] == "nvidia"
+    assert manifest["params"]["quality"] == PARAMS["quality"].default
 
 
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"implementation": "tensorflow"}, "'tensorflow' is not one of ['nvidia', 'reference']"),
+        ({"implementation": "tensorflow"}, "'tensorflow' is not one of [None, 'nvidia', 'reference']"),
         ({"train_shards": -8}, "-8 is less than the minimum of 1"),
         ({"val_shards": 0}, "0 is less than the minimum of 1"),
         ({"fanout": -1}, "-1 is less than the minimum of 0"),
         ({"quality": 101}, "101 is greater than the maximum of 100"),
-        ({"extract": "maybe"}, "'maybe' is not of type 'boolean'"),
+        ({"extract": "maybe"}, "'maybe' is not of type 'null', 'boolean'"),
     ],
     ids=["implementation", "train_shards", "val_shards", "fanout", "quality", "extract"],
 )
@@ -522,6 +569,6 @@ def test_readme_lists_every_param_with_its_default():
             rows[cells[0].strip("`")] = cells
     missing = sorted(set(PARAMS) - set(rows))
     assert not missing, f"README params table lacks {missing}"
-    for name, (default, schema, _) in PARAMS.items():
-        assert rows[name][1] == schema["type"], name
-        assert rows[name][2] == f"`{json.dumps(default)}`", name
+    for name, spec in PARAMS.items():
+        assert rows[name][1] == spec.schema["type"] + ("" if spec.required else " or null"), name
+        assert rows[name][2] == f"`{json.dumps(spec.default)}`", name
