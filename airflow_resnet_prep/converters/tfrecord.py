@@ -9,11 +9,13 @@ Differences from upstream ``imagenet_to_gcs.py``, on purpose:
 - Train order is Python's ``random.Random(shuffle_seed).shuffle`` of the catalog order (class, then
   file name), so shards mix classes and reruns are identical; validation is sorted by file name.
 - A split with fewer images than shards is an error instead of empty shards.
+- Records are framed by the package (``formats/tfrecord.py``, byte-identical to ``tf.io.TFRecordWriter``),
+  so writing shards needs no TensorFlow: workers skip its import (seconds, hundreds of MB each) and the
+  same framing writes to object storage, for which TensorFlow 2.21 has no file system.
 """
 
 from __future__ import annotations
 
-import gc
 import glob
 import random
 import re
@@ -35,6 +37,8 @@ from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import encode_example
+from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
+from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
 from airflow_resnet_prep.fsutil import (
     TMP_SUFFIX,
     EarlyWriteback,
@@ -55,18 +59,7 @@ WRITEBACK_RECORDS = 128  # start the disk writing a shard every ~14 MB, not all 
 # spreads over the workers (the plan must not depend on the machine, so this is a constant).
 MIN_UNITS = 16
 REENCODE_QUALITY = 100
-# TFRecord framing: uint64 length, uint32 masked CRC of the length, data, uint32 masked CRC of the data.
-TFRECORD_OVERHEAD = 16
-
-
-def _tensorflow():
-    """TensorFlow, imported on first use (never at DAG parse time)."""
-    import tensorflow as tf
-
-    # The import leaves ~300k long-lived objects; keep the cyclic GC from walking them on every
-    # collection (it otherwise slows plan-sized work in the same process several times over).
-    gc.freeze()
-    return tf
+WRITE_BUFFER = 1 << 20  # the shard file's buffer: a few records per write() call
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
@@ -106,12 +99,6 @@ class TFRecordConverter(Converter):
     def is_output_name(self, name: str) -> bool:
         return _OUTPUT_NAME.fullmatch(name) is not None
 
-    def prepare_process(self) -> None:
-        # Import once, before the pool forks: each worker would otherwise pay ~1.6 s and ~460 MB. Forking
-        # a process that has imported TensorFlow is safe here because the workers only use
-        # TFRecordWriter (plain file I/O and CRCs), never TF's thread pools, which are not fork-safe.
-        _tensorflow()
-
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
         shards = self.params["train_shards" if split == "train" else "val_shards"]
         refs = list(catalog.images)  # catalog order: class, then name
@@ -140,8 +127,6 @@ class TFRecordConverter(Converter):
         return units
 
     def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
-        tf = _tensorflow()
-
         unit = plan.units[unit_id]
         result = UnitResult(unit=unit_id, split=unit["split"])
         on_bad = self.params["on_bad_image"]
@@ -157,7 +142,8 @@ class TFRecordConverter(Converter):
                 path = out_dir / name
                 sizes: list[int] = []
                 with atomic_path(path) as tmp, disk_full_as_error(path):
-                    with tf.io.TFRecordWriter(str(tmp)) as writer, EarlyWriteback(tmp) as writeback:
+                    with open(tmp, "wb", buffering=WRITE_BUFFER) as fh, EarlyWriteback(tmp) as writeback:
+                        writer = TFRecordWriter(fh)
                         for item in by_output.get(index, []):
                             record = self._example(reader, sources, item, on_bad, result)
                             if record is None:
@@ -165,7 +151,7 @@ class TFRecordConverter(Converter):
                             writer.write(record)
                             sizes.append(len(record))
                             if len(sizes) % WRITEBACK_RECORDS == 0:
-                                writer.flush()
+                                fh.flush()
                                 writeback.start()
                             result.bytes_in += item.size
                             if result.records + len(sizes) == half:

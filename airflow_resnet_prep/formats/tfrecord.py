@@ -1,0 +1,154 @@
+"""TFRecord framing without TensorFlow: the bytes ``tf.io.TFRecordWriter`` writes, written by the package.
+
+TensorFlow 2.21 has no ``s3://`` file system (it moved to tensorflow-io, which does not load with 2.21),
+so shards bound for object storage are framed here and written through the storage seam. Each record
+(TensorFlow's ``core/lib/io/record_writer.cc``, uncompressed)::
+
+    uint64 length          little-endian
+    uint32 masked_crc32c(length bytes)
+    byte   data[length]
+    uint32 masked_crc32c(data)
+
+``masked_crc32c(x) = ((crc >> 15) | (crc << 17)) + 0xa282ead8`` (mod 2**32), where ``crc`` is the
+CRC-32C (Castagnoli) of ``x``. The CRC comes from ``google-crc32c`` (Google's C library, with SSE4.2 /
+ARMv8 CRC instructions), which TensorFlow itself no longer exposes to Python.
+
+The reader checks both CRCs of every record and names the file and byte offset of the first bad one.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+import google_crc32c
+
+from airflow_resnet_prep.errors import SourceError
+
+HEADER_SIZE = 12  # uint64 length + uint32 masked CRC of the length
+FOOTER_SIZE = 4  # uint32 masked CRC of the data
+OVERHEAD = HEADER_SIZE + FOOTER_SIZE  # bytes a record adds to its data
+_MASK_DELTA = 0xA282EAD8
+_U32 = 0xFFFFFFFF
+_LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+_crc32c = google_crc32c.value
+
+
+class TFRecordError(SourceError):
+    """A TFRecord file that is truncated or whose checksums do not match its bytes."""
+
+
+def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
+    """TFRecord's checksum of ``data``: its CRC-32C rotated right by 15 bits plus a constant."""
+    # google-crc32c takes read-only buffers only: bytes as they are, anything else copied once.
+    crc = _crc32c(data if isinstance(data, bytes) else bytes(data))
+    return ((((crc >> 15) | (crc << 17)) & _U32) + _MASK_DELTA) & _U32
+
+
+def frame_parts(data: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
+    """The 12-byte header and 4-byte footer that frame ``data`` as one record.
+
+    Write ``header``, ``data``, ``footer`` in that order; unlike :func:`frame_record` this never copies
+    ``data`` (an image of megabytes), which is what a writer wants.
+    """
+    length = _LENGTH.pack(len(data))
+    return length + _CRC.pack(masked_crc32c(length)), _CRC.pack(masked_crc32c(data))
+
+
+def frame_record(data: bytes | bytearray | memoryview) -> bytes:
+    """``data`` framed as one TFRecord, exactly as ``tf.io.TFRecordWriter`` writes it."""
+    header, footer = frame_parts(data)
+    return b"".join((header, data, footer))
+
+
+def write_record(fh: BinaryIO, data: bytes | bytearray | memoryview) -> int:
+    """Append ``data`` as one record to the binary file ``fh``; return the bytes written."""
+    header, footer = frame_parts(data)
+    fh.write(header)
+    fh.write(data)
+    fh.write(footer)
+    return len(data) + OVERHEAD
+
+
+class TFRecordWriter:
+    """Writes records to a binary file object (a local file, or a storage-seam writer).
+
+    Like ``tf.io.TFRecordWriter`` without compression, but on any ``fh`` with ``write``; it neither
+    opens nor closes ``fh``. ``offsets`` and ``sizes`` (framed sizes) of the records written so far
+    are what a DALI index lists.
+    """
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.offsets: list[int] = []
+        self.sizes: list[int] = []
+        self.position = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        size = write_record(self.fh, data)
+        self.offsets.append(self.position)
+        self.sizes.append(size)
+        self.position += size
+        return size
+
+    def write_all(self, records: Iterable[bytes]) -> None:
+        for data in records:
+            self.write(data)
+
+
+def _read_exact(fh: BinaryIO, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = fh.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def iter_records(fh: BinaryIO, name: str, verify: bool = True) -> Iterator[bytes]:
+    """Yield the data of every record of the TFRecord stream ``fh``, from its current position.
+
+    ``name`` is the file's name or URI, for messages. Raises :class:`TFRecordError` naming the file and
+    the byte offset (from where reading started) of a truncated record or of a checksum that does not
+    match; with ``verify=False`` only the framing is checked.
+    """
+    offset = 0
+    while True:
+        header = _read_exact(fh, HEADER_SIZE)
+        if not header:
+            return
+        if len(header) < HEADER_SIZE:
+            raise TFRecordError(
+                f"{name}: truncated record header at offset {offset} "
+                f"({len(header)} of {HEADER_SIZE} bytes before the end of the file)"
+            )
+        (length,) = _LENGTH.unpack_from(header)
+        if verify and _CRC.unpack_from(header, 8)[0] != masked_crc32c(header[:8]):
+            raise TFRecordError(
+                f"{name}: corrupt record at offset {offset}: the length field's checksum does not match "
+                "(not a TFRecord file, or damaged)"
+            )
+        body = _read_exact(fh, length + FOOTER_SIZE)
+        if len(body) < length + FOOTER_SIZE:
+            raise TFRecordError(
+                f"{name}: truncated record at offset {offset}: {length + FOOTER_SIZE} bytes of data and "
+                f"checksum expected, the file ends after {len(body)}"
+            )
+        data = body[:length]
+        if verify and _CRC.unpack_from(body, length)[0] != masked_crc32c(data):
+            raise TFRecordError(
+                f"{name}: corrupt record at offset {offset}: the data's checksum does not match "
+                f"({length} bytes of data)"
+            )
+        yield data
+        offset += HEADER_SIZE + length + FOOTER_SIZE
+
+
+def read_records(path: str, verify: bool = True) -> list[bytes]:
+    """Every record of the local TFRecord file ``path`` (see :func:`iter_records`)."""
+    with open(path, "rb") as fh:
+        return list(iter_records(fh, path, verify))
