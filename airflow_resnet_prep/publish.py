@@ -1,4 +1,5 @@
-"""The publish step: write ``manifest.json`` last and report the outputs under the recipe's names."""
+"""The publish step: write ``manifest.json`` last, then the dataset report, and report the outputs under
+the recipe's names."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from airflow_resnet_prep.fsutil import read_json
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.manifest import build_manifest, write_manifest
 from airflow_resnet_prep.pipeline import fingerprints_of, output_paths
+from airflow_resnet_prep.report import report_path, write_report
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,10 @@ def publish_outputs(
 ) -> dict[str, Any]:
     """With a conversion ``summary``, write the manifest; without one (reused output), read it back.
 
-    Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path`` or
-    ``preprocessed_path``, plus ``manifest`` and ``cached``.
+    Then writes ``report/index.html`` (always after a conversion; for a reused output only when it is
+    missing). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path`` or
+    ``preprocessed_path``, plus ``manifest``, ``cached`` and ``report`` (the report's path, or None when
+    it could not be written).
     """
     layout = DataDir.of(params["data_dir"])
     implementation = params["implementation"]
@@ -48,6 +52,7 @@ def publish_outputs(
         write_manifest(layout, manifest)
     else:
         manifest = read_json(layout.manifest) or {}
+    report = _report(layout, rewrite=summary is not None)
     outputs = output_paths(layout, implementation, fetched["imagenet_path"])
     images = manifest.get("images", {})
     total = sum(s.get("size", 0) for s in manifest.get("outputs", {}).values())
@@ -61,4 +66,20 @@ def publish_outputs(
         total / 1e6,
         layout.manifest,
     )
-    return {**outputs, "manifest": str(layout.manifest), "cached": summary is None}
+    return {**outputs, "manifest": str(layout.manifest), "cached": summary is None, "report": report}
+
+
+def _report(layout: DataDir, *, rewrite: bool) -> str | None:
+    """Write the dataset report; its path, or None when it failed.
+
+    A report failure is logged, not raised: the output and its manifest are complete by now, and failing
+    publish would withhold the Asset update (and the data) from consumers for want of a web page.
+    """
+    path = report_path(layout.root)
+    if not rewrite and path.is_file():
+        return str(path)
+    try:
+        return str(write_report(layout.root))
+    except Exception:
+        log.exception("could not write the dataset report %s; the output itself is complete", path)
+        return None

@@ -1,14 +1,15 @@
-"""``python -m airflow_resnet_prep.report DATA_DIR``: a short summary of a finished output, from its manifest."""
+"""The short text summary of a finished output, from its manifest (what ``make demo`` prints)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from airflow_resnet_prep.fsutil import read_json
+from airflow_resnet_prep.report.build import report_path
 
 
 def summary(data_dir: str) -> str:
+    """A few lines: implementation and output folder, counts, files, steps, the manifest and the report."""
     manifest_path = Path(data_dir) / "manifest.json"
     manifest = read_json(manifest_path)
     if manifest is None:
@@ -26,9 +27,7 @@ def summary(data_dir: str) -> str:
     for step, stats in manifest.get("steps", {}).items():
         lines.append(f"  {step}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
     lines.append(f"  manifest: {manifest_path}")
+    report = report_path(data_dir)
+    if report.is_file():
+        lines.append(f"  report: {report}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(summary(arg))

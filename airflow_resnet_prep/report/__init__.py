@@ -1,0 +1,12 @@
+"""The dataset report of a finished output: a text summary and a self-contained ``report/index.html``.
+
+``python -m airflow_resnet_prep.report DATA_DIR [--html]`` prints the summary (``--html`` first writes
+the page). Importing this package loads neither TensorFlow nor Pillow: ``publish`` imports it.
+"""
+
+from __future__ import annotations
+
+from airflow_resnet_prep.report.build import REPORT_DIR, ReportError, report_path, write_report
+from airflow_resnet_prep.report.summary import summary
+
+__all__ = ["REPORT_DIR", "ReportError", "report_path", "summary", "write_report"]

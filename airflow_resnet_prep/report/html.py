@@ -1,0 +1,443 @@
+"""The page: one self-contained HTML document (inline CSS and SVG, images as ``data:`` URIs, no script).
+
+Everything that comes from the data (file names from archives, synsets, params, source paths) is
+untrusted and goes through :func:`esc`; only the markup written here is emitted raw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from airflow_resnet_prep.report import charts
+from airflow_resnet_prep.report.listed import Listed
+from airflow_resnet_prep.report.samples import Sample
+from airflow_resnet_prep.report.stats import FAR_FRACTION, SPLITS, ClassStats, Histogram, SizeStats
+
+SPLIT_NAMES = {"train": "train", "val": "validation"}
+FORMATS = {
+    "reference": "TFRecord shards (MLPerf reference TensorFlow ResNet)",
+    "nvidia": "MXNet RecordIO (NVIDIA MXNet/DALI ResNet)",
+}
+MAX_TABLE_ROWS = 200
+
+
+@dataclass(frozen=True)
+class Page:
+    """Everything the page shows, gathered by :func:`airflow_resnet_prep.report.build.write_report`."""
+
+    data_dir: Path
+    manifest: dict[str, Any]
+    classes: ClassStats
+    image_sizes: dict[str, SizeStats]
+    image_hist: Histogram
+    files: dict[str, list[tuple[str, int, int]]]  # split -> (name, size, records)
+    file_hist: Histogram | None  # None when there are few files: they get one bar each
+    samples: list[Sample]
+    reencoded: list[Listed]
+    skipped: list[Listed]
+    problems: list[str]  # what could not be read (catalog, output): shown, not fatal
+
+
+def esc(value: object) -> str:
+    """HTML-escape any value (quotes too: the result may sit in an attribute)."""
+    return escape(str(value), quote=True)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
+def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """A table; cells are HTML already (callers escape)."""
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _kv(items: dict[str, Any]) -> str:
+    """A two-column key/value table; values that are not text are shown as compact JSON."""
+    rows = []
+    for key, value in items.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        rows.append(f"<tr><th>{esc(key)}</th><td><code>{esc(text)}</code></td></tr>")
+    return f'<table class="kv"><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _section(anchor: str, title: str, body: str, lead: str = "") -> str:
+    lead_html = f'<p class="lead">{lead}</p>' if lead else ""
+    return f'<section id="{anchor}"><h2>{title}</h2>{lead_html}{body}</section>'
+
+
+# -- header ------------------------------------------------------------------------------------------
+def _header(page: Page) -> str:
+    m = page.manifest
+    impl = str(m.get("implementation", "?"))
+    images = m.get("images", {})
+    outputs = m.get("outputs", {})
+    total = sum(int(o.get("size", 0)) for o in outputs.values())
+    n_skipped, n_reencoded = len(m.get("skipped", [])), len(m.get("reencoded", []))
+    if page.problems:
+        status, cls = "complete, report incomplete", "warn"
+    elif n_skipped:
+        status, cls = f"complete, {n_skipped:,} left out", "warn"
+    else:
+        status, cls = "complete", "ok"
+    cards = [
+        ("train images", f"{images.get('train', 0):,}"),
+        ("validation images", f"{images.get('val', 0):,}"),
+        ("classes", f"{len(page.classes.rows):,}"),
+        ("output files", f"{len(outputs):,}"),
+        ("output size", human_bytes(total)),
+        ("re-encoded", f"{n_reencoded:,}"),
+        ("left out", f"{n_skipped:,}"),
+    ]
+    card_html = "".join(
+        f'<div class="card"><div class="value" data-key="{esc(k)}">{esc(v)}</div><div class="label">{esc(k)}</div></div>'
+        for k, v in cards
+    )
+    return (
+        '<header class="top"><div class="kicker">MLPerf ResNet-50 training data &middot; dataset report</div>'
+        f'<h1><span class="impl">{esc(impl)}</span> <span class="status {cls}">{esc(status)}</span></h1>'
+        f'<p class="sub">{esc(FORMATS.get(impl, impl))}<br><code>{esc(page.data_dir)}</code> &middot; '
+        f"manifest written {esc(m.get('written_at', '?'))}</p>"
+        f'<div class="cards">{card_html}</div></header>'
+    )
+
+
+def _nav() -> str:
+    links = [
+        ("classes", "Classes"),
+        ("samples", "Samples"),
+        ("sizes", "Sizes"),
+        ("listed", "Re-encoded &amp; left out"),
+        ("steps", "Steps"),
+        ("run", "Params &amp; sources"),
+    ]
+    return '<nav class="toc">' + "".join(f'<a href="#{a}">{t}</a>' for a, t in links) + "</nav>"
+
+
+# -- sections ----------------------------------------------------------------------------------------
+def _classes(page: Page) -> str:
+    stats = page.classes
+    charts_html = []
+    for split in SPLITS:
+        total = sum(r.counts[split] for r in stats.rows)
+        if not total:
+            continue
+        charts_html.append(
+            f'<figure><figcaption><span class="swatch {split}"></span>{SPLIT_NAMES[split]}: '
+            f"{total:,} images, mean {stats.mean[split]:,.1f} per class</figcaption>"
+            f"{charts.class_strip(stats.rows, split, stats.mean[split])}</figure>"
+        )
+    outliers = stats.outliers
+    if outliers:
+        rows = []
+        for r in outliers[:MAX_TABLE_ROWS]:
+            cells = [f"<code>{esc(r.synset)}</code>", str(r.label)]
+            for split in SPLITS:
+                dev = r.far.get(split)
+                mark = f' <span class="far">{dev:+.0%}</span>' if dev is not None else ""
+                cells.append(f"{r.counts[split]:,}{mark}")
+            rows.append(cells)
+        more = len(outliers) - MAX_TABLE_ROWS
+        table = _table(["synset", "label", "train", "validation"], rows, "num")
+        table += f'<p class="muted">and {more:,} more.</p>' if more > 0 else ""
+        summary = f'<p><strong class="far">{len(outliers):,} classes far from the mean</strong>:</p>{table}'
+    else:
+        summary = '<p class="good">No class is far from its split\'s mean.</p>'
+    lead = (
+        f"Bars in label order; hover a bar for its class. <strong>Far from the mean</strong> means more "
+        f"than {FAR_FRACTION:.0%} above or below the split's mean number of images per class (the shaded "
+        f"band); such classes are drawn in red and listed below."
+    )
+    return _section("classes", "Images per class", "".join(charts_html) + summary, lead)
+
+
+def _sample_cell(s: Sample) -> str:
+    if s.thumb.uri:
+        img = f'<img src="{esc(s.thumb.uri)}" alt="{esc(s.synset)} {esc(s.filename)}" loading="lazy">'
+    else:
+        img = f'<div class="noimg">{esc(s.thumb.error or "no image")}</div>'
+    dims = f"{s.thumb.width}&times;{s.thumb.height} &middot; " if s.thumb.uri else ""
+    return (
+        f'<figure class="thumb" data-split="{esc(s.split)}" data-file="{esc(s.file)}" '
+        f'data-position="{s.position}" data-synset="{esc(s.synset)}" data-label="{esc(s.label)}">{img}'
+        f'<figcaption><span class="cls">{esc(s.synset) or "?"}</span> '
+        f'<span class="lbl">label {esc(s.label) or "?"}</span>'
+        f'<span class="fn" title="{esc(s.filename)}">{esc(s.filename)}</span>'
+        f'<span class="where" title="{esc(s.file)}">{esc(Path(s.file).name)}</span>'
+        f'<span class="where">record {s.position:,} &middot; {dims}{human_bytes(s.size)}</span>'
+        "</figcaption></figure>"
+    )
+
+
+def _samples(page: Page) -> str:
+    body = []
+    for split in SPLITS:
+        samples = [s for s in page.samples if s.split == split]
+        if not samples:
+            continue
+        files = len({s.file for s in samples})
+        body.append(
+            f"<h3>{SPLIT_NAMES[split].capitalize()}: {len(samples)} records from {files} "
+            f"file{'s' if files > 1 else ''}</h3>"
+            f'<div class="grid">{"".join(_sample_cell(s) for s in samples)}</div>'
+        )
+    lead = (
+        "Decoded from the written output, as the trainer reads it: records chosen evenly across files and "
+        "positions (the same ones on every run), with the class and label stored in each record."
+    )
+    html = "".join(body) or '<p class="muted">No record could be read.</p>'
+    return _section("samples", "Sample records", html, lead)
+
+
+def _sizes(page: Page) -> str:
+    rows = []
+    for split in SPLITS:
+        s = page.image_sizes[split].summary()
+        if not s.get("count"):
+            continue
+        rows.append(
+            [SPLIT_NAMES[split], f"{s['count']:,}", human_bytes(s["total"]), human_bytes(s["mean"])]
+            + [human_bytes(s[k]) for k in ("min", "p1", "median", "p99", "max")]
+        )
+    image_table = _table(
+        ["split", "images", "total", "mean", "min", "1%", "median", "99%", "max"], rows, "num"
+    )
+    image_chart = charts.histogram(
+        page.image_hist, human_bytes, "image size (log scale); bar height: share of the split"
+    )
+    file_rows = []
+    bars = []
+    for split in SPLITS:
+        files = page.files.get(split, [])
+        if not files:
+            continue
+        sizes = sorted(size for _, size, _ in files)
+        file_rows.append(
+            [
+                SPLIT_NAMES[split],
+                f"{len(files):,}",
+                f"{sum(r for _, _, r in files):,}",
+                human_bytes(sum(sizes)),
+                human_bytes(sizes[0]),
+                human_bytes(sizes[len(sizes) // 2]),
+                human_bytes(sizes[-1]),
+            ]
+        )
+        bars.extend((split, name, size) for name, size, _ in files)
+    file_table = _table(
+        ["split", "files", "records", "total", "smallest", "median", "largest"], file_rows, "num"
+    )
+    if page.file_hist is not None:
+        file_chart = charts.histogram(
+            page.file_hist, human_bytes, "file size; bar height: share of the split's files", unit="files"
+        )
+    else:
+        file_chart = charts.file_bars(bars, human_bytes)
+    legend = '<p class="legend"><span class="swatch train"></span>train <span class="swatch val"></span>validation</p>'
+    body = (
+        f"<h3>Images (source bytes, from the catalogs)</h3>{legend}{image_chart}{image_table}"
+        f"<h3>Output files</h3>{file_chart}{file_table}"
+    )
+    return _section("sizes", "Size distributions", body)
+
+
+def _listed(title: str, items: list[Listed], empty: str) -> str:
+    if not items:
+        return f'<h3>{title}</h3><p class="good">{esc(empty)}</p>'
+    cells = []
+    for item in items[:MAX_TABLE_ROWS]:
+        if item.thumb.uri:
+            img = f'<img src="{esc(item.thumb.uri)}" alt="{esc(item.name)}" loading="lazy">'
+        else:
+            img = f'<div class="noimg">{esc(item.thumb.error or "no preview")}</div>'
+        cells.append(
+            f'<figure class="thumb listed">{img}<figcaption><span class="cls">{esc(item.synset)}</span> '
+            f'<span class="lbl">{esc(SPLIT_NAMES.get(item.split, item.split))}</span>'
+            f'<span class="fn" title="{esc(item.name)}">{esc(item.name)}</span>'
+            f'<span class="reason">{esc(item.reason)}</span></figcaption></figure>'
+        )
+    more = len(items) - MAX_TABLE_ROWS
+    tail = f'<p class="muted">and {more:,} more (all in manifest.json).</p>' if more > 0 else ""
+    return f'<h3>{title} ({len(items):,})</h3><div class="grid">{"".join(cells)}</div>{tail}'
+
+
+def _listed_section(page: Page) -> str:
+    body = _listed("Re-encoded", page.reencoded, "No image needed re-encoding.") + _listed(
+        "Left out", page.skipped, "No image was left out."
+    )
+    lead = "Previews from the source images (re-encoded images are stored as RGB JPEG; left-out ones are not stored)."
+    return _section("listed", "Re-encoded and left-out images", body, lead)
+
+
+def _seconds(stats: dict[str, Any]) -> float | None:
+    for key in ("seconds", "total_s", "unit_seconds"):
+        if isinstance(stats.get(key), (int, float)):
+            return float(stats[key])
+    return None
+
+
+def _steps(page: Page) -> str:
+    steps = page.manifest.get("steps", {})
+    longest = max((_seconds(s) or 0 for s in steps.values()), default=0) or 1
+    rows = []
+    for name, stats in steps.items():
+        if not isinstance(stats, dict):
+            continue
+        seconds = _seconds(stats)
+        rate = [f"{v:,} {esc(k.replace('_', ' '))}" for k, v in stats.items() if "per" in k and v is not None]
+        other = [f"{esc(k)}={esc(v)}" for k, v in stats.items() if "per" not in k and k not in ("seconds",)]
+        bar = (
+            f'<div class="meter"><span style="width:{max(0.5, seconds / longest * 100):.1f}%"></span></div>'
+            if seconds is not None
+            else ""
+        )
+        rows.append(
+            [
+                f"<strong>{esc(name)}</strong>",
+                f"{seconds:,.2f} s" if seconds is not None else "&ndash;",
+                bar,
+                "<br>".join(rate) or "&ndash;",
+                f'<span class="muted">{", ".join(other)}</span>',
+            ]
+        )
+    body = (
+        _table(["step", "time", "", "throughput", "details"], rows, "steps")
+        if rows
+        else '<p class="muted">No step timings recorded.</p>'
+    )
+    return _section("steps", "Steps", body)
+
+
+def _run(page: Page) -> str:
+    m = page.manifest
+    sources = m.get("sources", {})
+    src_rows = []
+    for name, fp in sources.items():
+        if not isinstance(fp, dict):
+            src_rows.append([esc(name), "", f"<code>{esc(json.dumps(fp))}</code>", ""])
+            continue
+        size = fp.get("size")
+        detail = {k: v for k, v in fp.items() if k not in ("source", "size", "kind")}
+        if isinstance(detail.get("mtime_ns"), int):
+            mtime = detail.pop("mtime_ns")
+            detail = {"modified": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mtime / 1e9)), **detail}
+        src_rows.append(
+            [
+                f"<strong>{esc(name)}</strong>",
+                esc(fp.get("kind", "")),
+                f"<code>{esc(fp.get('source', ''))}</code>",
+                human_bytes(size) if isinstance(size, (int, float)) else "",
+                "<br>".join(f'<span class="muted">{esc(k)}</span> {esc(v)}' for k, v in detail.items()),
+            ]
+        )
+    conversion = m.get("conversion", {})
+    body = (
+        '<div class="cols"><div><h3>Output params</h3>'
+        + _kv(m.get("params", {}))
+        + "</div><div><h3>Versions</h3>"
+        + _kv({k: v if v is not None else "not installed" for k, v in m.get("versions", {}).items()})
+        + "<h3>Conversion</h3>"
+        + _kv({k: v for k, v in conversion.items() if k != "splits"})
+        + "</div></div><h3>Sources</h3>"
+        + _table(["source", "kind", "location", "size", "fingerprint"], src_rows, "sources")
+    )
+    return _section("run", "Params, sources and versions", body)
+
+
+def _problems(page: Page) -> str:
+    if not page.problems:
+        return ""
+    items = "".join(f"<li>{esc(p)}</li>" for p in page.problems)
+    return f'<div class="problems"><strong>Parts of this report could not be made:</strong><ul>{items}</ul></div>'
+
+
+def render(page: Page) -> str:
+    """The whole document."""
+    impl = esc(page.manifest.get("implementation", "?"))
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Dataset report &middot; {impl}</title><style>{CSS}</style></head><body>"
+        + _header(page)
+        + _nav()
+        + "<main>"
+        + _problems(page)
+        + _classes(page)
+        + _samples(page)
+        + _sizes(page)
+        + _listed_section(page)
+        + _steps(page)
+        + _run(page)
+        + "</main><footer>Written by airflow-resnet-prep "
+        + esc(page.manifest.get("versions", {}).get("airflow-resnet-prep", ""))
+        + " from <code>manifest.json</code>, the catalogs and the output files. Self-contained: no network.</footer>"
+        + "</body></html>\n"
+    )
+
+
+CSS = """
+:root{--fg:#1d2433;--muted:#667085;--line:#e4e7ec;--bg:#f6f7f9;--card:#fff;--accent:#3867d6;--train:#3867d6;
+--val:#20a39e;--far:#e8412c;--ok:#12805c;--warn:#b54708}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:15px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",
+Roboto,"Helvetica Neue",Arial,sans-serif}
+code{font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
+header.top{background:linear-gradient(135deg,#1e2a4a,#2f4a8a);color:#fff;padding:28px max(24px,calc(50% - 580px)) 24px}
+.kicker{text-transform:uppercase;letter-spacing:.08em;font-size:12px;opacity:.75}
+h1{margin:6px 0 4px;font-size:30px;font-weight:650;display:flex;align-items:center;gap:14px;flex-wrap:wrap}
+.status{font-size:13px;font-weight:600;padding:3px 10px;border-radius:999px;background:#fff;letter-spacing:.02em}
+.status.ok{color:var(--ok)}.status.warn{color:var(--warn)}
+.sub{margin:0 0 18px;opacity:.85;font-size:14px}.sub code{color:#dfe6ff}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(130px,1fr));gap:10px}
+.card{background:rgba(255,255,255,.1);border:1px solid rgba(255,255,255,.18);border-radius:10px;padding:10px 14px}
+.card .value{font-size:22px;font-weight:650;font-variant-numeric:tabular-nums}
+.card .label{font-size:12px;opacity:.8}
+nav.toc{position:sticky;top:0;z-index:2;background:rgba(255,255,255,.95);border-bottom:1px solid var(--line);
+padding:8px max(24px,calc(50% - 580px));display:flex;gap:18px;flex-wrap:wrap;font-size:14px}
+nav.toc a{color:var(--accent);text-decoration:none}nav.toc a:hover{text-decoration:underline}
+main{max-width:1160px;margin:0 auto;padding:8px 24px 24px}
+section{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:18px 22px;margin:18px 0}
+h2{margin:0 0 6px;font-size:20px}h3{margin:20px 0 8px;font-size:15px;color:#344054}
+.lead{margin:0 0 12px;color:var(--muted);font-size:14px}
+figure{margin:10px 0}figcaption{font-size:13px;color:#344054;margin-bottom:4px}
+svg.chart{width:100%;height:auto;display:block;font-family:inherit}
+svg .grid{stroke:#eef0f3}svg .tickmark{stroke:#98a2b3}svg .tick{font-size:11px;fill:#667085}
+svg .axis{font-size:12px;fill:#475467}svg .note{font-size:11px;fill:#344054}
+svg .band{fill:#12805c;opacity:.08}svg .mean{stroke:#1d2433;stroke-dasharray:4 3;stroke-width:1}
+svg .bar:hover{opacity:.75}
+.swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 6px 0 2px;vertical-align:0}
+.swatch.train{background:var(--train)}.swatch.val{background:var(--val)}
+.legend{font-size:13px;color:var(--muted);margin:0}
+.far{color:var(--far);font-weight:600}.good{color:var(--ok)}.muted{color:var(--muted)}
+table{border-collapse:collapse;width:100%;font-size:13.5px;margin:8px 0}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid var(--line);vertical-align:top}
+thead th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600}
+table.num td{font-variant-numeric:tabular-nums}
+table.kv th{width:38%;font-weight:500;color:#475467}
+.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:0 28px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
+.thumb{margin:0;background:#fafbfc;border:1px solid var(--line);border-radius:8px;overflow:hidden}
+.thumb img,.thumb .noimg{width:100%;aspect-ratio:1/1;object-fit:cover;display:block;background:#eef0f3}
+.thumb .noimg{display:flex;align-items:center;justify-content:center;padding:10px;font-size:12px;color:var(--muted);
+text-align:center;word-break:break-word}
+.thumb figcaption{padding:6px 8px 8px;margin:0;display:flex;flex-wrap:wrap;gap:2px 6px;font-size:12px}
+.thumb .cls{font-weight:600;font-family:ui-monospace,Menlo,Consolas,monospace}
+.thumb .lbl{color:var(--accent)}
+.thumb .fn,.thumb .where,.thumb .reason{flex-basis:100%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:var(--muted)}
+.thumb .reason{color:var(--warn);white-space:normal}
+.meter{background:#eef0f3;border-radius:4px;height:10px;min-width:120px}
+.meter span{display:block;height:100%;background:var(--accent);border-radius:4px}
+.problems{background:#fff6ed;border:1px solid #f9dbaf;border-radius:10px;padding:12px 16px;margin:18px 0;color:#7a2e0e}
+footer{max-width:1160px;margin:0 auto;padding:8px 24px 32px;color:var(--muted);font-size:12.5px}
+"""

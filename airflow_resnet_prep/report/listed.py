@@ -1,0 +1,54 @@
+"""Images the manifest lists as re-encoded or left out, previewed from their source through the catalog.
+
+They are not in the output (left out), or not as they were (re-encoded), so the source shows why they
+were listed. Reading is bounded: only the first :data:`MAX_LISTED_THUMBS` are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source
+from airflow_resnet_prep.report.thumbs import Thumb, make_thumb
+
+
+@dataclass(frozen=True)
+class Listed:
+    """An image the manifest lists as re-encoded or left out, with a preview from its source."""
+
+    synset: str
+    name: str
+    reason: str
+    split: str
+    thumb: Thumb
+
+
+MAX_LISTED_THUMBS = 48
+
+
+def listed_images(
+    entries: list[dict[str, str]],
+    found: dict[tuple[str, str], tuple[str, ImageRef]],
+    sources: dict[str, list[Source]],
+) -> list[Listed]:
+    """Each manifest entry with its split and a source thumbnail (for the first few; reading stays bounded)."""
+    readers = {split: ImageReader(srcs) for split, srcs in sources.items()}
+    out = []
+    try:
+        for i, entry in enumerate(entries):
+            synset, name = str(entry.get("synset", "")), str(entry.get("name", ""))
+            split, ref = found.get((synset, name), ("", None))
+            if ref is None:
+                thumb = Thumb(None, error="not in the catalog")
+            elif i >= MAX_LISTED_THUMBS:
+                thumb = Thumb(None, error="no preview (only the first ones are previewed)")
+            else:
+                try:
+                    thumb = make_thumb(readers[split].read(ref))
+                except Exception as exc:  # a source moved away is shown, not fatal
+                    thumb = Thumb(None, error=f"source not readable: {exc}")
+            out.append(Listed(synset, name, str(entry.get("reason", "")), split, thumb))
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return out
