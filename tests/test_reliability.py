@@ -284,11 +284,11 @@ def test_workers_do_not_outlive_a_killed_parent(small, baseline, tmp_path):
 
 _ORPHAN_SCRIPT = """
 import os, sys, time
-from airflow_resnet_prep.converters.recordio_direct import _die_with_parent
+from airflow_resnet_prep.converters.pool import die_with_parent
 parent = os.getpid()
 child = os.fork()
 if child == 0:
-    _die_with_parent(parent)
+    die_with_parent(parent)
     time.sleep(60)
     os._exit(0)
 print(child, flush=True)

@@ -6,31 +6,21 @@ processes run which units, and let a format use a faster one-machine path when i
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import pickle
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from airflow_resnet_prep.converters.base import Converter, Plan, finish, plan, run_unit
+from airflow_resnet_prep.converters.pool import portable_error, process_pool, resolve_workers
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.progress import Progress
 
 _POOL_CONVERTER: Converter | None = None
 _POOL_DATA_DIR: str = ""
-
-
-def portable_error(exc: BaseException) -> BaseException:
-    """``exc`` if it survives the trip back to the parent process, else a PrepError with its message."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return PrepError(f"{type(exc).__name__}: {exc}")
-    return exc
 
 
 def _pool_run(unit_id: int) -> tuple[int, int]:
@@ -40,13 +30,6 @@ def _pool_run(unit_id: int) -> tuple[int, int]:
     except Exception as exc:
         raise portable_error(exc) from None
     return unit_id, result.records + len(result.skipped)
-
-
-def resolve_workers(workers: int) -> int:
-    """``workers`` as the number of processes: 0 means one per available core."""
-    if workers < 0:
-        raise ValueError(f"workers must be 0 (all cores) or more, got {workers}")
-    return workers or len(os.sched_getaffinity(0))
 
 
 def run_units(
@@ -73,12 +56,8 @@ def run_units(
     else:
         converter.prepare_process()
         _POOL_CONVERTER, _POOL_DATA_DIR = converter, str(data_dir)
-        # fork: workers inherit the loaded libraries (TensorFlow costs seconds to import) and the converter.
-        # A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (OOM killer, SIGKILL) a Pool
-        # replaces it and waits for ever for the lost unit; the executor fails the pending units instead.
-        ctx = multiprocessing.get_context("fork")
         try:
-            with ProcessPoolExecutor(n, mp_context=ctx) as pool:
+            with process_pool(n) as pool:
                 futures = [pool.submit(_pool_run, unit_id) for unit_id in ids]
                 try:
                     for future in as_completed(futures):

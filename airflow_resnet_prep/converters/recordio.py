@@ -43,6 +43,7 @@ from airflow_resnet_prep.converters.base import (
     check_on_bad_image,
     read_or_report,
 )
+from airflow_resnet_prep.converters.recordio_direct import write_direct
 from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
@@ -174,8 +175,6 @@ class RecordIOConverter(Converter):
         return record_buffers(pack_header(float(item.label), item.index), data)
 
     def run_local(self, layout: DataDir, plan: Plan, workers: int) -> bool:
-        from airflow_resnet_prep.converters.recordio_direct import write_direct
-
         return write_direct(self, layout, plan, workers)
 
     def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:

@@ -16,20 +16,16 @@ e.g. by the DAG's mapped tasks, is resumed as units).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import fcntl
-import multiprocessing
 import os
 import queue
-import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from airflow_resnet_prep.catalog.model import ImageReader
 from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem
-from airflow_resnet_prep.converters.local import portable_error, resolve_workers
+from airflow_resnet_prep.converters.pool import die_with_parent, fork_context, portable_error, resolve_workers
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import (
@@ -42,11 +38,16 @@ from airflow_resnet_prep.fsutil import (
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.progress import Progress
 
-if TYPE_CHECKING:
-    from airflow_resnet_prep.converters.recordio import RecordIOConverter
 
-CHUNK_RECORDS = 256
-PR_SET_PDEATHSIG = 1  # ~28 MB of ImageNet images: large writes, little memory
+class ItemFramer(Protocol):
+    """What this path needs of the converter: one item's framed record (None when left out)."""
+
+    def frame_item(
+        self, reader: ImageReader, sources: list, item: WorkItem, result: UnitResult
+    ) -> list | None: ...
+
+
+CHUNK_RECORDS = 256  # ~28 MB of ImageNet images: large writes, little memory
 
 
 @dataclass
@@ -62,10 +63,11 @@ class _Framed:
     chunk: int
     size: int = 0
     offsets: list[list[int]] = field(default_factory=list)  # [index, offset within the chunk]
+    seconds: float = 0.0  # reading, framing and writing the chunk: its share of the units' time
     result: UnitResult | None = None
 
 
-def write_direct(converter: RecordIOConverter, layout: DataDir, work_plan: Plan, workers: int) -> bool:
+def write_direct(converter: ItemFramer, layout: DataDir, work_plan: Plan, workers: int) -> bool:
     """Write both splits' ``.rec`` directly; False (nothing done) when some unit is done or being
     written by another process: that conversion goes on unit by unit."""
     # The data_dir lock keeps another run's finish (which clears in-progress files) and conversion out
@@ -101,7 +103,7 @@ def _units_busy(work_plan: Plan) -> bool:
 
 
 def _write_split(
-    converter: RecordIOConverter,
+    converter: ItemFramer,
     layout: DataDir,
     work_plan: Plan,
     split: str,
@@ -138,7 +140,7 @@ def _write_split(
 
 
 def _frame_chunk(
-    converter: RecordIOConverter, reader: ImageReader, sources: list, chunk: _Chunk, index: int, split: str
+    converter: ItemFramer, reader: ImageReader, sources: list, chunk: _Chunk, index: int, split: str
 ) -> tuple[_Framed, list]:
     result = UnitResult(unit=-1, split=split)
     framed = _Framed(index, result=result)
@@ -176,13 +178,15 @@ def _pwrite_all(fd: int, buffers: list, offset: int) -> None:
 
 
 def _run_in_process(
-    converter: RecordIOConverter, sources: list, chunks: list[_Chunk], fd: int, split: str, progress: Progress
+    converter: ItemFramer, sources: list, chunks: list[_Chunk], fd: int, split: str, progress: Progress
 ) -> list[_Framed]:
     framed_all, offset, half = [], 0, len(chunks) // 2
     with ImageReader(sources) as reader:
         for index, chunk in enumerate(chunks):
+            started = time.monotonic()
             framed, buffers = _frame_chunk(converter, reader, sources, chunk, index, split)
             _pwrite_all(fd, buffers, offset)
+            framed.seconds = time.monotonic() - started
             offset += framed.size
             framed_all.append(framed)
             progress.advance(len(chunk.items))
@@ -192,7 +196,7 @@ def _run_in_process(
 
 
 def _run_in_pool(
-    converter: RecordIOConverter,
+    converter: ItemFramer,
     sources: list,
     chunks: list[_Chunk],
     fd: int,
@@ -200,7 +204,20 @@ def _run_in_pool(
     processes: int,
     progress: Progress,
 ) -> list[_Framed]:
-    ctx = multiprocessing.get_context("fork")
+    with fork_context() as ctx:
+        return _frame_in_pool(ctx, converter, sources, chunks, fd, split, processes, progress)
+
+
+def _frame_in_pool(
+    ctx: Any,
+    converter: ItemFramer,
+    sources: list,
+    chunks: list[_Chunk],
+    fd: int,
+    split: str,
+    processes: int,
+    progress: Progress,
+) -> list[_Framed]:
     n = len(chunks)
     cond = ctx.Condition()
     next_chunk = ctx.RawValue("q", 0)
@@ -214,7 +231,7 @@ def _run_in_pool(
     parent = os.getpid()
 
     def worker() -> None:
-        _die_with_parent(parent)
+        die_with_parent(parent)
         try:
             with ImageReader(sources) as reader:
                 while True:
@@ -223,7 +240,9 @@ def _run_in_pool(
                         if index >= n:
                             break
                         next_chunk.value = index + 1
+                    started = time.monotonic()
                     framed, buffers = _frame_chunk(converter, reader, sources, chunks[index], index, split)
+                    framed.seconds = time.monotonic() - started  # waiting for earlier sizes is not work
                     with cond:
                         sizes[index] = framed.size
                         while frontier.value < n and sizes[frontier.value] >= 0:
@@ -233,7 +252,9 @@ def _run_in_pool(
                         cond.notify_all()
                         cond.wait_for(lambda i=index: frontier.value >= i)
                         start = starts[index]
+                    started = time.monotonic()
                     _pwrite_all(fd, buffers, start)
+                    framed.seconds += time.monotonic() - started
                     results.put(("ok", framed))
                     if index == n // 2:
                         failpoint("unit-half")
@@ -278,16 +299,6 @@ def _run_in_pool(
     return [framed_all[i] for i in range(n)]
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this worker when the parent dies (e.g. the OOM killer takes it): an orphan
-    would otherwise wait for results nobody reads, holding the data_dir lock it inherited."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def _write_done_records(
     work_plan: Plan, units: list[dict[str, Any]], chunks: list[_Chunk], framed: list[_Framed], split: str
 ) -> None:
@@ -307,7 +318,9 @@ def _write_done_records(
             result.bytes_in += f.result.bytes_in
             result.skipped.extend(f.result.skipped)
             result.reencoded.extend(f.result.reencoded)
+            result.seconds += f.seconds
         result.outputs[unit["outputs"][0]] = {"size": offset, "records": result.records}
         result.extra["offsets"] = offsets
+        result.seconds = round(result.seconds, 3)
         result.extra["written"] = "direct"
         atomic_write_json(work_plan.unit_done_path(unit["id"]), result.to_dict())

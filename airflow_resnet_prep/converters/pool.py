@@ -1,0 +1,89 @@
+"""Worker processes of a conversion task, started the same way wherever the task runs.
+
+A task may run in a daemonic process: a Celery worker's task process is one, and Python's
+``multiprocessing`` refuses to start children from a daemonic process ("daemonic processes are not
+allowed to have children"). The rule exists so that a daemon killed with its parent leaves no orphans.
+Our workers ask Linux to kill them when their parent dies (``PR_SET_PDEATHSIG``), which gives the same
+guarantee, so :func:`children_allowed` lifts the rule while they are started. Every process pool of the
+package comes from here: :func:`process_pool` for independent units, :func:`fork_context` for workers
+that share memory with their parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import pickle
+import signal
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import BaseContext
+
+from airflow_resnet_prep.errors import PrepError
+
+PR_SET_PDEATHSIG = 1
+
+
+def resolve_workers(workers: int) -> int:
+    """``workers`` as the number of processes: 0 means one per available core."""
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (all cores) or more, got {workers}")
+    return workers or len(os.sched_getaffinity(0))
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives the trip back to the parent process, else a PrepError with its message."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return PrepError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when ``parent`` dies (e.g. the OOM killer takes it): an orphan
+    would wait for results nobody reads, holding the data_dir lock it inherited."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def children_allowed() -> Iterator[None]:
+    """Let this process start worker processes even when it is itself daemonic (a Celery task)."""
+    # multiprocessing keeps the flag in the current process's private config; there is no public way.
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+    daemon = config.pop("daemon", None)
+    try:
+        yield
+    finally:
+        if daemon is not None:
+            config["daemon"] = daemon
+
+
+@contextlib.contextmanager
+def fork_context() -> Iterator[BaseContext]:
+    """The ``fork`` context, usable for as long as the block runs. Workers inherit the loaded libraries
+    (TensorFlow costs seconds to import) and the parent's objects; each must call
+    :func:`die_with_parent` first."""
+    with children_allowed():
+        yield multiprocessing.get_context("fork")
+
+
+@contextlib.contextmanager
+def process_pool(processes: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``processes`` forked workers that die with this process.
+
+    A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (OOM killer, SIGKILL) a Pool
+    replaces it and waits for ever for the lost work; the executor fails what is pending instead.
+    """
+    with fork_context() as ctx:
+        pool = ProcessPoolExecutor(
+            processes, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        with pool:
+            yield pool
