@@ -15,10 +15,20 @@ class DataDir:
 
     @classmethod
     def of(cls, data_dir: str | os.PathLike[str]) -> DataDir:
-        if not str(data_dir).strip():
+        text = str(data_dir).strip()
+        if not text:
             # An empty param would otherwise mean the worker's current folder.
             raise PrepError("data_dir is empty: set the data_dir param (or MLPERF_RESNET_PREP_DATA_DIR)")
-        return cls(Path(data_dir).expanduser().resolve())
+        if "://" in text:
+            raise PrepError(
+                f"data_dir {text!r}: a URI; data_dir must be an absolute local path (every worker sees the "
+                "same shared folder); object storage is not supported as data_dir yet"
+            )
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            # A relative path names a different folder on every worker (each has its own current folder).
+            raise PrepError(f"data_dir {text!r} is a relative path: give an absolute path")
+        return cls(path.resolve())
 
     @property
     def downloads(self) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     values: dict[str, Any] = {
-        "data_dir": args.data_dir,
+        "data_dir": os.path.abspath(args.data_dir),  # one machine: relative to where the CLI runs
         "train_source": args.train_source,
         "val_source": args.val_source,
         "implementation": args.implementation,

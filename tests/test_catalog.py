@@ -283,3 +283,24 @@ def test_an_empty_data_dir_is_refused(sample):
 
     with pytest.raises(PrepError, match="data_dir is empty"):
         fetch("", str(sample.train_tar), str(sample.val_tar))
+
+
+@pytest.mark.parametrize(
+    ("data_dir", "message"),
+    [
+        ("relative/data", "is a relative path: give an absolute path"),
+        ("s3://conn@bucket/prefix", "a URI; data_dir must be an absolute local path"),
+        ("gs://bucket/prefix", "a URI; data_dir must be an absolute local path"),
+    ],
+)
+def test_a_data_dir_every_worker_would_read_differently_is_refused(
+    sample, tmp_path, monkeypatch, data_dir, message
+):
+    """Seen in a run: ``s3://...`` was taken for a relative path and made a folder ``s3:`` in the worker's
+    current folder. Refused before anything is written."""
+    from airflow_resnet_prep.errors import PrepError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PrepError, match=message):
+        fetch(data_dir, str(sample.train_tar), str(sample.val_tar))
+    assert list(tmp_path.iterdir()) == []
