@@ -19,6 +19,7 @@ from airflow.sdk import DAG, Asset, Param, TriggerRule, task
 
 from airflow_resnet_prep.operators.fetch import FetchImagenetOperator
 from airflow_resnet_prep.operators.nvidia import NvidiaPrepOperator
+from airflow_resnet_prep.operators.publish import PublishOperator
 from airflow_resnet_prep.operators.relabel import RelabelValOperator
 from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
 from airflow_resnet_prep.params import PARAMS
@@ -141,29 +142,16 @@ with DAG(
         branch >> plan >> units >> finish
         finishes.append(finish)
 
-    @task(task_id="publish", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, outlets=[PREPARED])
-    def publish(params: dict, ti=None, outlet_events=None) -> dict:
-        """Write manifest.json (last), push the output paths, and update the prepared-data Asset."""
-        from airflow_resnet_prep.params import resolved
-        from airflow_resnet_prep.publish import publish_outputs
-
-        params = resolved(dict(params), DEFAULTS)
-        implementation = params["implementation"]
-        outputs = publish_outputs(
-            params,
-            fetched=ti.xcom_pull(task_ids="fetch"),
-            relabelled=ti.xcom_pull(task_ids="relabel_val"),
-            summary=ti.xcom_pull(task_ids=f"{implementation}_finish"),
-        )
-        for key, value in outputs.items():
-            ti.xcom_push(key=key, value=value)
-        # Every successful run updates the Asset; ``cached`` tells consumers whether the data changed.
-        outlet_events[PREPARED].extra = {
-            **{k: v for k, v in outputs.items() if k.endswith("_path")},
-            "implementation": implementation,
-            "cached": outputs["cached"],
-        }
-        return outputs
+    # Writes manifest.json (last), pushes the output paths and updates the prepared-data Asset; its
+    # extra link opens the run's Dataset report tab.
+    publish = PublishOperator(
+        task_id="publish",
+        data_dir=p("data_dir"),
+        implementation=p("implementation"),
+        defaults=DEFAULTS,
+        asset=PREPARED,
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+    )
 
     fetch >> relabel >> branch >> reuse
-    [reuse, *finishes] >> publish()
+    [reuse, *finishes] >> publish

@@ -1,0 +1,36 @@
+"""The Airflow plugin: the report app and the *Dataset report* tab of a DAG run.
+
+Registered through the ``airflow.plugins`` entry point (pyproject.toml), so it loads with Airflow's
+default lazy provider discovery; plugins listed only in provider info would load only with
+``[core] lazy_discover_providers = False``. The ``publish`` task's extra link needs no registration: it
+is declared on :class:`~airflow_resnet_prep.operators.publish.PublishOperator`, and Airflow 3 stores
+its URL in XCom when the task ends.
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from airflow_resnet_prep.plugins.links import URL_PREFIX, URL_ROUTE, VIEW_NAME, base_path
+
+
+def _fastapi_app() -> dict:
+    from airflow_resnet_prep.plugins.report_app import create_app
+
+    return {"app": create_app(), "url_prefix": URL_PREFIX, "name": "MLPerf ResNet prep dataset reports"}
+
+
+class DatasetReportPlugin(AirflowPlugin):
+    """Serves each DAG run's ``data_dir/report/`` (see :mod:`.report_app`) and shows it as a tab."""
+
+    name = "airflow_resnet_prep"
+    fastapi_apps = [_fastapi_app()]
+    external_views = [
+        {
+            "name": VIEW_NAME,
+            # {DAG_ID} and {RUN_ID} are substituted (URL-encoded) by the UI; the tab renders it in an iframe.
+            "href": f"{base_path()}{URL_PREFIX}/dags/{{DAG_ID}}/runs/{{RUN_ID}}/report/",
+            "destination": "dag_run",
+            "url_route": URL_ROUTE,
+        }
+    ]
