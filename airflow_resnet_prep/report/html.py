@@ -151,7 +151,8 @@ def _classes(page: Page) -> str:
         more = len(outliers) - MAX_TABLE_ROWS
         table = _table(["synset", "label", "train", "validation"], rows, "num")
         table += f'<p class="muted">and {more:,} more.</p>' if more > 0 else ""
-        summary = f'<p><strong class="far">{len(outliers):,} classes far from the mean</strong>:</p>{table}'
+        noun = "class" if len(outliers) == 1 else "classes"
+        summary = f'<p><strong class="far">{len(outliers):,} {noun} far from the mean</strong>:</p>{table}'
     else:
         summary = '<p class="good">No class is far from its split\'s mean.</p>'
     lead = (
