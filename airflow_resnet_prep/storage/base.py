@@ -1,0 +1,358 @@
+"""The storage seam: one interface for where source bytes come from and where outputs and state go.
+
+A :class:`Store` is rooted at a location (a local folder or file, or an object-store prefix or object)
+and addresses everything below it by a relative *key* (``"catalog/train.tsv"``; ``""`` is the root
+itself). It is chosen once from a path or URI by :func:`airflow_resnet_prep.storage.store_for`, so the
+catalog and the converters call the same methods for a local disk and a bucket and never branch on
+``s3://``. Local fast paths stay reachable through :meth:`Store.local_path`, which is ``None`` on an
+object store.
+
+Guarantees every implementation keeps:
+
+- reads are exact: :meth:`Store.read_range` fetches the bytes asked for and no read-ahead;
+  :meth:`Store.read_ranges` coalesces ranges lying close together into larger requests and keeps
+  several in flight;
+- an object (or file) under a final key is always complete: :meth:`Store.write_bytes` and
+  :meth:`Store.writer` make the key appear only when the whole content is there, and an exception in
+  the writer's block leaves nothing under the key;
+- a store is safe to use after ``fork`` and to pickle to a ``spawn`` child: each process gets its own
+  client (a cached fsspec file system is not fork-safe).
+"""
+
+from __future__ import annotations
+
+import collections
+import posixpath
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, NamedTuple
+
+from airflow_resnet_prep.errors import OutputConflictError, PrepError
+
+# Coalescing of ranged reads: two ranges whose gap is at most MAX_GAP are fetched by one request (the gap
+# is read and thrown away), as long as the request stays below MAX_REQUEST. At ~100 MB/s per stream and
+# ~20-50 ms per request on a cloud object store, reading 1 MiB costs about as much time as one more request.
+MAX_GAP = 1 << 20
+MAX_REQUEST = 16 << 20
+CONCURRENCY = 8  # requests in flight per read_ranges call
+WINDOW_BYTES = 64 << 20  # how much read_ranges fetches ahead of what it has yielded
+
+
+class StorageError(PrepError):
+    """A store refused or failed an operation; the message names the URI (never a credential)."""
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """No object or file under a key."""
+
+
+class LeaseHeldError(OutputConflictError):
+    """Another holder has the lease: another run is writing this data_dir."""
+
+
+class LeaseLostError(OutputConflictError):
+    """Our lease was taken over (it expired while we held it) or removed."""
+
+
+class ObjectInfo(NamedTuple):
+    key: str  # relative to the store's root
+    size: int
+
+
+class Part(NamedTuple):
+    """One uploaded part of a multipart upload: what ``complete`` needs, JSON-friendly for done records."""
+
+    number: int  # 1..10,000
+    etag: str
+    size: int
+
+
+class UploadInfo(NamedTuple):
+    key: str  # relative to the store's root
+    upload_id: str
+    initiated: float  # seconds since the epoch
+
+
+@dataclass
+class RequestStats:
+    """Requests this process sent through one store, by operation (``GetObject``, ``pread``, ...)."""
+
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    bytes_read: int = 0
+    bytes_written: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, op: str, read: int = 0, written: int = 0) -> None:
+        with self._lock:
+            self.requests[op] += 1
+            self.bytes_read += read
+            self.bytes_written += written
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": dict(self.requests),
+                "bytes_read": self.bytes_read,
+                "bytes_written": self.bytes_written,
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.bytes_read = self.bytes_written = 0
+
+
+def check_key(key: str) -> str:
+    """A relative key, normalised; refuses absolute keys and ``..`` (a key never leaves its root)."""
+    if key in ("", "."):
+        return ""
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ValueError(f"invalid storage key {key!r}: keys are relative, '/'-separated")
+    parts = [p for p in key.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"invalid storage key {key!r}: '..' would leave the store's root")
+    return "/".join(parts)
+
+
+def join_key(*parts: str) -> str:
+    return check_key(posixpath.join(*[p for p in parts if p]))
+
+
+class Request(NamedTuple):
+    """One coalesced read: bytes [start, end) serving the ranges at ``members`` (indices into the input)."""
+
+    start: int
+    end: int
+    members: tuple[int, ...]
+
+
+def coalesce(
+    ranges: Sequence[tuple[int, int]], max_gap: int = MAX_GAP, max_request: int = MAX_REQUEST
+) -> list[Request]:
+    """Group ``(offset, size)`` ranges into requests: sorted by offset, neighbours whose gap is at most
+    ``max_gap`` share a request while it stays within ``max_request`` bytes (a single range larger than
+    that is one request of its own). Overlapping ranges are fine."""
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+    out: list[Request] = []
+    start = end = -1
+    members: list[int] = []
+    for i in order:
+        offset, size = ranges[i]
+        if offset < 0 or size < 0:
+            raise ValueError(f"bad range (offset {offset}, size {size})")
+        stop = offset + size
+        if members and offset - end <= max_gap and max(end, stop) - start <= max_request:
+            end = max(end, stop)
+            members.append(i)
+            continue
+        if members:
+            out.append(Request(start, end, tuple(members)))
+        start, end, members = offset, stop, [i]
+    if members:
+        out.append(Request(start, end, tuple(members)))
+    return out
+
+
+class Lease(AbstractContextManager["Lease"]):
+    """Exclusive hold on a key: two runs on one data_dir cannot both hold it.
+
+    ``acquire`` raises :class:`LeaseHeldError` naming the holder; ``release`` gives it up. As a context
+    manager it acquires, keeps the lease alive while the block runs (object stores: renewed in the
+    background before it expires) and releases it at the end.
+    """
+
+    key: str
+    owner: str
+
+    @abstractmethod
+    def acquire(self) -> Lease: ...
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class MultipartUpload(ABC):
+    """An S3 multipart upload, addressable from any process by ``(store, key, upload_id)`` (picklable).
+
+    Parts may be uploaded in any order by different processes; every part but the last must be at
+    least 5 MiB, numbers run 1..10,000. ``complete`` takes the parts' ETags; until it succeeds nothing is
+    visible under the key, and ``abort`` (or a rerun's :meth:`Store.abort_uploads`) frees the parts.
+    """
+
+    MIN_PART = 5 << 20
+    MAX_PARTS = 10_000
+
+    store: Store
+    key: str
+    upload_id: str
+
+    @abstractmethod
+    def upload_part(self, number: int, data: bytes) -> Part: ...
+
+    @abstractmethod
+    def complete(self, parts: Sequence[Part]) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+
+class Store(ABC):
+    """Where bytes are read from and written to. See the module's docstring for the guarantees."""
+
+    #: the root as given, without credentials (safe for logs, XCom and the manifest)
+    url: str
+    #: the Airflow connection used (None: local, or the client's default credentials)
+    conn_id: str | None = None
+
+    def __init__(self) -> None:
+        self.stats = RequestStats()
+
+    # -- naming ----------------------------------------------------------------------------------------
+    def uri(self, key: str = "") -> str:
+        """The full path or URI of ``key``, for messages (never holds a credential)."""
+        key = check_key(key)
+        return posixpath.join(self.url, key) if key else self.url
+
+    def child(self, key: str) -> Store:
+        """A store rooted at ``key`` below this one (same client and connection)."""
+        raise NotImplementedError
+
+    def local_path(self, key: str = "") -> Any | None:
+        """The local ``Path`` of ``key`` when the store is a local disk (for the fast paths: pread,
+        copy_file_range, in-place writes), else ``None``."""
+        return None
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def size(self, key: str = "") -> int:
+        """Size in bytes; :class:`ObjectNotFoundError` if absent."""
+
+    @abstractmethod
+    def exists(self, key: str = "") -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object (file) below ``prefix``, recursively, sorted by key."""
+
+    @abstractmethod
+    def read_range(self, key: str, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset`` in one request; a short object raises StorageError."""
+
+    @abstractmethod
+    def read_bytes(self, key: str = "") -> bytes: ...
+
+    @abstractmethod
+    def open_read(self, key: str = "") -> BinaryIO:
+        """A seekable binary reader that fetches exactly what each ``read`` asks for (no read-ahead):
+        what :func:`airflow_resnet_prep.sources.tarindex.iter_tar` needs to read headers only."""
+
+    def iter_ranges(
+        self,
+        key: str,
+        ranges: Sequence[tuple[int, int]],
+        max_gap: int = MAX_GAP,
+        max_request: int = MAX_REQUEST,
+        concurrency: int = CONCURRENCY,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> Iterator[bytes]:
+        """Yield the bytes of each ``(offset, size)`` range of ``key``, in the order given.
+
+        Ranges are taken in windows of about ``window_bytes``; inside a window they are coalesced
+        (:func:`coalesce`) and the requests run ``concurrency`` at a time, while the previous window is
+        being consumed. Memory stays around two windows.
+        """
+        windows: list[list[int]] = []
+        current: list[int] = []
+        budget = 0
+        for i, (_, size) in enumerate(ranges):
+            if current and budget + size > window_bytes:
+                windows.append(current)
+                current, budget = [], 0
+            current.append(i)
+            budget += size
+        if current:
+            windows.append(current)
+        if not windows:
+            return
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="store-read") as pool:
+
+            def submit(window: list[int]) -> list[tuple[Request, Future[bytes]]]:
+                sub = [ranges[i] for i in window]
+                return [
+                    (req, pool.submit(self.read_range, key, req.start, req.end - req.start))
+                    for req in coalesce(sub, max_gap, max_request)
+                ]
+
+            pending = submit(windows[0])
+            for n, window in enumerate(windows):
+                following = submit(windows[n + 1]) if n + 1 < len(windows) else []
+                pieces: dict[int, bytes] = {}
+                for req, future in pending:
+                    data = future.result()
+                    for m in req.members:
+                        offset, size = ranges[window[m]]
+                        pieces[m] = data[offset - req.start : offset - req.start + size]
+                for m in range(len(window)):
+                    yield pieces.pop(m)
+                pending = following
+
+    def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]], **kwargs: Any) -> list[bytes]:
+        """The bytes of every ``(offset, size)`` range, in the order given (see :meth:`iter_ranges`)."""
+        return list(self.iter_ranges(key, ranges, **kwargs))
+
+    # -- writes --------------------------------------------------------------------------------------------
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Put ``data`` under ``key`` atomically: readers see the old content or all of the new."""
+
+    @abstractmethod
+    def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A streaming writer for a large output: ``with store.writer(key) as fh: fh.write(...)``.
+
+        ``key`` appears, whole, only when the block ends without an exception; on an exception nothing
+        is left under ``key`` (and no open upload). A killed process may leave an open multipart upload
+        (never an object): :meth:`abort_uploads` on a rerun frees it.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present (no error when absent)."""
+
+    # -- coordination ------------------------------------------------------------------------------------
+    @abstractmethod
+    def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> Lease:
+        """A lease on ``key`` for ``owner`` (a description such as ``"run X on host Y pid Z"``)."""
+
+    # -- multipart (object stores that have it) -------------------------------------------------------------
+    def create_multipart(self, key: str) -> MultipartUpload:
+        raise StorageError(f"{self.uri(key)}: this store has no multipart uploads")
+
+    def resume_multipart(self, key: str, upload_id: str) -> MultipartUpload:
+        raise StorageError(f"{self.uri(key)}: this store has no multipart uploads")
+
+    def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        """Open (neither completed nor aborted) multipart uploads below ``prefix``."""
+        return []
+
+    def abort_uploads(
+        self, prefix: str = "", older_than_s: float | None = None, keep: Sequence[str] = ()
+    ) -> int:
+        """Abort the open multipart uploads below ``prefix`` (those started more than ``older_than_s``
+        seconds ago, when given), except the upload ids in ``keep``; return how many were aborted."""
+        return 0
+
+    def close(self) -> None:
+        """Release this process's open files or clients (the store stays usable)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

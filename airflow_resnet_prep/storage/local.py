@@ -1,0 +1,212 @@
+"""The local-disk store: positioned reads on cached file descriptors, atomic renames, ``flock`` leases.
+
+The package's existing crash-safe helpers (:mod:`airflow_resnet_prep.fsutil`) do the writing, so a
+local run behaves exactly as before the seam; :meth:`LocalStore.local_path` hands the fast paths
+(``os.pread``, ``copy_file_range``, in-place writes) the real path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from airflow_resnet_prep.fsutil import atomic_path, atomic_write_bytes
+from airflow_resnet_prep.storage.base import (
+    CONCURRENCY,
+    MAX_GAP,
+    MAX_REQUEST,
+    WINDOW_BYTES,
+    Lease,
+    LeaseHeldError,
+    ObjectInfo,
+    ObjectNotFoundError,
+    StorageError,
+    Store,
+    check_key,
+)
+
+
+class _CountingReader:
+    """A local file whose reads are counted in the store's stats (so tests compare local and remote)."""
+
+    def __init__(self, fh: BinaryIO, store: LocalStore) -> None:
+        self._fh, self._store = fh, store
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fh.read(n)
+        self._store.stats.add("read", read=len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+class LocalStore(Store):
+    """A folder (or one file) on a local or shared POSIX file system."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = Path(root)
+        if not self.root.is_absolute():
+            raise StorageError(
+                f"{root}: a local path must be absolute (a relative one means another folder on every worker)"
+            )
+        self.url = str(self.root)
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LocalStore, (str(self.root),))
+
+    def child(self, key: str) -> LocalStore:
+        return LocalStore(self._path(key))
+
+    def _path(self, key: str) -> Path:
+        key = check_key(key)
+        return self.root / key if key else self.root
+
+    def local_path(self, key: str = "") -> Path:
+        return self._path(key)
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    def _fd(self, key: str) -> int:
+        if self._pid != os.getpid():  # inherited descriptors work, but their count is the parent's
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(key)
+        if fd is None:
+            path = self._path(key)
+            try:
+                fd = self._fds[key] = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise ObjectNotFoundError(f"{path}: no such file") from None
+            except OSError as exc:
+                raise StorageError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+        return fd
+
+    def size(self, key: str = "") -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{self._path(key)}: no such file") from None
+
+    def exists(self, key: str = "") -> bool:
+        return self._path(key).exists()
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._path(prefix)
+        out = []
+        if base.is_file():
+            return [ObjectInfo(check_key(prefix), base.stat().st_size)]
+        for folder, _dirs, files in os.walk(base):
+            for name in files:
+                path = Path(folder, name)
+                out.append(ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size))
+        return sorted(out)
+
+    def read_range(self, key: str, offset: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        data = os.pread(self._fd(key), size, offset)
+        self.stats.add("pread", read=len(data))
+        if len(data) != size:
+            raise StorageError(
+                f"{self._path(key)}: wanted {size} bytes at offset {offset}, the file ends after {len(data)}"
+            )
+        return data
+
+    def iter_ranges(
+        self,
+        key: str,
+        ranges: Sequence[tuple[int, int]],
+        max_gap: int = MAX_GAP,
+        max_request: int = MAX_REQUEST,
+        concurrency: int = CONCURRENCY,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> Iterator[bytes]:
+        # A local disk (and its page cache) serves one pread per range best: no gaps read, no threads.
+        for offset, size in ranges:
+            yield self.read_range(key, offset, size)
+
+    def read_bytes(self, key: str = "") -> bytes:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{path}: no such file") from None
+        self.stats.add("read", read=len(data))
+        return data
+
+    def open_read(self, key: str = "") -> BinaryIO:
+        path = self._path(key)
+        try:
+            return _CountingReader(open(path, "rb"), self)  # type: ignore[return-value]
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{path}: no such file") from None
+
+    # -- writes --------------------------------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        self.stats.add("write", written=len(data))
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            yield fh
+        self.stats.add("write", written=path.stat().st_size)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> Lease:
+        return LocalLease(self._path(key), owner)
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds = {}
+
+
+class LocalLease(Lease):
+    """An exclusive ``flock`` on a file: it dies with its process, so a killed run leaves no stale lease."""
+
+    def __init__(self, path: Path, owner: str) -> None:
+        self.path, self.key, self.owner = path, path.name, owner
+        self._fd: int | None = None
+
+    def acquire(self) -> LocalLease:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LeaseHeldError(
+                f"{self.path}: held by {holder}; another run is writing this data_dir "
+                "(wait for it to finish or use a different data_dir)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.owner} since {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

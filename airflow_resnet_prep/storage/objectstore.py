@@ -1,0 +1,595 @@
+"""Object stores (S3 and S3-compatible, GCS) behind the storage seam, through Airflow's object storage.
+
+The client is the fsspec file system Airflow builds for the connection (``airflow.sdk.ObjectStoragePath``
+/ ``airflow.sdk.io.attach``: the Amazon provider's ``s3`` file system reads an ``aws`` connection,
+``endpoint_url`` in its extra for S3-compatible servers). One is made per process: a cached fsspec
+file system is bound to its creator's event loop and refuses to work after ``fork`` ("This class is
+not fork-safe"), so the store re-creates it when the PID changes, and pickles to a ``spawn`` child as its
+URI and connection id only.
+
+S3 operations go straight to the S3 API (``call_s3``: one request each, no listing cache), reads with an
+explicit byte range (``cat_file(start=, end=)``: one GET, no read-ahead; fsspec's default buffered
+file would fetch up to 50 MiB for a 512-byte tar header). Every HTTP request this process sends is
+counted in :attr:`Store.stats` (from botocore's ``before-send`` event, so retries count too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import posixpath
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+from airflow_resnet_prep.storage.base import (
+    Lease,
+    LeaseHeldError,
+    LeaseLostError,
+    MultipartUpload,
+    ObjectInfo,
+    ObjectNotFoundError,
+    Part,
+    StorageError,
+    Store,
+    UploadInfo,
+    check_key,
+)
+
+log = logging.getLogger(__name__)
+
+SINGLE_PUT_MAX = 256 << 20  # write_bytes above this streams as a multipart upload
+WRITER_PART = 16 << 20  # part size of Store.writer (S3: >= 5 MiB; 10,000 parts = 160 GB)
+WRITER_INFLIGHT = 2  # parts uploading while the next one fills
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an exception (s3fs turns ClientError into OSError, keeping the cause)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error", {})
+            return str(error.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+
+
+class ObjectStore(Store):
+    """A prefix (or one object) in a bucket, read and written through an fsspec file system."""
+
+    def __init__(self, protocol: str, bucket: str, prefix: str, conn_id: str | None) -> None:
+        super().__init__()
+        self.protocol, self.bucket, self.prefix, self.conn_id = protocol, bucket, prefix.strip("/"), conn_id
+        self.url = f"{protocol}://{bucket}/{self.prefix}" if self.prefix else f"{protocol}://{bucket}"
+        self._fs: Any = None
+        self._fs_pid = -1
+        self._fs_lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A child process rebuilds the store from its address; it never inherits a client.
+        return (type(self), (self.protocol, self.bucket, self.prefix, self.conn_id))
+
+    def child(self, key: str) -> ObjectStore:
+        return type(self)(self.protocol, self.bucket, self._key(key), self.conn_id)
+
+    def _key(self, key: str) -> str:
+        key = check_key(key)
+        return posixpath.join(self.prefix, key) if key and self.prefix else (key or self.prefix)
+
+    def _path(self, key: str) -> str:
+        return f"{self.bucket}/{self._key(key)}"
+
+    def object_path(self, key: str = "") -> Any:
+        """``key`` as an Airflow ``ObjectStoragePath`` (same connection), e.g. for XCom or an Asset."""
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(self.uri(key), conn_id=self.conn_id)
+
+    # -- the client, one per process ----------------------------------------------------------------------
+    @property
+    def fs(self) -> Any:
+        pid = os.getpid()
+        if self._fs_pid != pid:
+            with self._fs_lock:
+                if self._fs_pid != pid:
+                    self.stats.reset()
+                    self._fs = self._make_fs()
+                    self._fs_pid = pid
+        return self._fs
+
+    def _make_fs(self) -> Any:
+        from airflow.sdk.io import attach
+
+        # A store under an alias of its own per process: Airflow's cache (keyed by protocol and
+        # connection) would hand a forked child its parent's client.
+        alias = f"airflow-resnet-prep:{self.protocol}:{self.conn_id or ''}:{os.getpid()}"
+        return attach(self.protocol, self.conn_id, alias=alias).fs
+
+    # -- writes through fsspec (GCS; S3 overrides) ------------------------------------------------------------
+    def size(self, key: str = "") -> int:
+        try:
+            self.fs.invalidate_cache(self._path(key))
+            return int(self.fs.info(self._path(key))["size"])
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+
+    def exists(self, key: str = "") -> bool:
+        try:
+            self.size(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._key(prefix)
+        self.fs.invalidate_cache()
+        found = self.fs.find(f"{self.bucket}/{base}", detail=True)
+        root = f"{self.bucket}/{self.prefix}".rstrip("/") + "/"
+        return sorted(
+            ObjectInfo(name[len(root) :] if name.startswith(root) else name, int(info["size"]))
+            for name, info in found.items()
+            if info.get("type") != "directory"
+        )
+
+    def read_range(self, key: str, offset: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        try:
+            data = self.fs.cat_file(self._path(key), start=offset, end=offset + size)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+        if len(data) != size:
+            raise StorageError(
+                f"{self.uri(key)}: wanted {size} bytes at offset {offset}, got {len(data)} "
+                "(the object is shorter than expected: truncated or replaced?)"
+            )
+        return data
+
+    def read_bytes(self, key: str = "") -> bytes:
+        try:
+            return self.fs.cat_file(self._path(key))
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+
+    def open_read(self, key: str = "") -> BinaryIO:
+        return RangeReader(self, key)  # type: ignore[return-value]
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self._path(key), data)  # one request: all or nothing
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        fh = self.fs.open(self._path(key), "wb")
+        try:
+            yield fh
+        except BaseException:
+            fh.discard()  # without it, closing the file would commit what was written so far
+            raise
+        fh.close()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(key))
+
+    def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> Lease:
+        raise StorageError(f"{self.uri(key)}: leases are implemented for S3 only so far")
+
+    def close(self) -> None:
+        self._fs, self._fs_pid = None, -1
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable reader on an object whose every ``read(n)`` is one exact ranged GET (no read-ahead)."""
+
+    def __init__(self, store: Store, key: str) -> None:
+        self._store, self._key, self._pos = store, key, 0
+        self._size = store.size(key)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        data = self._store.read_range(self._key, self._pos, end - self._pos)
+        self._pos = end
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+class S3Store(ObjectStore):
+    """S3 and S3-compatible servers (an ``aws`` connection; ``endpoint_url`` in its extra)."""
+
+    def _make_fs(self) -> Any:
+        fs = super()._make_fs()
+        events = fs.s3.meta.events  # creating the client here, in this process
+        events.register("before-send.s3", self._count_request)
+        events.register("after-call.s3.GetObject", self._count_get_bytes)
+        return fs
+
+    def _count_request(self, request: Any = None, event_name: str = "", **_: Any) -> None:
+        body = 0
+        if request is not None and request.method in ("PUT", "POST"):
+            body = int(request.headers.get("Content-Length") or 0)
+        self.stats.add(event_name.rsplit(".", 1)[-1], written=body)
+
+    def _count_get_bytes(self, parsed: Any = None, **_: Any) -> None:
+        if isinstance(parsed, dict):
+            with self.stats._lock:
+                self.stats.bytes_read += int(parsed.get("ContentLength") or 0)
+
+    def call(self, method: str, key: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """One S3 API call on this store's bucket (``Key`` from ``key`` when given)."""
+        if key is not None:
+            kwargs["Key"] = self._key(key)
+        return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+
+    def _not_found(self, key: str, exc: BaseException) -> bool:
+        return isinstance(exc, FileNotFoundError) or _error_code(exc) in _NOT_FOUND
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    def size(self, key: str = "") -> int:
+        try:
+            return int(self.call("head_object", key)["ContentLength"])
+        except OSError as exc:
+            if self._not_found(key, exc):
+                raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+            raise StorageError(f"{self.uri(key)}: cannot read its size: {exc}") from exc
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._key(prefix)
+        if base:
+            base += "/"
+        root = self.prefix + "/" if self.prefix else ""
+        out: list[ObjectInfo] = []
+        kwargs: dict[str, Any] = {"Prefix": base}
+        while True:
+            page = self.call("list_objects_v2", **kwargs)
+            out.extend(ObjectInfo(o["Key"][len(root) :], int(o["Size"])) for o in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return sorted(out)
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    # -- writes --------------------------------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> None:
+        if len(data) <= SINGLE_PUT_MAX:
+            self.call("put_object", key, Body=data)  # a single PUT is all or nothing
+            return
+        with self.writer(key) as fh:
+            view = memoryview(data)
+            for start in range(0, len(data), WRITER_PART):
+                fh.write(view[start : start + WRITER_PART])
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        writer = S3Writer(self, key)
+        try:
+            yield writer  # type: ignore[misc]
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+
+    def delete(self, key: str) -> None:
+        try:
+            self.call("delete_object", key)
+        except OSError as exc:
+            if not self._not_found(key, exc):
+                raise StorageError(f"{self.uri(key)}: cannot delete: {exc}") from exc
+
+    # -- multipart -----------------------------------------------------------------------------------------
+    def create_multipart(self, key: str) -> S3Multipart:
+        upload_id = self.call("create_multipart_upload", key)["UploadId"]
+        return S3Multipart(self, check_key(key), upload_id)
+
+    def resume_multipart(self, key: str, upload_id: str) -> S3Multipart:
+        return S3Multipart(self, check_key(key), upload_id)
+
+    def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        base = self._key(prefix)
+        root = self.prefix + "/" if self.prefix else ""
+        out: list[UploadInfo] = []
+        kwargs: dict[str, Any] = {"Prefix": base}
+        while True:
+            page = self.call("list_multipart_uploads", **kwargs)
+            for upload in page.get("Uploads", []) or []:
+                initiated = upload.get("Initiated")
+                out.append(
+                    UploadInfo(
+                        upload["Key"][len(root) :],
+                        upload["UploadId"],
+                        initiated.timestamp() if initiated is not None else 0.0,
+                    )
+                )
+            if not page.get("IsTruncated"):
+                return out
+            kwargs["KeyMarker"] = page.get("NextKeyMarker")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker")
+
+    def abort_uploads(
+        self, prefix: str = "", older_than_s: float | None = None, keep: Sequence[str] = ()
+    ) -> int:
+        now, aborted = time.time(), 0
+        for upload in self.list_uploads(prefix):
+            if upload.upload_id in keep:
+                continue
+            if older_than_s is not None and now - upload.initiated < older_than_s:
+                continue
+            self.resume_multipart(upload.key, upload.upload_id).abort()
+            aborted += 1
+        return aborted
+
+    # -- lease -----------------------------------------------------------------------------------------------
+    def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> S3Lease:
+        return S3Lease(self, check_key(key), owner, ttl_s)
+
+
+class S3Multipart(MultipartUpload):
+    """An S3 multipart upload; pickles as ``(store, key, upload_id)``, so any process can add parts."""
+
+    def __init__(self, store: S3Store, key: str, upload_id: str) -> None:
+        self.store, self.key, self.upload_id = store, key, upload_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (S3Multipart, (self.store, self.key, self.upload_id))
+
+    def upload_part(self, number: int, data: bytes) -> Part:
+        if not 1 <= number <= self.MAX_PARTS:
+            raise ValueError(f"{self.store.uri(self.key)}: part number {number} outside 1..{self.MAX_PARTS}")
+        try:
+            out = self.store.call(
+                "upload_part", self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+            )
+        except OSError as exc:
+            raise StorageError(
+                f"{self.store.uri(self.key)}: uploading part {number} of upload {self.upload_id} failed: {exc}"
+            ) from exc
+        return Part(number, out["ETag"], len(data))
+
+    def complete(self, parts: Sequence[Part]) -> None:
+        parts = sorted((Part(*p) for p in parts), key=lambda p: p.number)
+        where = f"{self.store.uri(self.key)} (upload {self.upload_id})"
+        if not parts:
+            raise StorageError(f"{where}: no parts to complete")
+        numbers = [p.number for p in parts]
+        if len(set(numbers)) != len(numbers):
+            raise StorageError(f"{where}: a part number is given twice")
+        small = [p.number for p in parts[:-1] if p.size < self.MIN_PART]
+        if small:
+            raise StorageError(f"{where}: parts {small} are below 5 MiB; only the last part may be smaller")
+        try:
+            self.store.call(
+                "complete_multipart_upload",
+                self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]},
+            )
+        except OSError as exc:
+            raise StorageError(f"{where}: completing the upload failed: {exc}") from exc
+
+    def abort(self) -> None:
+        try:
+            self.store.call("abort_multipart_upload", self.key, UploadId=self.upload_id)
+        except OSError as exc:
+            if _error_code(exc) not in _NOT_FOUND:
+                raise StorageError(
+                    f"{self.store.uri(self.key)}: aborting upload {self.upload_id} failed: {exc}"
+                ) from exc
+
+
+class S3Writer(io.RawIOBase):
+    """Streams to one S3 object: a single PUT when it stays below one part, else a multipart upload whose
+    parts upload in the background (``WRITER_INFLIGHT`` at a time). The object appears only on ``commit``;
+    ``abort`` (or an exception in :meth:`S3Store.writer`'s block) leaves nothing under the key."""
+
+    def __init__(self, store: S3Store, key: str, part_size: int | None = None) -> None:
+        self.store, self.key = store, key
+        self.part_size = max(part_size or WRITER_PART, MultipartUpload.MIN_PART)
+        self._buf = bytearray()
+        self._upload: S3Multipart | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[Part]] = []
+        self._parts: list[Part] = []
+        self._pos = 0
+        self._done = False
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        if self._done:
+            raise ValueError(f"{self.store.uri(self.key)}: write after the writer ended")
+        self._buf += data
+        n = len(data)
+        self._pos += n
+        while len(self._buf) >= self.part_size:
+            self._send(bytes(self._buf[: self.part_size]))
+            del self._buf[: self.part_size]
+        return n
+
+    def _send(self, chunk: bytes) -> None:
+        if self._upload is None:
+            self._upload = self.store.create_multipart(self.key)
+            self._pool = ThreadPoolExecutor(max_workers=WRITER_INFLIGHT, thread_name_prefix="s3-part")
+        assert self._pool is not None
+        while len(self._pending) >= WRITER_INFLIGHT:
+            self._parts.append(self._pending.pop(0).result())
+        number = len(self._parts) + len(self._pending) + 1
+        self._pending.append(self._pool.submit(self._upload.upload_part, number, chunk))
+
+    def commit(self) -> None:
+        self._done = True
+        try:
+            if self._upload is None:
+                self.store.call("put_object", self.key, Body=bytes(self._buf))
+                return
+            if self._buf:
+                self._send(bytes(self._buf))
+            for future in self._pending:
+                self._parts.append(future.result())
+            self._pending = []
+            self._upload.complete(self._parts)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._buf = bytearray()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def abort(self) -> None:
+        self._done = True
+        self._buf = bytearray()
+        if self._pool is not None:
+            for future in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True)
+        self._pending = []
+        if self._upload is not None:
+            upload, self._upload = self._upload, None
+            upload.abort()
+
+
+class S3Lease(Lease):
+    """A lease object created with a conditional write (``If-None-Match: *``): of two runs creating it,
+    one gets 412 Precondition Failed. It holds ``{owner, token, expires}``; the holder renews it before it
+    expires (``If-Match`` on its ETag), a crashed holder's lease can be taken over once expired (again
+    with ``If-Match``, so of two takers one wins). Expiry compares wall clocks: keep ``ttl_s`` well
+    above the clock skew between workers."""
+
+    def __init__(self, store: S3Store, key: str, owner: str, ttl_s: float) -> None:
+        self.store, self.key, self.owner, self.ttl_s = store, key, owner, ttl_s
+        self.token = uuid.uuid4().hex
+        self.etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": self.token,
+                "expires": time.time() + self.ttl_s,
+            }
+        ).encode()
+
+    def _put(self, **condition: str) -> bool:
+        try:
+            self.etag = self.store.call("put_object", self.key, Body=self._body(), **condition)["ETag"]
+            return True
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or _error_code(exc) in _PRECONDITION:
+                return False
+            raise StorageError(f"{self.store.uri(self.key)}: cannot write the lease: {exc}") from exc
+
+    def _current(self) -> tuple[dict[str, Any], str] | None:
+        try:
+            head = self.store.call("head_object", self.key)
+            body = self.store.read_range(self.key, 0, int(head["ContentLength"]))
+        except (OSError, StorageError) as exc:
+            if isinstance(exc, ObjectNotFoundError) or _error_code(exc) in _NOT_FOUND:
+                return None
+            raise
+        try:
+            info = json.loads(body)
+        except ValueError:
+            info = {}
+        return info, head["ETag"]
+
+    def acquire(self) -> S3Lease:
+        for _ in range(3):
+            if self._put(IfNoneMatch="*"):
+                break
+            current = self._current()
+            if current is None:
+                continue  # released meanwhile: try to create it again
+            info, etag = current
+            if info.get("token") == self.token:  # our own create, whose response was lost and retried
+                self.etag = etag
+                break
+            if float(info.get("expires", 0)) > time.time():
+                raise LeaseHeldError(
+                    f"{self.store.uri(self.key)}: held by {info.get('owner', '?')} "
+                    f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}) until "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(float(info.get('expires', 0))))}; "
+                    "another run is writing this data_dir (wait for it or use a different data_dir)"
+                )
+            if self._put(IfMatch=etag):  # expired: take it over, unless another taker was first
+                log.warning(
+                    "%s: took over the expired lease of %s", self.store.uri(self.key), info.get("owner")
+                )
+                break
+        else:
+            raise LeaseHeldError(f"{self.store.uri(self.key)}: could not take the lease (contended)")
+        return self
+
+    def renew(self) -> None:
+        if self.etag is None or not self._put(IfMatch=self.etag):
+            raise LeaseLostError(
+                f"{self.store.uri(self.key)}: the lease was taken over or removed while {self.owner} held it"
+            )
+
+    def _keepalive(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                self.renew()
+            except Exception:
+                log.exception("%s: renewing the lease failed", self.store.uri(self.key))
+                return
+
+    def __enter__(self) -> S3Lease:
+        self.acquire()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._keepalive, name="lease-keepalive", daemon=True)
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.etag is None:
+            return
+        current = self._current()
+        # Only our own lease is removed (between this check and the delete, another holder can only have
+        # taken it over if it had expired, i.e. we had already lost it).
+        if current is not None and current[0].get("token") == self.token:
+            self.store.delete(self.key)
+        self.etag = None
