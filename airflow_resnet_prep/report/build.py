@@ -52,9 +52,13 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
     problems.extend(f"catalog: {e}" for e in scan.errors)
     files = data_files(manifest)
     n_files = sum(len(f) for f in files.values())
-    file_hist = None
+    file_hists = {}
     if n_files > MAX_FILE_BARS:
-        file_hist = linear_histogram({split: [size for _, size, _ in f] for split, f in files.items()})
+        # One histogram per split, each over its own range: shards of a split should be near-equal, and a
+        # shared axis (train shards ~3x the validation ones) would squeeze that spread into one bar.
+        file_hists = {
+            split: linear_histogram({split: [size for _, size, _ in f]}) for split, f in files.items() if f
+        }
     samples = output_samples(layout.root, str(manifest.get("implementation", "")), files)
     problems.extend(f"{s.file} record {s.position}: {s.thumb.error}" for s in samples if not s.synset)
     return Page(
@@ -64,7 +68,7 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
         image_sizes=scan.sizes,
         image_hist=log_histogram({split: stats.sizes for split, stats in scan.sizes.items()}),
         files=files,
-        file_hist=file_hist,
+        file_hists=file_hists,
         samples=[s for s in samples if s.synset],
         reencoded=listed_images(reencoded, scan.found, scan.sources),
         skipped=listed_images(skipped, scan.found, scan.sources),

@@ -82,19 +82,36 @@ def class_strip(rows: list[ClassRow], split: str, mean: float) -> str:
         f"<title>within {FAR_FRACTION:.0%} of the mean ({mean * (1 - FAR_FRACTION):,.1f} to "
         f"{mean * (1 + FAR_FRACTION):,.1f})</title></rect>"
     )
-    bar_w = min(MAX_BAR, pitch * 0.82) if pitch >= 3 else pitch
+    base = TOP + plot_h
+    dense = pitch < 3
+    if dense:
+        # Hundreds of touching bars drawn one by one leave anti-aliasing seams (a moire) between them:
+        # draw the profile as one shape instead, and give each class an invisible rect for its hover text.
+        steps = [f"M{_num(LEFT)},{_num(base)}"]
+        for i, count in enumerate(counts):
+            steps.append(f"V{_num(y(count))}H{_num(LEFT + (i + 1) * pitch)}")
+        body.append(f'<path class="profile" d="{"".join(steps)}V{_num(base)}Z" fill="{COLORS[split]}"/>')
+    bar_w = pitch if dense else min(MAX_BAR, pitch * 0.82)
+    far_bars = []  # drawn last, on top of their wider-than-a-slot neighbours
     for i, (row, count) in enumerate(zip(rows, counts, strict=True)):
         far = split in row.far
-        bar_top = y(count)
-        # A zero-count class still gets a visible sliver, so a missing class is seen, not hidden.
-        bar_h = max(TOP + plot_h - bar_top, 1.5 if far else 0.0)
-        deviation = f", {row.far[split]:+.0%} from the mean" if far else ""
-        body.append(
-            f'<rect class="{"bar far" if far else "bar"}" x="{_num(LEFT + (i + 0.5) * pitch - bar_w / 2)}" '
-            f'y="{_num(TOP + plot_h - bar_h)}" width="{_num(bar_w)}" height="{_num(bar_h)}" '
-            f'fill="{FAR_COLOR if far else COLORS[split]}">'
-            f"<title>{escape(row.synset)} (label {row.label}): {count:,} {split} images{deviation}</title></rect>"
+        title = f"{escape(row.synset)} (label {row.label}): {count:,} {split} images"
+        if far:
+            title += f", {row.far[split]:+.0%} from the mean"
+        # Far classes stay visible when dense (at least 2.5 units wide) and when empty (a sliver).
+        w = max(bar_w, 2.5) if far else bar_w
+        h = max(base - y(count), 1.5 if far else 0.0)
+        x = _num(LEFT + (i + 0.5) * pitch - w / 2)
+        if far:
+            attrs = f'class="bar far" y="{_num(base - h)}" height="{_num(h)}" fill="{FAR_COLOR}"'
+        elif dense:
+            attrs = f'class="hit" y="{TOP}" height="{_num(plot_h)}" fill="transparent"'
+        else:
+            attrs = f'class="bar" y="{_num(base - h)}" height="{_num(h)}" fill="{COLORS[split]}"'
+        (far_bars if far else body).append(
+            f'<rect {attrs} x="{x}" width="{_num(w)}"><title>{title}</title></rect>'
         )
+    body.extend(far_bars)
     ym = _num(y(mean))
     body.append(f'<line class="mean" x1="{LEFT}" x2="{_num(LEFT + plot_w)}" y1="{ym}" y2="{ym}"/>')
     body.append(

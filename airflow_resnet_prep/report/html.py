@@ -24,6 +24,7 @@ FORMATS = {
     "nvidia": "MXNet RecordIO (NVIDIA MXNet/DALI ResNet)",
 }
 MAX_TABLE_ROWS = 200
+MAX_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Page:
     image_sizes: dict[str, SizeStats]
     image_hist: Histogram
     files: dict[str, list[tuple[str, int, int]]]  # split -> (name, size, records)
-    file_hist: Histogram | None  # None when there are few files: they get one bar each
+    file_hists: dict[str, Histogram]  # split -> file sizes; empty when there are few files (one bar each)
     samples: list[Sample]
     reencoded: list[Listed]
     skipped: list[Listed]
@@ -149,7 +150,11 @@ def _classes(page: Page) -> str:
                 cells.append(f"{r.counts[split]:,}{mark}")
             rows.append(cells)
         more = len(outliers) - MAX_TABLE_ROWS
-        table = _table(["synset", "label", "train", "validation"], rows, "num")
+        table = (
+            '<div class="scroll">'
+            + _table(["synset", "label", "train", "validation"], rows, "num")
+            + "</div>"
+        )
         table += f'<p class="muted">and {more:,} more.</p>' if more > 0 else ""
         noun = "class" if len(outliers) == 1 else "classes"
         summary = f'<p><strong class="far">{len(outliers):,} {noun} far from the mean</strong>:</p>{table}'
@@ -175,8 +180,8 @@ def _sample_cell(s: Sample) -> str:
         f'<figcaption><span class="cls">{esc(s.synset) or "?"}</span> '
         f'<span class="lbl">label {esc(s.label) or "?"}</span>'
         f'<span class="fn" title="{esc(s.filename)}">{esc(s.filename)}</span>'
-        f'<span class="where" title="{esc(s.file)}">{esc(Path(s.file).name)}</span>'
-        f'<span class="where">record {s.position:,} &middot; {dims}{human_bytes(s.size)}</span>'
+        f'<span class="where" title="{esc(s.file)}">{esc(Path(s.file).name)} &middot; record {s.position:,}</span>'
+        f'<span class="where">{dims}{human_bytes(s.size)}</span>'
         "</figcaption></figure>"
     )
 
@@ -239,9 +244,12 @@ def _sizes(page: Page) -> str:
     file_table = _table(
         ["split", "files", "records", "total", "smallest", "median", "largest"], file_rows, "num"
     )
-    if page.file_hist is not None:
-        file_chart = charts.histogram(
-            page.file_hist, human_bytes, "file size; bar height: share of the split's files", unit="files"
+    if page.file_hists:
+        file_chart = "".join(
+            f'<figure><figcaption><span class="swatch {split}"></span>{SPLIT_NAMES[split]} files</figcaption>'
+            + charts.histogram(hist, human_bytes, "file size; bar height: share of the files", unit="files")
+            + "</figure>"
+            for split, hist in page.file_hists.items()
         )
     else:
         file_chart = charts.file_bars(bars, human_bytes)
@@ -281,32 +289,49 @@ def _listed_section(page: Page) -> str:
     return _section("listed", "Re-encoded and left-out images", body, lead)
 
 
-def _seconds(stats: dict[str, Any]) -> float | None:
-    for key in ("seconds", "total_s", "unit_seconds"):
+TIME_KEYS = ("seconds", "total_s", "unit_seconds")
+
+
+def _seconds(stats: dict[str, Any]) -> tuple[str, float] | None:
+    """The step's time: its key and value in seconds."""
+    for key in TIME_KEYS:
         if isinstance(stats.get(key), (int, float)):
-            return float(stats[key])
+            return key, float(stats[key])
     return None
 
 
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.2f} s"
+    minutes = seconds / 60
+    return f"{minutes:,.1f} min" if minutes < 120 else f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
+
+
 def _steps(page: Page) -> str:
-    steps = page.manifest.get("steps", {})
-    longest = max((_seconds(s) or 0 for s in steps.values()), default=0) or 1
+    steps = {k: v for k, v in page.manifest.get("steps", {}).items() if isinstance(v, dict)}
+    times = {name: _seconds(stats) for name, stats in steps.items()}
+    longest = max((t[1] for t in times.values() if t), default=0) or 1
+    written = sum(int(o.get("size", 0)) for o in page.manifest.get("outputs", {}).values())
     rows = []
     for name, stats in steps.items():
-        if not isinstance(stats, dict):
-            continue
-        seconds = _seconds(stats)
+        timed = times[name]
         rate = [f"{v:,} {esc(k.replace('_', ' '))}" for k, v in stats.items() if "per" in k and v is not None]
-        other = [f"{esc(k)}={esc(v)}" for k, v in stats.items() if "per" not in k and k not in ("seconds",)]
-        bar = (
-            f'<div class="meter"><span style="width:{max(0.5, seconds / longest * 100):.1f}%"></span></div>'
-            if seconds is not None
-            else ""
-        )
+        if name == "convert" and timed and timed[1] > 0:
+            rate.append(f"{human_bytes(written / timed[1])}/s written")
+        shown = {timed[0]} if timed else set()
+        other = [f"{esc(k)}={esc(v)}" for k, v in stats.items() if "per" not in k and k not in shown]
+        time_cell, bar = "&ndash;", ""
+        if timed:
+            key, seconds = timed
+            time_cell = duration(seconds)
+            if key == "unit_seconds":
+                # Summed over the mapped tasks' units: machine time, not the wall-clock time of the run.
+                time_cell += '<br><span class="muted">sum over units</span>'
+            bar = f'<div class="meter"><span style="width:{max(0.5, seconds / longest * 100):.1f}%"></span></div>'
         rows.append(
             [
                 f"<strong>{esc(name)}</strong>",
-                f"{seconds:,.2f} s" if seconds is not None else "&ndash;",
+                time_cell,
                 bar,
                 "<br>".join(rate) or "&ndash;",
                 f'<span class="muted">{", ".join(other)}</span>',
@@ -359,7 +384,9 @@ def _run(page: Page) -> str:
 def _problems(page: Page) -> str:
     if not page.problems:
         return ""
-    items = "".join(f"<li>{esc(p)}</li>" for p in page.problems)
+    items = "".join(f"<li>{esc(p)}</li>" for p in page.problems[:MAX_PROBLEMS])
+    if len(page.problems) > MAX_PROBLEMS:
+        items += f"<li>and {len(page.problems) - MAX_PROBLEMS:,} more</li>"
     return f'<div class="problems"><strong>Parts of this report could not be made:</strong><ul>{items}</ul></div>'
 
 
@@ -426,8 +453,10 @@ th,td{text-align:left;padding:6px 10px;border-bottom:1px solid var(--line);verti
 thead th{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted);font-weight:600}
 table.num td{font-variant-numeric:tabular-nums}
 table.kv th{width:38%;font-weight:500;color:#475467}
+.scroll{max-height:340px;overflow:auto;border:1px solid var(--line);border-radius:8px}
+.scroll table{margin:0}.scroll thead th{position:sticky;top:0;background:#fff}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:0 28px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:12px}
 .thumb{margin:0;background:#fafbfc;border:1px solid var(--line);border-radius:8px;overflow:hidden}
 .thumb img,.thumb .noimg{width:100%;aspect-ratio:1/1;object-fit:cover;display:block;background:#eef0f3}
 .thumb .noimg{display:flex;align-items:center;justify-content:center;padding:10px;font-size:12px;color:var(--muted);
@@ -435,7 +464,9 @@ text-align:center;word-break:break-word}
 .thumb figcaption{padding:6px 8px 8px;margin:0;display:flex;flex-wrap:wrap;gap:2px 6px;font-size:12px}
 .thumb .cls{font-weight:600;font-family:ui-monospace,Menlo,Consolas,monospace}
 .thumb .lbl{color:var(--accent)}
-.thumb .fn,.thumb .where,.thumb .reason{flex-basis:100%;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:var(--muted)}
+.thumb .fn,.thumb .where,.thumb .reason{flex-basis:100%;color:var(--muted)}
+.thumb .fn{word-break:break-all}
+.thumb .where{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-size:11.5px}
 .thumb .reason{color:var(--warn);white-space:normal}
 .meter{background:#eef0f3;border-radius:4px;height:10px;min-width:120px}
 .meter span{display:block;height:100%;background:var(--accent);border-radius:4px}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import bisect
 import json
+import math
 import os
 from array import array
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,22 +70,19 @@ class SizeStats:
 
     sizes: array = field(default_factory=lambda: array("q"))
 
-    def add(self, size: int) -> None:
-        self.sizes.append(size)
-
     def summary(self) -> dict[str, float]:
         if not self.sizes:
             return {"count": 0}
         ordered = sorted(self.sizes)
-        n = len(ordered)
+        n, total = len(ordered), sum(self.sizes)
 
         def pct(p: float) -> int:
             return ordered[min(n - 1, int(p * n))]
 
         return {
             "count": n,
-            "total": sum(ordered),
-            "mean": sum(ordered) / n,
+            "total": total,
+            "mean": total / n,
             "min": ordered[0],
             "p1": pct(0.01),
             "median": pct(0.5),
@@ -110,23 +108,30 @@ def scan_catalogs(catalog_dir: Path, wanted: Iterable[tuple[str, str]]) -> Catal
     catalog is reported in ``errors`` rather than raised: the report still shows everything else.
     """
     wanted_set = set(wanted)
+    wanted_names = {name for _, name in wanted_set}
     scan = CatalogScan({s: SizeStats() for s in SPLITS}, {}, {}, [])
     for split in SPLITS:
         path = catalog_dir / f"{split}.tsv"
+        add = scan.sizes[split].sizes.append  # the hot loop: 1.28 M rows, no attribute look-ups
         try:
             with open(path, encoding="utf-8", newline="\n") as fh:
                 header = json.loads(fh.readline()[2:])
                 scan.sources[split] = [Source(s["kind"], s["path"]) for s in header["sources"]]
                 for line in fh:
-                    fields = line.rstrip("\n").split("\t")
+                    fields = line.split("\t")  # the last field keeps its "\n" until needed
                     if len(fields) != 6:
                         raise ValueError(f"line with {len(fields)} fields")
-                    size = int(fields[4])
-                    scan.sizes[split].add(size)
-                    key = (fields[0], fields[1])
-                    if key in wanted_set:
-                        ref = ImageRef(fields[0], fields[1], int(fields[2]), int(fields[3]), size, fields[5])
-                        scan.found[key] = (split, ref)
+                    add(int(fields[4]))
+                    if fields[1] in wanted_names and (fields[0], fields[1]) in wanted_set:
+                        ref = ImageRef(
+                            fields[0],
+                            fields[1],
+                            int(fields[2]),
+                            int(fields[3]),
+                            int(fields[4]),
+                            fields[5].rstrip("\n"),
+                        )
+                        scan.found[fields[0], fields[1]] = (split, ref)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             scan.errors.append(f"{path}: {exc}")
     return scan
@@ -143,17 +148,19 @@ class Histogram:
 def log_histogram(series: dict[str, Iterable[int]], per_octave: int = 4) -> Histogram:
     """Counts in bins of 1/``per_octave`` octave (log scale), cropped to the bins that hold values.
 
-    Fixed edges (powers of 2^(1/per_octave) bytes) so one streamed pass could bin too.
+    Edges are fixed powers of 2^(1/per_octave) bytes, so reports of different outputs bin alike.
     """
-    lo_exp, hi_exp = 0, 40 * per_octave  # 1 B to 1 TiB
-    edges = [2 ** (k / per_octave) for k in range(lo_exp, hi_exp + 1)]
-    counts = {name: [0] * (len(edges) - 1) for name in series}
+    top = 40 * per_octave  # 1 B to 1 TiB
+    edges = [2 ** (k / per_octave) for k in range(top + 1)]
+    counts = {}
     for name, values in series.items():
-        bins = counts[name]
-        for v in values:
-            i = min(len(bins) - 1, max(0, bisect.bisect_right(edges, max(v, 1)) - 1))
-            bins[i] += 1
-    used = [i for i in range(len(edges) - 1) if any(c[i] for c in counts.values())]
+        # Bin k holds [2^(k/per_octave), 2^((k+1)/per_octave)); log2 is ~5x faster than bisect here.
+        found = Counter(int(math.log2(v) * per_octave) if v > 1 else 0 for v in values)
+        bins = [0] * top
+        for k, n in found.items():
+            bins[min(top - 1, k)] += n
+        counts[name] = bins
+    used = [i for i in range(top) if any(c[i] for c in counts.values())]
     if not used:
         return Histogram([], {name: [] for name in series}, True)
     a, b = used[0], used[-1] + 1
