@@ -102,7 +102,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _answers(url: str) -> bool:
     try:
-        urllib.request.urlopen(url, timeout=2)  # noqa: S310 (our own server on 127.0.0.1)
+        with urllib.request.urlopen(url, timeout=2):  # our own server, on 127.0.0.1
+            pass
     except urllib.error.HTTPError:
         return True  # 403 without credentials: it is up
     except OSError:
