@@ -118,10 +118,12 @@ def class_strip(rows: list[ClassRow], split: str, mean: float) -> str:
         f'<text class="note" x="{_num(LEFT + plot_w - 4)}" y="{ym}" dy="-0.4em" text-anchor="end">'
         f"mean {mean:,.1f}</text>"
     )
-    for j in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}):
+    # Every label when they fit, else the first, the quartiles and the last.
+    marks = range(n) if n <= 25 else sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})
+    for j in marks:
         x = _num(LEFT + (j + 0.5) * pitch)
         body.append(
-            f'<text class="tick" x="{x}" y="{_num(TOP + plot_h + 14)}" text-anchor="middle">{j}</text>'
+            f'<text class="tick" x="{x}" y="{_num(TOP + plot_h + 14)}" text-anchor="middle">{rows[j].label}</text>'
         )
     body.append(
         f'<text class="axis" x="{_num(LEFT + plot_w / 2)}" y="{_num(height - 4)}" text-anchor="middle">'

@@ -24,7 +24,7 @@ FAR_FRACTION = 0.25
 
 @dataclass(frozen=True)
 class ClassRow:
-    """One class: its label (position in the sorted synsets) and images per split."""
+    """One class: its label (as the output stores it: position in the sorted synsets) and images per split."""
 
     synset: str
     label: int
@@ -51,8 +51,11 @@ def class_stats(manifest: dict[str, Any]) -> ClassStats:
         counts = classes.get(split, {})
         # The mean over every class of the set: a class absent from a split counts as 0 there.
         mean[split] = sum(counts.values()) / len(synsets) if synsets else 0.0
+    # The label each implementation stores: im2rec counts classes from 0; the reference TFRecords from 1
+    # (0 is the background class of the TF-slim models).
+    first = 1 if manifest.get("implementation") == "reference" else 0
     rows = []
-    for label, synset in enumerate(synsets):
+    for label, synset in enumerate(synsets, start=first):
         counts = {split: int(classes.get(split, {}).get(synset, 0)) for split in SPLITS}
         far = {}
         for split in SPLITS:

@@ -184,10 +184,12 @@ def test_counts_equal_the_manifest(converted) -> None:
         ("output files", len(manifest["outputs"])),
     ):
         assert f'data-key="{key}">{value:,}<' in text, key
-    # Each class's bar says its count, for both splits.
+    # Each class's bar says its count, for both splits, with the label the output stores (im2rec counts
+    # from 0, the reference TFRecords from 1).
     titles = set(page.titles)
+    first = 1 if manifest["implementation"] == "reference" else 0
     for split in ("train", "val"):
-        for label, (synset, count) in enumerate(sorted(manifest["classes"][split].items())):
+        for label, (synset, count) in enumerate(sorted(manifest["classes"][split].items()), start=first):
             assert f"{synset} (label {label}): {count:,} {split} images" in titles
 
 
@@ -251,6 +253,8 @@ def test_thumbnails_decode_and_match_their_records(converted) -> None:
         assert (t["data-synset"], t["data-label"]) == (synset, label), (
             t["data-file"] + "#" + t["data-position"]
         )
+        # ... and the class chart gives that class the same label.
+        assert any(title.startswith(f"{synset} (label {label}): ") for title in page.titles)
         assert filename in report_path(data_dir).read_text()
         stored = Image.open(io.BytesIO(image))
         # The thumbnail is that record's image: close to it, far from another record's.
