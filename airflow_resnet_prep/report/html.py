@@ -255,8 +255,8 @@ def _sizes(page: Page) -> str:
         file_chart = charts.file_bars(bars, human_bytes)
     legend = '<p class="legend"><span class="swatch train"></span>train <span class="swatch val"></span>validation</p>'
     body = (
-        f"<h3>Images (source bytes, from the catalogs)</h3>{legend}{image_chart}{image_table}"
-        f"<h3>Output files</h3>{file_chart}{file_table}"
+        f'<h3>Images (source bytes, from the catalogs)</h3>{legend}<div class="chartbox">{image_chart}</div>'
+        f'{image_table}<h3>Output files</h3><div class="chartbox">{file_chart}</div>{file_table}'
     )
     return _section("sizes", "Size distributions", body)
 
@@ -285,11 +285,15 @@ def _listed_section(page: Page) -> str:
     body = _listed("Re-encoded", page.reencoded, "No image needed re-encoding.") + _listed(
         "Left out", page.skipped, "No image was left out."
     )
-    lead = "Previews from the source images (re-encoded images are stored as RGB JPEG; left-out ones are not stored)."
+    lead = (
+        "Previews from the source images: a re-encoded image is stored converted (RGB JPEG), a left-out one "
+        "is not stored at all."
+    )
     return _section("listed", "Re-encoded and left-out images", body, lead)
 
 
 TIME_KEYS = ("seconds", "total_s", "unit_seconds")
+STEP_ORDER = ("fetch", "relabel", "plan", "convert", "finish", "publish")
 
 
 def _seconds(stats: dict[str, Any]) -> tuple[str, float] | None:
@@ -308,7 +312,10 @@ def duration(seconds: float) -> str:
 
 
 def _steps(page: Page) -> str:
-    steps = {k: v for k, v in page.manifest.get("steps", {}).items() if isinstance(v, dict)}
+    recorded = page.manifest.get("steps", {})
+    # In the order they run (the manifest's keys are sorted by name), then any other step.
+    order = [k for k in STEP_ORDER if k in recorded] + [k for k in recorded if k not in STEP_ORDER]
+    steps = {k: recorded[k] for k in order if isinstance(recorded[k], dict)}
     times = {name: _seconds(stats) for name, stats in steps.items()}
     longest = max((t[1] for t in times.values() if t), default=0) or 1
     written = sum(int(o.get("size", 0)) for o in page.manifest.get("outputs", {}).values())
@@ -439,9 +446,10 @@ section{background:var(--card);border:1px solid var(--line);border-radius:12px;p
 h2{margin:0 0 6px;font-size:20px}h3{margin:20px 0 8px;font-size:15px;color:#344054}
 .lead{margin:0 0 12px;color:var(--muted);font-size:14px}
 figure{margin:10px 0}figcaption{font-size:13px;color:#344054;margin-bottom:4px}
-svg.chart{width:100%;height:auto;display:block;font-family:inherit}
-svg .grid{stroke:#eef0f3}svg .tickmark{stroke:#98a2b3}svg .tick{font-size:11px;fill:#667085}
-svg .axis{font-size:12px;fill:#475467}svg .note{font-size:11px;fill:#344054}
+svg.chart{width:100%;min-width:620px;height:auto;display:block;font-family:inherit}
+figure,.chartbox{overflow-x:auto}
+svg .grid{stroke:#eef0f3}svg .tickmark{stroke:#98a2b3}svg .tick{font-size:12.5px;fill:#667085}
+svg .axis{font-size:13px;fill:#475467}svg .note{font-size:12.5px;fill:#344054}
 svg .band{fill:#12805c;opacity:.08}svg .mean{stroke:#1d2433;stroke-dasharray:4 3;stroke-width:1}
 svg .bar:hover{opacity:.75}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin:0 6px 0 2px;vertical-align:0}
