@@ -501,3 +501,43 @@ def test_report_needs_no_tensorflow(converted, tmp_path: Path) -> None:
     after = report_path(data_dir).read_text()
     # Same page but for nothing: samples, classes and sizes are all made without TensorFlow.
     assert len(thumbnails(Page(after))) == len(thumbnails(Page(before))) == 36
+
+
+def test_samples_read_only_the_records_they_show(converted, monkeypatch) -> None:
+    """Bounded I/O: a few hundred bytes per record walked past, plus the records shown (never a whole file)."""
+    from airflow_resnet_prep.report import samples as samples_module
+    from airflow_resnet_prep.report import tfrecord as tfrecord_module
+    from airflow_resnet_prep.report.stats import data_files
+
+    implementation, data_dir = converted
+    files = data_files(manifest_of(data_dir))
+    read = {"bytes": 0}
+    real_pread, real_open = os.pread, open
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        data = real_pread(fd, n, offset)
+        read["bytes"] += len(data)
+        return data
+
+    class Counting(io.BufferedReader):
+        def read(self, n: int | None = -1) -> bytes:
+            data = super().read(n)
+            read["bytes"] += len(data)
+            return data
+
+    def counting_open(path, mode="r", *args, **kwargs):
+        if mode == "rb":
+            return Counting(real_open(path, "rb", buffering=0))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tfrecord_module.os, "pread", pread)
+    monkeypatch.setattr(samples_module, "open", counting_open, raising=False)
+    # The sample set has as many train images as the page shows: ask for fewer, so most are not read.
+    monkeypatch.setattr(samples_module, "SAMPLES", {"train": 4, "val": 2})
+    shown = samples_module.output_samples(data_dir, implementation, files)
+    assert len(shown) == 6 and all(s.thumb.uri for s in shown)
+    records = sum(r for split in files.values() for _, _, r in split)
+    output_bytes = sum(size for split in files.values() for _, size, _ in split)
+    # Heads walked past (12 bytes each, reference) and each shown record with its framing and features.
+    assert 0 < read["bytes"] <= sum(s.size + 512 for s in shown) + 12 * records
+    assert read["bytes"] < output_bytes / 3
