@@ -252,9 +252,14 @@ class Store(ABC):
     def read_bytes(self, key: str = "") -> bytes: ...
 
     @abstractmethod
-    def open_read(self, key: str = "") -> BinaryIO:
-        """A seekable binary reader that fetches exactly what each ``read`` asks for (no read-ahead):
-        what :func:`airflow_resnet_prep.sources.tarindex.iter_tar` needs to read headers only."""
+    def open_read(self, key: str = "", block_size: int = 0) -> BinaryIO:
+        """A seekable binary reader.
+
+        ``block_size=0``: every ``read`` fetches exactly what it asks for, no read-ahead (what
+        :func:`airflow_resnet_prep.sources.tarindex.iter_tar` needs to read tar headers only: one
+        512-byte request each). ``block_size > 0``: reads go through a buffer of that size, for a
+        sequential reader of small pieces (e.g. :func:`airflow_resnet_prep.formats.tfrecord.iter_records`).
+        """
 
     def iter_ranges(
         self,

@@ -147,10 +147,10 @@ class LocalStore(Store):
         self.stats.add("read", read=len(data))
         return data
 
-    def open_read(self, key: str = "") -> BinaryIO:
+    def open_read(self, key: str = "", block_size: int = 0) -> BinaryIO:
         path = self._path(key)
         try:
-            return _CountingReader(open(path, "rb"), self)  # type: ignore[return-value]
+            return _CountingReader(open(path, "rb", buffering=block_size or -1), self)  # type: ignore[return-value]
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{path}: no such file") from None
 

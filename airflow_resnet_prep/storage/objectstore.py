@@ -117,10 +117,15 @@ class ObjectStore(Store):
         alias = f"airflow-resnet-prep:{self.protocol}:{self.conn_id or ''}:{os.getpid()}"
         return attach(self.protocol, self.conn_id, alias=alias).fs
 
-    # -- writes through fsspec (GCS; S3 overrides) ------------------------------------------------------------
+    def _count(self, op: str, read: int = 0, written: int = 0) -> None:
+        """Count a request of the generic (fsspec) operations; S3 counts at the HTTP client instead."""
+        self.stats.add(op, read=read, written=written)
+
+    # -- generic operations through fsspec (GCS; S3 overrides most) ---------------------------------------------
     def size(self, key: str = "") -> int:
         try:
             self.fs.invalidate_cache(self._path(key))
+            self._count("HeadObject")
             return int(self.fs.info(self._path(key))["size"])
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
@@ -135,6 +140,7 @@ class ObjectStore(Store):
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._key(prefix)
         self.fs.invalidate_cache()
+        self._count("ListObjects")
         found = self.fs.find(f"{self.bucket}/{base}", detail=True)
         root = f"{self.bucket}/{self.prefix}".rstrip("/") + "/"
         return sorted(
@@ -150,6 +156,7 @@ class ObjectStore(Store):
             data = self.fs.cat_file(self._path(key), start=offset, end=offset + size)
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+        self._count("GetObject", read=len(data))
         if len(data) != size:
             raise StorageError(
                 f"{self.uri(key)}: wanted {size} bytes at offset {offset}, got {len(data)} "
@@ -159,32 +166,55 @@ class ObjectStore(Store):
 
     def read_bytes(self, key: str = "") -> bytes:
         try:
-            return self.fs.cat_file(self._path(key))
+            data = self.fs.cat_file(self._path(key))
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+        self._count("GetObject", read=len(data))
+        return data
 
-    def open_read(self, key: str = "") -> BinaryIO:
-        return RangeReader(self, key)  # type: ignore[return-value]
+    def open_read(self, key: str = "", block_size: int = 0) -> BinaryIO:
+        raw = RangeReader(self, key)
+        return io.BufferedReader(raw, block_size) if block_size > 0 else raw  # type: ignore[return-value]
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.fs.pipe_file(self._path(key), data)  # one request: all or nothing
+        self.fs.pipe_file(self._path(key), data)  # one request (below 50 MiB): all or nothing
+        self._count("PutObject", written=len(data))
 
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
-        fh = self.fs.open(self._path(key), "wb")
+        fh = self.fs.open(self._path(key), "wb", block_size=WRITER_PART)
         try:
             yield fh
         except BaseException:
-            fh.discard()  # without it, closing the file would commit what was written so far
+            # Without discard, closing the file (explicitly or when it is collected) commits what was
+            # written so far. gcsfs's discard returns early while less than a block was written,
+            # leaving the file open: mark it closed so its __del__ cannot upload the buffer.
+            try:
+                fh.discard()
+            finally:
+                fh.closed = True
             raise
         fh.close()
 
     def delete(self, key: str) -> None:
+        self._count("DeleteObject")
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(key))
 
     def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> Lease:
-        raise StorageError(f"{self.uri(key)}: leases are implemented for S3 only so far")
+        return ObjectLease(self, check_key(key), owner, ttl_s)
+
+    # Conditional writes, what leases are made of; each store speaks its own API.
+    def _conditional_put(self, key: str, body: bytes, if_version: str | None) -> str | None:
+        """Write ``body`` only if ``key`` is absent (``if_version=None``) or still at ``if_version``;
+        return the new version, or None when the condition failed."""
+        raise StorageError(f"{self.uri(key)}: this store has no conditional writes, so no leases")
+
+    def _versioned_read(self, key: str) -> tuple[bytes, str] | None:
+        raise StorageError(f"{self.uri(key)}: this store has no conditional writes, so no leases")
+
+    def _conditional_delete(self, key: str, version: str) -> None:
+        self.delete(key)
 
     def close(self) -> None:
         self._fs, self._fs_pid = None, -1
@@ -230,6 +260,9 @@ class RangeReader(io.RawIOBase):
 
 class S3Store(ObjectStore):
     """S3 and S3-compatible servers (an ``aws`` connection; ``endpoint_url`` in its extra)."""
+
+    def _count(self, op: str, read: int = 0, written: int = 0) -> None:
+        pass  # counted from the HTTP client's events (retries included)
 
     def _make_fs(self) -> Any:
         fs = super()._make_fs()
@@ -350,9 +383,27 @@ class S3Store(ObjectStore):
             aborted += 1
         return aborted
 
-    # -- lease -----------------------------------------------------------------------------------------------
-    def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> S3Lease:
-        return S3Lease(self, check_key(key), owner, ttl_s)
+    # -- conditional writes (leases) -----------------------------------------------------------------------------
+    def _conditional_put(self, key: str, body: bytes, if_version: str | None) -> str | None:
+        condition = {"IfNoneMatch": "*"} if if_version is None else {"IfMatch": if_version}
+        try:
+            return self.call("put_object", key, Body=body, **condition)["ETag"]
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or _error_code(exc) in _PRECONDITION:
+                return None
+            raise StorageError(f"{self.uri(key)}: conditional write failed: {exc}") from exc
+
+    def _versioned_read(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            head = self.call("head_object", key)
+            # A newer version written between the two requests is harmless: a write conditional on
+            # the older ETag then fails, and the lease is reported as held.
+            data = self.read_range(key, 0, int(head["ContentLength"])) if head["ContentLength"] else b""
+        except (OSError, StorageError) as exc:
+            if isinstance(exc, ObjectNotFoundError) or _error_code(exc) in _NOT_FOUND:
+                return None
+            raise
+        return data, head["ETag"]
 
 
 class S3Multipart(MultipartUpload):
@@ -484,17 +535,18 @@ class S3Writer(io.RawIOBase):
             upload.abort()
 
 
-class S3Lease(Lease):
-    """A lease object created with a conditional write (``If-None-Match: *``): of two runs creating it,
-    one gets 412 Precondition Failed. It holds ``{owner, token, expires}``; the holder renews it before it
-    expires (``If-Match`` on its ETag), a crashed holder's lease can be taken over once expired (again
-    with ``If-Match``, so of two takers one wins). Expiry compares wall clocks: keep ``ttl_s`` well
-    above the clock skew between workers."""
+class ObjectLease(Lease):
+    """A lease object written with conditional writes: created only if absent (S3 ``If-None-Match: *``,
+    GCS ``ifGenerationMatch=0``), so of two runs creating it one is refused. It holds ``{owner, token,
+    expires}``; the holder renews it before it expires (a write conditional on its version: S3 ETag
+    ``If-Match``, GCS generation), and a crashed holder's lease can be taken over once expired (again
+    conditionally, so of two takers one wins). Expiry compares wall clocks: keep ``ttl_s`` well above
+    the clock skew between workers (default 10 minutes, renewed every ttl/3)."""
 
-    def __init__(self, store: S3Store, key: str, owner: str, ttl_s: float) -> None:
+    def __init__(self, store: ObjectStore, key: str, owner: str, ttl_s: float) -> None:
         self.store, self.key, self.owner, self.ttl_s = store, key, owner, ttl_s
         self.token = uuid.uuid4().hex
-        self.etag: str | None = None
+        self.version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -509,48 +561,44 @@ class S3Lease(Lease):
             }
         ).encode()
 
-    def _put(self, **condition: str) -> bool:
-        try:
-            self.etag = self.store.call("put_object", self.key, Body=self._body(), **condition)["ETag"]
-            return True
-        except OSError as exc:
-            if isinstance(exc, FileExistsError) or _error_code(exc) in _PRECONDITION:
-                return False
-            raise StorageError(f"{self.store.uri(self.key)}: cannot write the lease: {exc}") from exc
+    def _put(self, if_version: str | None) -> bool:
+        version = self.store._conditional_put(self.key, self._body(), if_version)
+        if version is None:
+            return False
+        self.version = version
+        return True
 
     def _current(self) -> tuple[dict[str, Any], str] | None:
-        try:
-            head = self.store.call("head_object", self.key)
-            body = self.store.read_range(self.key, 0, int(head["ContentLength"]))
-        except (OSError, StorageError) as exc:
-            if isinstance(exc, ObjectNotFoundError) or _error_code(exc) in _NOT_FOUND:
-                return None
-            raise
+        current = self.store._versioned_read(self.key)
+        if current is None:
+            return None
+        body, version = current
         try:
             info = json.loads(body)
         except ValueError:
             info = {}
-        return info, head["ETag"]
+        return (info if isinstance(info, dict) else {}), version
 
-    def acquire(self) -> S3Lease:
+    def acquire(self) -> ObjectLease:
         for _ in range(3):
-            if self._put(IfNoneMatch="*"):
+            if self._put(None):
                 break
             current = self._current()
             if current is None:
                 continue  # released meanwhile: try to create it again
-            info, etag = current
+            info, version = current
             if info.get("token") == self.token:  # our own create, whose response was lost and retried
-                self.etag = etag
+                self.version = version
                 break
-            if float(info.get("expires", 0)) > time.time():
+            expires = float(info.get("expires", 0) or 0)
+            if expires > time.time():
                 raise LeaseHeldError(
                     f"{self.store.uri(self.key)}: held by {info.get('owner', '?')} "
                     f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}) until "
-                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(float(info.get('expires', 0))))}; "
-                    "another run is writing this data_dir (wait for it or use a different data_dir)"
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expires))}; another run is writing "
+                    "this data_dir (wait for it or use a different data_dir)"
                 )
-            if self._put(IfMatch=etag):  # expired: take it over, unless another taker was first
+            if self._put(version):  # expired: take it over, unless another taker was first
                 log.warning(
                     "%s: took over the expired lease of %s", self.store.uri(self.key), info.get("owner")
                 )
@@ -560,7 +608,7 @@ class S3Lease(Lease):
         return self
 
     def renew(self) -> None:
-        if self.etag is None or not self._put(IfMatch=self.etag):
+        if self.version is None or not self._put(self.version):
             raise LeaseLostError(
                 f"{self.store.uri(self.key)}: the lease was taken over or removed while {self.owner} held it"
             )
@@ -573,7 +621,7 @@ class S3Lease(Lease):
                 log.exception("%s: renewing the lease failed", self.store.uri(self.key))
                 return
 
-    def __enter__(self) -> S3Lease:
+    def __enter__(self) -> ObjectLease:
         self.acquire()
         self._stop.clear()
         self._thread = threading.Thread(target=self._keepalive, name="lease-keepalive", daemon=True)
@@ -585,11 +633,10 @@ class S3Lease(Lease):
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.etag is None:
+        if self.version is None:
             return
         current = self._current()
-        # Only our own lease is removed (between this check and the delete, another holder can only have
-        # taken it over if it had expired, i.e. we had already lost it).
+        # Only our own lease is removed (the delete is conditional on its version where the store can).
         if current is not None and current[0].get("token") == self.token:
-            self.store.delete(self.key)
-        self.etag = None
+            self.store._conditional_delete(self.key, current[1])
+        self.version = None

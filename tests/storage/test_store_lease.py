@@ -1,5 +1,6 @@
 """Leases: two runs on one data_dir cannot both hold it (local: flock; S3: conditional writes, which the
-SeaweedFS server honours: a second ``If-None-Match: *`` PUT gets 412), and choosing a store from a path."""
+SeaweedFS server honours: a second ``If-None-Match: *`` PUT gets 412; GCS: ``ifGenerationMatch``, which
+fake-gcs-server honours on uploads), and choosing a store from a path."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from airflow_resnet_prep.storage import (
 from airflow_resnet_prep.storage.objectstore import S3Store
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gcs"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "local":
         return store_for(str(tmp_path / "data"))
-    return store_for(request.getfixturevalue("s3_prefix"))
+    return store_for(request.getfixturevalue(f"{request.param}_prefix"))
 
 
 def test_the_server_honours_if_none_match(s3_server, s3_prefix: str) -> None:
@@ -78,9 +79,9 @@ def test_only_one_of_concurrent_takers_wins(store: Store) -> None:
             lease.release()
 
 
-def test_expired_s3_lease_is_taken_over_and_its_holder_learns_it(s3_prefix: str) -> None:
-    store = store_for(s3_prefix)
-    assert isinstance(store, S3Store)
+@pytest.mark.parametrize("where", ["s3", "gcs"])
+def test_expired_object_lease_is_taken_over_and_its_holder_learns_it(where: str, request) -> None:
+    store = store_for(request.getfixturevalue(f"{where}_prefix"))
     crashed = store.lease(".lease", owner="crashed run", ttl_s=0.5).acquire()  # never renewed
     with pytest.raises(LeaseHeldError, match="crashed run"):
         store.lease(".lease", owner="rerun").acquire()
@@ -96,8 +97,9 @@ def test_expired_s3_lease_is_taken_over_and_its_holder_learns_it(s3_prefix: str)
     assert not store.exists(".lease")
 
 
-def test_s3_lease_is_renewed_while_held(s3_prefix: str) -> None:
-    store = store_for(s3_prefix)
+@pytest.mark.parametrize("where", ["s3", "gcs"])
+def test_object_lease_is_renewed_while_held(where: str, request) -> None:
+    store = store_for(request.getfixturevalue(f"{where}_prefix"))
     with store.lease(".lease", owner="long run", ttl_s=0.6):
         time.sleep(1.5)  # more than twice the ttl: renewed in the background
         with pytest.raises(LeaseHeldError, match="long run"):
