@@ -14,6 +14,7 @@ from airflow_resnet_prep.report.html import Page, render
 from airflow_resnet_prep.report.listed import listed_images
 from airflow_resnet_prep.report.samples import output_samples
 from airflow_resnet_prep.report.stats import (
+    Histogram,
     class_stats,
     data_files,
     linear_histogram,
@@ -52,7 +53,7 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
     problems.extend(f"catalog: {e}" for e in scan.errors)
     files = data_files(manifest)
     n_files = sum(len(f) for f in files.values())
-    file_hists = {}
+    file_hists: dict[str, Histogram] = {}
     if n_files > MAX_FILE_BARS:
         # One histogram per split, each over its own range: shards of a split should be near-equal, and a
         # shared axis (train shards ~3x the validation ones) would squeeze that spread into one bar.
@@ -60,6 +61,7 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
             split: linear_histogram({split: [size for _, size, _ in f]}) for split, f in files.items() if f
         }
     samples = output_samples(layout.root, str(manifest.get("implementation", "")), files)
+    # A record that could not be read or parsed has no class: listed as a problem, left out of the grid.
     problems.extend(f"{s.file} record {s.position}: {s.thumb.error}" for s in samples if not s.synset)
     return Page(
         data_dir=layout.root,

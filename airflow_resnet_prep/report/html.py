@@ -16,7 +16,7 @@ from typing import Any
 from airflow_resnet_prep.report import charts
 from airflow_resnet_prep.report.listed import Listed
 from airflow_resnet_prep.report.samples import Sample
-from airflow_resnet_prep.report.stats import FAR_FRACTION, SPLITS, ClassStats, Histogram, SizeStats
+from airflow_resnet_prep.report.stats import FAR_FRACTION, SPLITS, ClassStats, DataFiles, Histogram, SizeStats
 
 SPLIT_NAMES = {"train": "train", "val": "validation"}
 FORMATS = {
@@ -36,7 +36,7 @@ class Page:
     classes: ClassStats
     image_sizes: dict[str, SizeStats]
     image_hist: Histogram
-    files: dict[str, list[tuple[str, int, int]]]  # split -> (name, size, records)
+    files: DataFiles
     file_hists: dict[str, Histogram]  # split -> file sizes; empty when there are few files (one bar each)
     samples: list[Sample]
     reencoded: list[Listed]

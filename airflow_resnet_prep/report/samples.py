@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
+from airflow_resnet_prep.report.stats import DataFiles
 from airflow_resnet_prep.report.tfrecord import parse_example, read_records
 from airflow_resnet_prep.report.thumbs import Thumb, make_thumb
 
@@ -43,7 +44,7 @@ def _error_sample(split: str, name: str, position: int, error: str) -> Sample:
     return Sample(split, name, position, "", "", "", 0, Thumb(None, error=error))
 
 
-def tfrecord_samples(root: Path, files: dict[str, list[tuple[str, int, int]]]) -> list[Sample]:
+def tfrecord_samples(root: Path, files: DataFiles) -> list[Sample]:
     """Samples from the TFRecord shards of each split: up to :data:`MAX_FILES` shards, a few records each."""
     out = []
     for split, wanted in SAMPLES.items():
@@ -116,7 +117,7 @@ def _lst_paths(lst_path: Path, ids: set[int]) -> dict[int, str]:
     return found
 
 
-def recordio_samples(root: Path, files: dict[str, list[tuple[str, int, int]]]) -> list[Sample]:
+def recordio_samples(root: Path, files: DataFiles) -> list[Sample]:
     """Samples from each split's ``.rec``, entered at offsets read from its ``.idx``."""
     out = []
     for split, wanted in SAMPLES.items():
@@ -137,7 +138,10 @@ def recordio_samples(root: Path, files: dict[str, list[tuple[str, int, int]]]) -
                 continue
             for pos in positions:
                 _flag, label, record_id, _id2, image = payloads[pos]
-                path = paths.get(int(record_id), "")
+                path = paths.get(int(record_id))
+                if path is None:
+                    out.append(_error_sample(split, name, pos, f"record id {record_id} is not in the .lst"))
+                    continue
                 synset, _, filename = path.rpartition("/")
                 label_text = str(int(label)) if float(label).is_integer() else str(label)
                 out.append(
@@ -146,9 +150,7 @@ def recordio_samples(root: Path, files: dict[str, list[tuple[str, int, int]]]) -
     return out
 
 
-def output_samples(
-    root: Path, implementation: str, files: dict[str, list[tuple[str, int, int]]]
-) -> list[Sample]:
+def output_samples(root: Path, implementation: str, files: DataFiles) -> list[Sample]:
     """Samples of the output of ``implementation`` under ``root`` (``data_dir``)."""
     if implementation == "reference":
         return tfrecord_samples(root, files)

@@ -190,12 +190,16 @@ def linear_histogram(series: dict[str, list[int]], bins: int = 24) -> Histogram:
     return Histogram(edges, counts, False)
 
 
-def data_files(manifest: dict[str, Any]) -> dict[str, list[tuple[str, int, int]]]:
+# split -> [(output name relative to data_dir, size in bytes, records)]
+DataFiles = dict[str, list[tuple[str, int, int]]]
+
+
+def data_files(manifest: dict[str, Any]) -> DataFiles:
     """The output files that hold images (TFRecord shards or ``.rec``), per split: (name, size, records).
 
     Index and list files (``.idx``, ``.lst``) are left out: they are not what the trainer reads images from.
     """
-    out: dict[str, list[tuple[str, int, int]]] = {s: [] for s in SPLITS}
+    out: DataFiles = {s: [] for s in SPLITS}
     for name, stats in sorted(manifest.get("outputs", {}).items()):
         base = os.path.basename(name)
         if base.endswith((".idx", ".lst")):
