@@ -49,6 +49,11 @@ def esc(value: object) -> str:
     return escape(str(value), quote=True)
 
 
+def esc_name(name: str) -> str:
+    """An escaped file name that may wrap after its underscores (long ImageNet names in narrow cards)."""
+    return esc(name).replace("_", "_<wbr>")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -179,7 +184,7 @@ def _sample_cell(s: Sample) -> str:
         f'data-position="{s.position}" data-synset="{esc(s.synset)}" data-label="{esc(s.label)}">{img}'
         f'<figcaption><span class="cls">{esc(s.synset) or "?"}</span> '
         f'<span class="lbl">label {esc(s.label) or "?"}</span>'
-        f'<span class="fn" title="{esc(s.filename)}">{esc(s.filename)}</span>'
+        f'<span class="fn" title="{esc(s.filename)}">{esc_name(s.filename)}</span>'
         f'<span class="where" title="{esc(s.file)}">{esc(Path(s.file).name)} &middot; record {s.position:,}</span>'
         f'<span class="where">{dims}{human_bytes(s.size)}</span>'
         "</figcaption></figure>"
@@ -273,7 +278,7 @@ def _listed(title: str, items: list[Listed], empty: str) -> str:
         cells.append(
             f'<figure class="thumb listed">{img}<figcaption><span class="cls">{esc(item.synset)}</span> '
             f'<span class="lbl">{esc(SPLIT_NAMES.get(item.split, item.split))}</span>'
-            f'<span class="fn" title="{esc(item.name)}">{esc(item.name)}</span>'
+            f'<span class="fn" title="{esc(item.name)}">{esc_name(item.name)}</span>'
             f'<span class="reason">{esc(item.reason)}</span></figcaption></figure>'
         )
     more = len(items) - MAX_TABLE_ROWS
@@ -473,7 +478,7 @@ text-align:center;word-break:break-word}
 .thumb .cls{font-weight:600;font-family:ui-monospace,Menlo,Consolas,monospace}
 .thumb .lbl{color:var(--accent)}
 .thumb .fn,.thumb .where,.thumb .reason{flex-basis:100%;color:var(--muted)}
-.thumb .fn{word-break:break-all}
+.thumb .fn{overflow-wrap:anywhere}
 .thumb .where{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-size:11.5px}
 .thumb .reason{color:var(--warn);white-space:normal}
 .meter{background:#eef0f3;border-radius:4px;height:10px;min-width:120px}
