@@ -38,6 +38,9 @@ from live_airflow import LiveAirflow, free_port
 from cluster.services import Postgres, Redis
 from cluster.settings import SAME_VALUE
 
+DAG_ID = "mlperf_resnet_prep"
+SECOND_DAG = "mlperf_resnet_prep_second"  # the same DAG file under another id (a second DAG on one data_dir)
+
 # Test-only settings (not in docker-compose.yaml): short intervals for a small, fast cluster.
 TUNING = {
     "AIRFLOW__CORE__PARALLELISM": "8",
@@ -216,6 +219,10 @@ class CeleryCluster:
                 str(self.concurrency),
                 "--pid",
                 str(self.airflow.home / f"{name}.pid"),
+                # Airflow's log server binds every interface (no host setting): not here, where every server
+                # stays on 127.0.0.1. Task logs land in the shared AIRFLOW_HOME/logs, which the API server
+                # reads directly. Each worker still gets a port of its own, as on a shared host.
+                "--skip-serve-logs",
             ],
             env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port(avoid={self.airflow.port}))},
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.celery_cluster import CeleryCluster
+from cluster.celery_cluster import DAG_ID, SECOND_DAG, CeleryCluster
 from cluster.services import missing_services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,15 +85,23 @@ def cluster(tmp_path_factory, cluster_sources):
         "PREPARED_CONSUMER_LOG": str(root / "consumer.jsonl"),
     }
     cluster = CeleryCluster(root, dags=[MAIN_DAG, CONSUMER_DAG], env=env)
+    # The same DAG under another id: a second DAG writing the same data_dir (max_active_runs=1 keeps two
+    # runs of one DAG apart, not two DAGs).
+    text = MAIN_DAG.read_text(encoding="utf-8")
+    assert text.count(f'dag_id="{DAG_ID}"') == 1, "the DAG file's dag_id line changed"
+    (cluster.dags_folder / f"{SECOND_DAG}.py").write_text(
+        text.replace(f'dag_id="{DAG_ID}"', f'dag_id="{SECOND_DAG}"'), encoding="utf-8"
+    )
     try:
         cluster.start()
     except Exception as exc:
         cluster.stop()
         unavailable(f"the cluster did not start: {exc}")
     try:
-        for dag_id in ("mlperf_resnet_prep", "prepared_consumer"):
+        for dag_id in (DAG_ID, "prepared_consumer"):
             cluster.airflow.wait_dag(dag_id)
             cluster.airflow.unpause(dag_id)  # DAGs start paused, as in docker-compose.yaml
+        cluster.airflow.wait_dag(SECOND_DAG)  # unpaused by the test that uses it
         yield cluster
     finally:
         cluster.stop()

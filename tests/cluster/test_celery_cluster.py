@@ -30,12 +30,10 @@ from typing import Any
 
 import pytest
 
-from cluster.celery_cluster import CeleryCluster
+from cluster.celery_cluster import DAG_ID, SECOND_DAG, CeleryCluster
 
 pytestmark = pytest.mark.cluster
 
-DAG_ID = "mlperf_resnet_prep"
-SECOND_DAG = "mlperf_resnet_prep_second"
 REFERENCE_PARAMS = {"train_shards": 8, "val_shards": 2}
 OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords"}
 
@@ -211,13 +209,21 @@ def finish(cluster: CeleryCluster, run_id: str, dag_id: str = DAG_ID, timeout: f
 
 # -- tests ---------------------------------------------------------------------------------------------
 
+# Runs whose publish the consumer DAG must have seen: (dag_id, run_id, implementation).
+PUBLISHED: list[tuple[str, str, str]] = []
+
 
 @pytest.mark.parametrize("implementation", ["nvidia", "reference"])
 def test_units_spread_over_both_workers_same_bytes(cluster, cluster_sources, expected, implementation):
-    """fanout=4: the mapped units run on both workers; the outputs are those of a local run; the
-    consumer DAG scheduled on the Asset runs and reads the paths from the event."""
+    """fanout=4: the mapped units run on both workers; the outputs are those of a local run.
+
+    The nvidia run writes the cluster's default data_dir with the default params, as the first build
+    of a deployment would; the schedule test refreshes it later."""
     files, units = expected(implementation)
-    data_dir = cluster.root / f"spread-{implementation}"
+    if implementation == "nvidia":
+        data_dir = Path(cluster.extra_env["MLPERF_RESNET_PREP_DATA_DIR"])
+    else:
+        data_dir = cluster.root / f"spread-{implementation}"
     with holding_units(data_dir, implementation, units):
         run_id = trigger(cluster, conf_for(implementation, data_dir, cluster_sources, fanout=4))
         # Two units tasks running at once are on two workers (one slot each).
@@ -232,35 +238,20 @@ def test_units_spread_over_both_workers_same_bytes(cluster, cluster_sources, exp
     assert len(mapped) == min(4, units)
     assert {w for workers in mapped.values() for w in workers} == set(cluster.worker_names), ran
     assert output_files(data_dir, implementation) == files
-    check_consumer_saw(cluster, DAG_ID, run_id, implementation)
+    PUBLISHED.append((DAG_ID, run_id, implementation))
 
 
-def test_auto_fanout_splits_the_units_under_celery(cluster, cluster_sources, expected):
-    """fanout=0 (auto) with the Celery executor: the plan makes several batches (8), not one."""
-    files, units = expected("reference")
-    data_dir = cluster.root / "auto-fanout"
-    run_id = trigger(cluster, conf_for("reference", data_dir, cluster_sources, fanout=0))
-    assert finish(cluster, run_id) == "success", run_report(cluster, DAG_ID, run_id)
-    batches = cluster.airflow.xcom(DAG_ID, run_id, "reference_plan")
-    assert len(batches) == min(8, units) > 1
-    assert sorted(u for batch in batches for u in batch) == list(range(units))
-    mapped = [ti for ti in task_instances(cluster, DAG_ID, run_id) if ti["task_id"] == "reference_units"]
-    assert len(mapped) == len(batches)
-    plan_ti = next(ti for ti in task_instances(cluster, DAG_ID, run_id) if ti["task_id"] == "reference_plan")
-    assert f"{units} units in {len(batches)} batches" in task_log(cluster, DAG_ID, run_id, plan_ti)
-    assert output_files(data_dir, "reference") == files
-
-
-def test_worker_killed_while_running_a_unit(cluster, cluster_sources, expected):
-    """SIGKILL one worker (its whole process group: a lost node) while it runs a unit: the scheduler sees
-    the task instance's heartbeat stop, retries it, the other worker runs it; same bytes, nothing left
-    behind. The killed worker comes back only after the run (a lost machine does not return at once)."""
+def test_worker_killed_while_running_a_unit_with_auto_fanout(cluster, cluster_sources, expected):
+    """fanout=0 (auto) under Celery makes several batches (8); then SIGKILL one worker (its whole
+    process group: a lost node) while it runs a unit. The scheduler sees the task instance's heartbeat
+    stop and retries it; the other worker runs it; same bytes, nothing extra in the output folder. The
+    killed worker comes back only after the run (a lost machine does not return at once)."""
     files, units = expected("reference")
     data_dir = cluster.root / "killed-worker"
     victim, survivor = cluster.worker_names[:2]
     try:
         with holding_units(data_dir, "reference", units):
-            run_id = trigger(cluster, conf_for("reference", data_dir, cluster_sources, fanout=4))
+            run_id = trigger(cluster, conf_for("reference", data_dir, cluster_sources, fanout=0))
             running = wait_for(
                 "two units tasks running",
                 lambda: (r := running_units(cluster, DAG_ID, run_id, "reference")) and len(r) >= 2 and r,
@@ -272,37 +263,128 @@ def test_worker_killed_while_running_a_unit(cluster, cluster_sources, expected):
             cluster.kill_worker(victim)
         state = finish(cluster, run_id, timeout=300)
         assert state == "success", run_report(cluster, DAG_ID, run_id)
+        # Auto fanout: the plan split the units into batches, one mapped task each.
+        tis = task_instances(cluster, DAG_ID, run_id)
+        batches = cluster.airflow.xcom(DAG_ID, run_id, "reference_plan")
+        assert len(batches) == min(8, units) > 1
+        assert sorted(u for batch in batches for u in batch) == list(range(units))
+        mapped = {ti["map_index"]: ti for ti in tis if ti["task_id"] == "reference_units"}
+        assert sorted(mapped) == list(range(len(batches)))
+        plan_ti = next(ti for ti in tis if ti["task_id"] == "reference_plan")
+        assert f"{units} units in {len(batches)} batches" in task_log(cluster, DAG_ID, run_id, plan_ti)
+        # The lost units were retried on the other worker.
         ran = cluster.ran_on(DAG_ID, run_id)
-        tis = {
-            ti["map_index"]: ti
-            for ti in task_instances(cluster, DAG_ID, run_id)
-            if ti["task_id"] == "reference_units"
-        }
         for index in lost:
             assert ran[f"reference_units[{index}]"][0] == victim
             assert ran[f"reference_units[{index}]"][-1] == survivor
-            assert tis[index]["try_number"] >= 2  # retried, not redelivered
+            assert mapped[index]["try_number"] >= 2  # a retry, not a redelivered message
         assert output_files(data_dir, "reference") == files  # same names (nothing extra) and bytes
+        PUBLISHED.append((DAG_ID, run_id, "reference"))
     finally:
         if victim not in cluster.airflow.processes:
             cluster.start_worker(victim)
 
 
 def test_broker_restart_mid_run(cluster, cluster_sources, expected):
-    """Redis stopped while units run and started again (empty: no persistence, as configured): the run
-    ends in Airflow's own state (success, or failed naming its tasks), never hangs; a rerun of a failed
-    one finishes; the bytes are those of a local run."""
+    """Redis stopped while both units tasks run and started again (empty: no persistence, as
+    configured), while the scheduler has the next task to queue: the run ends in Airflow's own state
+    (success, or failed with its failed tasks named), never hangs; a rerun of a failed one finishes; the
+    bytes are those of a local run."""
     files, units = expected("nvidia")
     data_dir = cluster.root / "broker-restart"
     conf = conf_for("nvidia", data_dir, cluster_sources, fanout=4)
     with holding_units(data_dir, "nvidia", units):
         run_id = trigger(cluster, conf)
-        wait_for("units running", lambda: running_units(cluster, DAG_ID, run_id, "nvidia"), cluster)
+        wait_for(
+            "units running",
+            lambda: len(running_units(cluster, DAG_ID, run_id, "nvidia")) >= min(2, units),
+            cluster,
+        )
         cluster.redis.stop()
-    time.sleep(8)  # the units finish; the scheduler cannot queue what follows
+    time.sleep(8)  # the units finish; the scheduler cannot queue nvidia_finish
     cluster.redis.start()
     state = finish(cluster, run_id, timeout=300)
     if state != "success":
+        failed = [ti["task_id"] for ti in task_instances(cluster, DAG_ID, run_id) if ti["state"] == "failed"]
+        assert failed, run_report(cluster, DAG_ID, run_id)  # a failed run names its failed tasks
         rerun = trigger(cluster, conf)
         assert finish(cluster, rerun) == "success", run_report(cluster, DAG_ID, rerun)
     assert output_files(data_dir, "nvidia") == files
+    # Both workers are back on the broker: a new run spreads over them again.
+
+
+def test_two_runs_on_one_data_dir(cluster, cluster_sources, expected):
+    """Two DAGs (the repo's and a copy under another id) run at once on the same data_dir: each run
+    either succeeds or fails with the data_dir lock named; at least one succeeds; same bytes."""
+    files, _ = expected("nvidia")
+    data_dir = cluster.root / "two-runs"
+    conf = conf_for("nvidia", data_dir, cluster_sources, fanout=4)
+    cluster.airflow.unpause(SECOND_DAG)
+    try:
+        runs = [(DAG_ID, trigger(cluster, conf)), (SECOND_DAG, trigger(cluster, conf, SECOND_DAG))]
+        states = {(dag_id, run_id): finish(cluster, run_id, dag_id) for dag_id, run_id in runs}
+    finally:
+        cluster.airflow.api("PATCH", f"/api/v2/dags/{SECOND_DAG}", json={"is_paused": True})
+    assert "success" in states.values(), {k: run_report(cluster, *k) for k in states}
+    for (dag_id, run_id), state in states.items():
+        if state == "success":
+            PUBLISHED.append((dag_id, run_id, "nvidia"))
+            continue
+        logs = [
+            task_log(cluster, dag_id, run_id, ti, try_number)
+            for ti in task_instances(cluster, dag_id, run_id)
+            if ti["state"] == "failed"
+            for try_number in range(1, ti["try_number"] + 1)
+        ]
+        assert logs and all("another run is writing this data_dir" in log for log in logs), logs
+    assert output_files(data_dir, "nvidia") == files
+
+
+def test_asset_consumer_saw_every_publish(cluster):
+    """The consumer DAG, scheduled on the Asset, ran after each publish and read the paths from the
+    event's extra (checked last, so the consumer runs overlap the other tests' runs)."""
+    assert PUBLISHED
+    for dag_id, run_id, implementation in PUBLISHED:
+        check_consumer_saw(cluster, dag_id, run_id, implementation)
+
+
+def test_scheduled_refresh(cluster, cluster_sources, expected):
+    """MLPERF_RESNET_PREP_SCHEDULE set to every minute on the deployment (DAG processor restarted with
+    it), data_dir and sources from the env defaults: the scheduler starts runs by itself. A source was
+    touched since the last build, so the first scheduled run rebuilds; the next takes reuse_existing and
+    converts nothing, and the consumer is told ``cached``."""
+    files, _ = expected("nvidia")
+    data_dir = Path(cluster.extra_env["MLPERF_RESNET_PREP_DATA_DIR"])
+    if not (data_dir / "manifest.json").exists():  # run alone: the first build, with the defaults
+        run_id = trigger(cluster, {})
+        assert finish(cluster, run_id) == "success", run_report(cluster, DAG_ID, run_id)
+    os.utime(cluster_sources["train_source"])  # "a new download": same bytes, new mtime
+    cluster.restart_with(["dag-processor"], {"MLPERF_RESNET_PREP_SCHEDULE": "* * * * *"})
+
+    def scheduled_runs() -> list[dict[str, Any]]:
+        response = cluster.airflow.api(
+            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns", params={"run_type": "scheduled", "order_by": "run_after"}
+        )
+        response.raise_for_status()
+        return response.json()["dag_runs"]
+
+    try:
+        first = wait_for("a scheduled run", scheduled_runs, cluster, timeout=120)[0]["dag_run_id"]
+        assert finish(cluster, first) == "success", run_report(cluster, DAG_ID, first)
+        states = cluster.airflow.task_states(DAG_ID, first)
+        assert states["nvidia_plan"] == "success" and states["reuse_existing"] == "skipped", states
+        assert cluster.airflow.xcom(DAG_ID, first, "publish")["cached"] is False
+        built = {p.name: p.stat().st_mtime_ns for p in (data_dir / "recordio").iterdir()}
+        assert output_files(data_dir, "nvidia") == files
+
+        second = wait_for("a second scheduled run", lambda: scheduled_runs()[1:], cluster, timeout=150)[0]
+        assert finish(cluster, second["dag_run_id"]) == "success"
+        states = cluster.airflow.task_states(DAG_ID, second["dag_run_id"])
+        assert states["reuse_existing"] == "success", states
+        assert states["nvidia_plan"] == states["nvidia_units"] == states["nvidia_finish"] == "skipped", states
+        assert cluster.airflow.xcom(DAG_ID, second["dag_run_id"], "publish")["cached"] is True
+        assert {p.name: p.stat().st_mtime_ns for p in (data_dir / "recordio").iterdir()} == built
+        events = consumer_events(cluster, second["dag_run_id"])
+        assert events[-1]["extra"]["cached"] is True
+    finally:
+        cluster.airflow.api("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": True})
