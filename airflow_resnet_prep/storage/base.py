@@ -356,6 +356,17 @@ class Store(ABC):
         seconds ago, when given), except the upload ids in ``keep``; return how many were aborted."""
         return 0
 
+    def connection_env(self) -> dict[str, str]:
+        """Environment variables a worker process needs to reach this store on its own.
+
+        Inside an Airflow task, connections come from the task's supervisor, which a worker process
+        cannot (spawned) or must not (forked: it would share the parent's channel) ask. Resolve the
+        connection here, in the task process, and put this mapping (``AIRFLOW_CONN_<ID>``, the
+        connection as JSON: it holds secrets, never log it) into the workers' environment, where
+        Airflow's environment-variable secrets backend, searched first, finds it.
+        """
+        return {}
+
     def close(self) -> None:
         """Release this process's open files or clients (the store stays usable)."""
 

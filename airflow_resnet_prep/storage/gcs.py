@@ -60,6 +60,7 @@ class GcsStore(ObjectStore):
             raise StorageError(
                 f"{self.url}: gs:// needs gcsfs: pip install 'airflow-resnet-prep[gcs]'"
             ) from None
+        self._require_connection()
         alias = f"airflow-resnet-prep:gs:{self.conn_id or ''}:{os.getpid()}"
         fs = gcsfs.GCSFileSystem(skip_instance_cache=True, **gcs_options(self.conn_id))
         return attach("gs", self.conn_id, alias=alias, fs=fs).fs

@@ -109,9 +109,27 @@ class ObjectStore(Store):
                     self._fs_pid = pid
         return self._fs
 
+    def _require_connection(self) -> None:
+        """Fail clearly when the named connection does not exist: the Amazon provider would otherwise fall
+        back quietly to the machine's default credentials and AWS's own endpoint."""
+        if not self.conn_id:
+            return
+        from airflow.sdk import BaseHook
+
+        try:
+            BaseHook.get_connection(self.conn_id)
+        except Exception as exc:
+            if type(exc).__name__ != "AirflowNotFoundException":
+                raise
+            raise StorageError(
+                f"{self.url}: the Airflow connection {self.conn_id!r} is not defined here (a worker process "
+                "needs it in a secrets backend or as AIRFLOW_CONN_<ID>: see Store.connection_env)"
+            ) from None
+
     def _make_fs(self) -> Any:
         from airflow.sdk.io import attach
 
+        self._require_connection()
         # A store under an alias of its own per process: Airflow's cache (keyed by protocol and
         # connection) would hand a forked child its parent's client.
         alias = f"airflow-resnet-prep:{self.protocol}:{self.conn_id or ''}:{os.getpid()}"
@@ -120,6 +138,14 @@ class ObjectStore(Store):
     def _count(self, op: str, read: int = 0, written: int = 0) -> None:
         """Count a request of the generic (fsspec) operations; S3 counts at the HTTP client instead."""
         self.stats.add(op, read=read, written=written)
+
+    def connection_env(self) -> dict[str, str]:
+        if not self.conn_id:
+            return {}
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(self.conn_id)  # registers its secrets with Airflow's log masker
+        return {f"AIRFLOW_CONN_{self.conn_id.upper()}": conn.as_json()}
 
     # -- generic operations through fsspec (GCS; S3 overrides most) ---------------------------------------------
     def size(self, key: str = "") -> int:

@@ -174,3 +174,10 @@ def test_gcs_options_come_from_the_airflow_connection(monkeypatch) -> None:
     )
     assert gcs_options("gcs_test") == {"token": keyfile, "project": "proj"}
     assert gcs_options(None) == {}
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_an_undefined_connection_is_an_error_not_a_fallback(scheme: str) -> None:
+    """The Amazon provider would quietly use default credentials and AWS's endpoint instead."""
+    with pytest.raises(StorageError, match="the Airflow connection 'no_such_conn' is not defined"):
+        store_for(f"{scheme}://no_such_conn@bucket/prefix").exists("x")

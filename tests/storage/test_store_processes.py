@@ -130,3 +130,27 @@ def test_each_child_process_gets_its_own_client(s3_prefix: str, method: str) -> 
             assert "fork-safe" in message
     assert store.fs is parent_fs  # the parent keeps its own
     assert store.read_range("obj", 8, 2) == b"89"
+
+
+def test_a_worker_without_the_connection_gets_it_from_connection_env(s3_prefix: str, s3_server) -> None:
+    """A process that cannot ask Airflow for the connection (a worker of a task) reaches the bucket with
+    the environment the task process hands it, and fails clearly without."""
+    import subprocess
+    import sys
+
+    store = store_for(s3_prefix)
+    store.write_bytes("obj", b"payload")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    code = "import sys; from airflow_resnet_prep.storage import store_for; print(store_for(sys.argv[1]).read_bytes('obj'))"
+    without = subprocess.run([sys.executable, "-c", code, s3_prefix], env=env, capture_output=True, text=True)
+    assert without.returncode != 0
+    assert f"the Airflow connection {s3_server.conn_id!r} is not defined here" in without.stderr
+    assert "amazonaws.com" not in without.stderr  # no quiet fallback to AWS and default credentials
+    extra = store.connection_env()
+    assert list(extra) == [f"AIRFLOW_CONN_{s3_server.conn_id.upper()}"]
+    with_env = subprocess.run(
+        [sys.executable, "-c", code, s3_prefix], env=env | extra, capture_output=True, text=True
+    )
+    assert with_env.returncode == 0, with_env.stderr[-2000:]
+    assert with_env.stdout.strip().endswith("b'payload'")
+    assert s3_server.secret_key not in with_env.stdout + with_env.stderr  # never printed
