@@ -30,13 +30,15 @@ def _svg(width: float, height: float, body: list[str], label: str) -> str:
     )
 
 
-def _nice_ticks(top: float, count: int = 4) -> list[float]:
-    """Round tick values from 0 to about ``top``."""
+def _nice_ticks(top: float, count: int = 4, integer: bool = False) -> list[float]:
+    """Round tick values from 0 to about ``top`` (whole numbers only with ``integer``: counts)."""
     if top <= 0:
         return [0.0]
     raw = top / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if integer:
+        step = max(1, round(step))
     ticks = []
     v = 0.0
     while v <= top * 1.0001:
@@ -75,7 +77,7 @@ def class_strip(rows: list[ClassRow], split: str, mean: float) -> str:
     def y(v: float) -> float:
         return TOP + plot_h - v / top * plot_h
 
-    body = _y_axis(_nice_ticks(top), y, width, lambda v: f"{v:,.0f}")
+    body = _y_axis(_nice_ticks(top, integer=True), y, width, lambda v: f"{v:,.0f}")
     lo, hi = y(mean * (1 + FAR_FRACTION)), y(mean * (1 - FAR_FRACTION))
     body.append(
         f'<rect class="band" x="{LEFT}" y="{_num(lo)}" width="{_num(plot_w)}" height="{_num(hi - lo)}">'
@@ -151,7 +153,10 @@ def histogram(
         return TOP + plot_h - v / top * plot_h
 
     body = _y_axis(
-        _nice_ticks(top), y, width, (lambda v: f"{v:g}%") if normalise else (lambda v: f"{v:,.0f}")
+        _nice_ticks(top, integer=not normalise),
+        y,
+        width,
+        (lambda v: f"{v:g}%") if normalise else (lambda v: f"{v:,.0f}"),
     )
     pitch = plot_w / bins
     inner = pitch * 0.84 / max(1, len(series))
@@ -170,10 +175,10 @@ def histogram(
                 f"{share}</title></rect>"
             )
     step = max(1, bins // 8)
-    for b in range(0, bins + 1, step):
+    for b in sorted({*range(0, bins + 1, step), bins}):
         x = _num(LEFT + b * pitch)
         # The last label ends at its tick so it stays inside the chart.
-        anchor = "end" if b > bins - step else "middle"
+        anchor = "end" if b == bins else "middle"
         body.append(
             f'<line class="tickmark" x1="{x}" x2="{x}" y1="{_num(TOP + plot_h)}" y2="{_num(TOP + plot_h + 4)}"/>'
         )

@@ -39,14 +39,14 @@ def listed_images(
             synset, name = str(entry.get("synset", "")), str(entry.get("name", ""))
             split, ref = found.get((synset, name), ("", None))
             if ref is None:
-                thumb = Thumb(None, error="not in the catalog")
+                thumb = Thumb(None, error="no preview: not in the catalog")
             elif i >= MAX_LISTED_THUMBS:
-                thumb = Thumb(None, error="no preview (only the first ones are previewed)")
+                thumb = Thumb(None, error=f"no preview: only the first {MAX_LISTED_THUMBS} are previewed")
             else:
                 try:
                     thumb = make_thumb(readers[split].read(ref))
                 except Exception as exc:  # a source moved away is shown, not fatal
-                    thumb = Thumb(None, error=f"source not readable: {exc}")
+                    thumb = Thumb(None, error=f"no preview: source not readable: {exc}")
             out.append(Listed(synset, name, str(entry.get("reason", "")), split, thumb))
     finally:
         for reader in readers.values():
