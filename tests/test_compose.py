@@ -144,3 +144,47 @@ def test_param_defaults_set_by_compose_name_real_params(compose):
         if name != "schedule":
             assert name in PARAMS, f"MLPERF_RESNET_PREP_{name.upper()} names no param"
             assert isinstance(PARAMS[name][0], str), f"{name}: only string params take an env default"
+
+
+# -- the same stack as the test cluster (tests/cluster) ---------------------------------------------------
+# tests/cluster/settings.py is the one list of what the compose file and the cluster fixture share; these
+# tests check the compose file against it, and the fixture builds its settings from it (cluster_env).
+
+
+def resolved(value: Any) -> str:
+    """A compose value with ``${VAR:-default}`` replaced by its default, as a string."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
+
+
+def test_compose_runs_the_services_the_cluster_fixture_runs(compose):
+    from cluster.settings import COMPOSE_ONLY, SERVICES
+
+    services = compose["services"]
+    assert set(services) == set(SERVICES) | set(COMPOSE_ONLY)
+    for name, command in SERVICES.items():
+        if name.startswith("airflow-"):
+            assert services[name]["command"] == command, name
+
+
+def test_compose_and_cluster_fixture_share_settings(compose):
+    from cluster.celery_cluster import cluster_env
+    from cluster.settings import DAG_DEFAULTS, SAME_KEY, SAME_SCHEME, SAME_VALUE
+
+    fixture = cluster_env(
+        sql_alchemy_conn="postgresql+psycopg2://airflow:airflow@127.0.0.1:5432/airflow",
+        result_backend="db+postgresql://airflow:airflow@127.0.0.1:5432/airflow",
+        broker_url="redis://127.0.0.1:6379/0",
+        api_url="http://127.0.0.1:8080",
+        concurrency=1,
+    )
+    for name in AIRFLOW_SERVICES:
+        env = {key: resolved(value) for key, value in compose["services"][name]["environment"].items()}
+        for key, value in SAME_VALUE.items():
+            assert env.get(key) == value == fixture[key], (name, key)
+        for key, scheme in SAME_SCHEME.items():
+            assert env[key].partition("://")[0] == scheme == fixture[key].partition("://")[0], (name, key)
+        for key in (*SAME_KEY, *DAG_DEFAULTS):
+            assert key in compose["services"][name]["environment"], (name, key)
+            assert key in fixture or key in DAG_DEFAULTS, key
+    for variable, param in DAG_DEFAULTS.items():
+        assert variable == "MLPERF_RESNET_PREP_" + param.upper() and param in PARAMS

@@ -73,6 +73,23 @@ _FIELD = {
 }
 
 
+def cluster_env(
+    *, sql_alchemy_conn: str, result_backend: str, broker_url: str, api_url: str, concurrency: int
+) -> dict[str, str]:
+    """Every Airflow process's settings: those shared with docker-compose.yaml (:mod:`cluster.settings`),
+    this cluster's addresses, no schedule (a test sets one), then :data:`TUNING`."""
+    return {
+        **SAME_VALUE,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn,
+        "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+        "MLPERF_RESNET_PREP_SCHEDULE": "",
+        **TUNING,
+    }
+
+
 class ClusterAirflow(LiveAirflow):
     """LiveAirflow plus what a cluster test does to its processes: kill one, start it again."""
 
@@ -149,19 +166,15 @@ class CeleryCluster:
             self.postgres.start()
             self.redis.start()
             self.timings["services_s"] = time.monotonic() - t0
-            env = {
-                **SAME_VALUE,
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url,
-                "AIRFLOW__CELERY__RESULT_BACKEND": self.postgres.result_backend,
-                "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
-                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(free_port(avoid={api_port})),
-                **TUNING,
-                # No schedule unless a test asks for one (restart_with), and defaults set by the caller.
-                "MLPERF_RESNET_PREP_SCHEDULE": "",
-                **self.extra_env,
-            }
-            # LiveAirflow sets execution_api_server_url from its port; one secret for every process.
+            env = cluster_env(
+                sql_alchemy_conn=self.postgres.url,
+                result_backend=self.postgres.result_backend,
+                broker_url=self.redis.url,
+                api_url=f"http://127.0.0.1:{api_port}",
+                concurrency=self.concurrency,
+            )
+            env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"] = str(free_port(avoid={api_port}))
+            env.update(self.extra_env)
             self.airflow = ClusterAirflow(
                 self.root / "home", dags_folder=self.dags_folder, env=env, port=api_port
             )

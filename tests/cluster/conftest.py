@@ -17,6 +17,7 @@ import pytest
 
 from cluster.celery_cluster import DAG_ID, SECOND_DAG, CeleryCluster
 from cluster.services import missing_services
+from cluster.settings import DAG_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN_DAG = REPO / "dags" / "mlperf_resnet_prep.py"
@@ -77,11 +78,10 @@ def cluster(tmp_path_factory, cluster_sources):
     if missing:
         unavailable("not installed: " + ", ".join(missing))
     root = tmp_path_factory.mktemp("cluster")
+    # The DAG's defaults, as docker-compose.yaml sets them (the same variables, cluster.settings).
+    defaults = {"data_dir": str(root / "default-data"), **cluster_sources}
     env = {
-        "MLPERF_RESNET_PREP_DATA_DIR": str(root / "default-data"),
-        "MLPERF_RESNET_PREP_TRAIN_SOURCE": cluster_sources["train_source"],
-        "MLPERF_RESNET_PREP_VAL_SOURCE": cluster_sources["val_source"],
-        "MLPERF_RESNET_PREP_LABELS_SOURCE": cluster_sources["labels_source"],
+        **{variable: defaults[param] for variable, param in DAG_DEFAULTS.items()},
         "PREPARED_CONSUMER_LOG": str(root / "consumer.jsonl"),
     }
     cluster = CeleryCluster(root, dags=[MAIN_DAG, CONSUMER_DAG], env=env)

@@ -5,7 +5,8 @@
 - ``SAME_VALUE``: settings with the same value on both.
 - ``SAME_SCHEME``: URLs whose scheme (driver) must match; hosts and ports differ (``postgres``/``redis``
   in compose, 127.0.0.1 and free ports in the fixture).
-- ``SAME_KEY``: settings both set, each with its own value (worker slots, data_dir defaults, schedule).
+- ``SAME_KEY``: settings both set, each with its own value (worker slots, the DAG's schedule).
+- ``DAG_DEFAULTS``: the DAG's param defaults both set (variable -> param), each with its own paths.
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ SAME_SCHEME = {
     "AIRFLOW__CELERY__BROKER_URL": "redis",
     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http",
 }
-SAME_KEY = (
-    "AIRFLOW__CELERY__WORKER_CONCURRENCY",
-    "MLPERF_RESNET_PREP_SCHEDULE",
-    "MLPERF_RESNET_PREP_DATA_DIR",
-    "MLPERF_RESNET_PREP_TRAIN_SOURCE",
-    "MLPERF_RESNET_PREP_VAL_SOURCE",
-    "MLPERF_RESNET_PREP_LABELS_SOURCE",
-)
+SAME_KEY = ("AIRFLOW__CELERY__WORKER_CONCURRENCY", "MLPERF_RESNET_PREP_SCHEDULE")
+DAG_DEFAULTS = {
+    "MLPERF_RESNET_PREP_DATA_DIR": "data_dir",
+    "MLPERF_RESNET_PREP_TRAIN_SOURCE": "train_source",
+    "MLPERF_RESNET_PREP_VAL_SOURCE": "val_source",
+    "MLPERF_RESNET_PREP_LABELS_SOURCE": "labels_source",
+}
