@@ -549,3 +549,56 @@ def test_the_same_output_gives_the_same_page(skewed: Path) -> None:
     before = report_path(skewed).read_bytes()
     write_report(skewed)
     assert report_path(skewed).read_bytes() == before
+
+
+def test_a_report_that_fails_does_not_fail_publish(sample, tmp_path: Path, monkeypatch, caplog) -> None:
+    """The output is complete when the report is written: a broken report is logged, publish succeeds."""
+    from airflow_resnet_prep import publish
+
+    data_dir = tmp_path / "data"
+    run("nvidia", data_dir, sample.train_tar, sample.val_tar, sample.labels)
+    p = resolved(
+        {
+            "data_dir": str(data_dir),
+            "train_source": str(sample.train_tar),
+            "val_source": str(sample.val_tar),
+            "implementation": "nvidia",
+        }
+    )
+
+    def broken(data_dir):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(publish, "write_report", broken)
+    out = publish_outputs(p, fetched={"imagenet_path": str(sample.train_tar)}, relabelled={}, summary=None)
+    assert out["report"] is None and out["cached"] is True
+    assert "could not write the dataset report" in caplog.text and "renderer broke" in caplog.text
+    assert not report_path(data_dir).exists()
+
+
+def test_example_parser_survives_damaged_records(converted) -> None:
+    """Record bytes are untrusted: a damaged Example raises the package's error or parses, nothing else."""
+    from airflow_resnet_prep.report.tfrecord import RecordReadError, parse_example, read_records
+
+    implementation, data_dir = converted
+    if implementation != "reference":
+        # The RecordIO reader's own fuzzing lives in tests/test_fuzz_formats.py; here: a sane record.
+        payload = next(iter_records(data_dir / "recordio" / "val.rec"))[1]
+        assert unpack_header(payload)[0] == 0
+        return
+    record = read_records(data_dir / "tfrecords" / "validation-00000-of-00002", [0])[0]
+    assert parse_example(record)["image/format"] == [b"JPEG"]
+    rng = random.Random(0)
+    outcomes = set()
+    for _ in range(400):
+        # Cut anywhere, or flip a few bytes among the first 400 (where the keys and lengths are).
+        data = bytearray(record[: rng.randrange(len(record))] if rng.random() < 0.5 else record)
+        for _ in range(rng.randrange(1, 6)):
+            if data:
+                data[rng.randrange(min(len(data), 400))] = rng.randrange(256)
+        try:
+            parse_example(bytes(data))
+            outcomes.add("parsed")
+        except RecordReadError:
+            outcomes.add("error")
+    assert outcomes == {"parsed", "error"}
