@@ -16,9 +16,9 @@ from airflow_resnet_prep.catalog.model import ImageRef, Source
 
 SPLITS = ("train", "val")
 # A class is "far from the mean" when its count differs from its split's mean by more than this
-# fraction of the mean. Relative rather than in standard deviations: real ImageNet train has a long
-# tail (732 to 1,300 per class, mean 1,281) that a sigma rule over-flags, and a set of a few classes
-# can never reach 3 sigma at all.
+# fraction of the mean. Relative rather than in standard deviations: it reads the same at any scale
+# and says plainly what it means in images, whereas a set of a few classes can never reach 3 sigma
+# (with n classes no count is more than (n - 1) / sqrt(n) sigma from the mean).
 FAR_FRACTION = 0.25
 
 
@@ -34,6 +34,8 @@ class ClassRow:
 
 @dataclass(frozen=True)
 class ClassStats:
+    """Every class in label order, and each split's mean number of images per class."""
+
     rows: list[ClassRow]
     mean: dict[str, float]
 
@@ -74,6 +76,7 @@ class SizeStats:
     sizes: array = field(default_factory=lambda: array("q"))
 
     def summary(self) -> dict[str, float]:
+        """Count, total, mean, min, 1st percentile, median, 99th percentile and max (bytes)."""
         if not self.sizes:
             return {"count": 0}
         ordered = sorted(self.sizes)
