@@ -185,8 +185,9 @@ def _sample_cell(s: Sample) -> str:
         f'<figcaption><span class="cls">{esc(s.synset) or "?"}</span> '
         f'<span class="lbl">label {esc(s.label) or "?"}</span>'
         f'<span class="fn" title="{esc(s.filename)}">{esc_name(s.filename)}</span>'
-        f'<span class="where" title="{esc(s.file)}">{esc(Path(s.file).name)} &middot; record {s.position:,}</span>'
-        f'<span class="where">{dims}{human_bytes(s.size)}</span>'
+        f'<span class="where" title="{esc(s.file)}">{esc(Path(s.file).name)}</span>'
+        f'<span class="where" title="record {s.position:,} of the file">#{s.position:,} &middot; {dims}'
+        f"{human_bytes(s.size)}</span>"
         "</figcaption></figure>"
     )
 
