@@ -178,3 +178,17 @@ def test_empty_file_has_no_records(tmp_path: Path) -> None:
     path.write_bytes(b"")
     assert read_records(str(path)) == []
     assert os.path.getsize(path) == 0
+
+
+def test_framing_and_the_reference_converter_do_not_import_tensorflow() -> None:
+    """Workers writing shards skip TensorFlow's import (seconds and hundreds of MB each)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, io; import airflow_resnet_prep.converters.tfrecord; "
+        "from airflow_resnet_prep.formats.tfrecord import write_record; write_record(io.BytesIO(), b'x'); "
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
