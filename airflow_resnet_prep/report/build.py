@@ -11,7 +11,7 @@ from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.fsutil import atomic_write_text, read_json
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.report.html import Page, render
-from airflow_resnet_prep.report.listed import listed_images
+from airflow_resnet_prep.report.listed import MAX_LISTED_THUMBS, listed_images
 from airflow_resnet_prep.report.samples import output_samples
 from airflow_resnet_prep.report.stats import (
     Histogram,
@@ -21,6 +21,7 @@ from airflow_resnet_prep.report.stats import (
     log_histogram,
     scan_catalogs,
 )
+from airflow_resnet_prep.report.stored import locate, stored_thumbs
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
         file_hists = {
             split: linear_histogram({split: [size for _, size, _ in f]}) for split, f in files.items() if f
         }
+    wanted_stored = {
+        (str(e.get("synset", "")), str(e.get("name", ""))) for e in reencoded[:MAX_LISTED_THUMBS]
+    }
+    stored = stored_thumbs(layout.root, locate(layout.root, manifest, wanted_stored))
     samples = output_samples(layout.root, str(manifest.get("implementation", "")), files)
     # A record that could not be read or parsed has no class: listed as a problem, left out of the grid.
     problems.extend(f"{s.file} record {s.position}: {s.thumb.error}" for s in samples if not s.synset)
@@ -72,7 +77,7 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
         files=files,
         file_hists=file_hists,
         samples=[s for s in samples if s.synset],
-        reencoded=listed_images(reencoded, scan.found, scan.sources),
+        reencoded=listed_images(reencoded, scan.found, scan.sources, stored),
         skipped=listed_images(skipped, scan.found, scan.sources),
         problems=problems,
     )

@@ -17,6 +17,7 @@ from airflow_resnet_prep.report import charts
 from airflow_resnet_prep.report.listed import Listed
 from airflow_resnet_prep.report.samples import Sample
 from airflow_resnet_prep.report.stats import FAR_FRACTION, SPLITS, ClassStats, DataFiles, Histogram, SizeStats
+from airflow_resnet_prep.report.thumbs import Thumb
 
 SPLIT_NAMES = {"train": "train", "val": "validation"}
 FORMATS = {
@@ -173,11 +174,15 @@ def _classes(page: Page) -> str:
     return _section("classes", "Images per class", "".join(charts_html) + summary, lead)
 
 
+def _img(thumb: Thumb, alt: str) -> str:
+    """A thumbnail, or the reason there is none in its place."""
+    if thumb.uri:
+        return f'<img src="{esc(thumb.uri)}" alt="{esc(alt)}" loading="lazy">'
+    return f'<div class="noimg">{esc(thumb.error or "no preview")}</div>'
+
+
 def _sample_cell(s: Sample) -> str:
-    if s.thumb.uri:
-        img = f'<img src="{esc(s.thumb.uri)}" alt="{esc(s.synset)} {esc(s.filename)}" loading="lazy">'
-    else:
-        img = f'<div class="noimg">{esc(s.thumb.error or "no image")}</div>'
+    img = _img(s.thumb, f"{s.synset} {s.filename}")
     dims = f"{s.thumb.width}&times;{s.thumb.height} &middot; " if s.thumb.uri else ""
     return (
         f'<figure class="thumb" data-split="{esc(s.split)}" data-file="{esc(s.file)}" '
@@ -272,12 +277,20 @@ def _listed(title: str, items: list[Listed], empty: str) -> str:
         return f'<h3>{title}</h3><p class="good">{esc(empty)}</p>'
     cells = []
     for item in items[:MAX_TABLE_ROWS]:
-        if item.thumb.uri:
-            img = f'<img src="{esc(item.thumb.uri)}" alt="{esc(item.name)}" loading="lazy">'
-        else:
-            img = f'<div class="noimg">{esc(item.thumb.error or "no preview")}</div>'
+        img = _img(item.thumb, item.name)
+        attrs, cls = "", "thumb listed"
+        if item.stored is not None:
+            # Source and stored side by side: a wrong conversion (inverted CMYK, say) shows at a glance.
+            cls += " both"
+            attrs = (
+                f' data-stored-file="{esc(item.stored_file)}" data-stored-position="{item.stored_position}"'
+            )
+            img = (
+                f'<div class="pair"><div><span class="tag">source</span>{img}</div>'
+                f'<div><span class="tag">stored</span>{_img(item.stored, f"{item.name} as stored")}</div></div>'
+            )
         cells.append(
-            f'<figure class="thumb listed">{img}<figcaption><span class="cls">{esc(item.synset)}</span> '
+            f'<figure class="{cls}"{attrs}>{img}<figcaption><span class="cls">{esc(item.synset)}</span> '
             f'<span class="lbl">{esc(SPLIT_NAMES.get(item.split, item.split))}</span>'
             f'<span class="fn" title="{esc(item.name)}">{esc_name(item.name)}</span>'
             f'<span class="reason">{esc(item.reason)}</span></figcaption></figure>'
@@ -292,8 +305,8 @@ def _listed_section(page: Page) -> str:
         "Left out", page.skipped, "No image was left out."
     )
     lead = (
-        "Previews from the source images: a re-encoded image is stored converted (RGB JPEG), a left-out one "
-        "is not stored at all."
+        "Previews from the source images; a re-encoded image is also shown as stored in the output (read "
+        "back from its shard), a left-out one is not stored at all."
     )
     return _section("listed", "Re-encoded and left-out images", body, lead)
 
@@ -482,6 +495,9 @@ text-align:center;word-break:break-word}
 .thumb .fn{overflow-wrap:anywhere}
 .thumb .where{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;font-size:11.5px}
 .thumb .reason{color:var(--warn);white-space:normal}
+.thumb.both{grid-column:span 2}.pair{display:grid;grid-template-columns:1fr 1fr;gap:2px}
+.pair>div{position:relative}.pair .tag{position:absolute;left:6px;top:6px;background:rgba(0,0,0,.6);color:#fff;
+font-size:11px;padding:1px 6px;border-radius:4px}
 .meter{background:#eef0f3;border-radius:4px;height:10px;min-width:120px}
 .meter span{display:block;height:100%;background:var(--accent);border-radius:4px}
 .problems{background:#fff6ed;border:1px solid #f9dbaf;border-radius:10px;padding:12px 16px;margin:18px 0;color:#7a2e0e}

@@ -285,6 +285,21 @@ def test_reencoded_images_are_listed_with_reason_and_preview(converted) -> None:
     assert len(previews) == len(manifest["reencoded"])
     for uri in previews:
         decode_uri(uri)
+    # reference: each is also shown as stored, read back from the shard and record the figure names.
+    stored = [a for a in listed if "data-stored-file" in a]
+    assert len(stored) == (len(manifest["reencoded"]) if implementation == "reference" else 0)
+    names = {e["name"] for e in manifest["reencoded"]}
+    for figure in stored:
+        thumb = {"data-file": figure["data-stored-file"], "data-position": figure["data-stored-position"]}
+        synset, _label, filename, image = _record_image(implementation, data_dir, thumb)
+        assert filename in names and (synset, filename) in {
+            (e["synset"], e["name"]) for e in manifest["reencoded"]
+        }
+        [uri] = [a["src"] for t, a in page.elements if t == "img" and a.get("alt") == f"{filename} as stored"]
+        own = ImageStat.Stat(
+            ImageChops.difference(_small(decode_uri(uri)), _small(Image.open(io.BytesIO(image))))
+        )
+        assert max(own.mean) < 12
 
 
 # -- skewed classes, hostile names, bad images -------------------------------------------------------
