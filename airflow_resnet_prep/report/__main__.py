@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from airflow_resnet_prep.errors import PrepError
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     status = 0
-    for data_dir in args.data_dirs:
+    for data_dir in map(os.path.abspath, args.data_dirs):  # one machine: relative to here
         if args.html:
             try:
                 write_report(data_dir)
