@@ -12,9 +12,22 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TF_CPP_MIN_LOG_LEVEL := 2
 DEMO := $(CURDIR)/.demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install system-deps test lint demo bench clean
 
 install: $(VENV)/.installed $(MXVENV)/.installed
+
+# What the tests run for real besides Python packages: Debian's chromium (the UI tests), PostgreSQL and
+# Redis (the Celery cluster tests). Installed when missing (as root; anyone else is told what to install).
+system-deps:
+	@missing=""; \
+	command -v chromium > /dev/null || missing="$$missing chromium"; \
+	command -v redis-server > /dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/postgres > /dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing system packages:$$missing (apt-get install them as root)"; exit 1; fi; \
+	  echo "installing$$missing"; \
+	  apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing > /dev/null; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +46,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check airflow_resnet_prep dags tests benchmarks
 	$(VENV)/bin/ruff format --check airflow_resnet_prep dags tests benchmarks
 
-test: install lint
+test: install system-deps lint
 	$(VENV)/bin/pytest -q
 
 $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
