@@ -37,6 +37,7 @@ from airflow_resnet_prep.storage.base import (
     ObjectInfo,
     ObjectNotFoundError,
     Part,
+    RequestStats,
     StorageError,
     Store,
     UploadInfo,
@@ -76,6 +77,7 @@ class ObjectStore(Store):
         self._fs: Any = None
         self._fs_pid = -1
         self._fs_lock = threading.Lock()
+        self._lock_pid = os.getpid()
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A child process rebuilds the store from its address; it never inherits a client.
@@ -102,6 +104,12 @@ class ObjectStore(Store):
     def fs(self) -> Any:
         pid = os.getpid()
         if self._fs_pid != pid:
+            if self._lock_pid != pid:
+                # A forked child: the inherited locks may have been held by a thread of the parent at the
+                # fork, and would never be released here. Fresh ones (two threads racing here at most
+                # build two clients, one of which is dropped).
+                self._fs_lock, self._lock_pid = threading.Lock(), pid
+                self.stats = RequestStats()
             with self._fs_lock:
                 if self._fs_pid != pid:
                     self.stats.reset()
@@ -203,7 +211,7 @@ class ObjectStore(Store):
         return io.BufferedReader(raw, block_size) if block_size > 0 else raw  # type: ignore[return-value]
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        self.fs.pipe_file(self._path(key), data)  # one request (below 50 MiB): all or nothing
+        self.fs.pipe_file(self._path(key), data)  # one upload, finalised only when whole
         self._count("PutObject", written=len(data))
 
     @contextlib.contextmanager
