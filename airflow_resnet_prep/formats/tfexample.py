@@ -12,11 +12,25 @@ proto object per image, so the protobuf wire format is written directly::
 Map entries are written sorted by key, as protobuf's deterministic serialisation orders them, so the
 output is byte-identical to ``example.SerializeToString(deterministic=True)`` and reruns are identical.
 The constant features and every key's prefix are built once at import.
+
+:func:`parse_example` reads the same wire format back (any ``tf.train.Example``, not only ours), so
+the report can show what a shard holds without TensorFlow; record bytes are untrusted input there.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
+
+from airflow_resnet_prep.errors import PrepError
+
 _U64 = (1 << 64) - 1
+
+FeatureValues = list[bytes] | list[int] | list[float]
+
+
+class ExampleParseError(PrepError):
+    """Bytes that are not a well-formed serialised ``tf.train.Example``."""
 
 
 def _varint(value: int) -> bytes:
@@ -114,3 +128,100 @@ def encode_example(
     features_len = len(before) + len(encoded_head) + n + len(after)
     # Example.features (field 1) holding the entries in sorted key order.
     return b"".join((b"\x0a", _varint(features_len), before, encoded_head, encoded, after))
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ExampleParseError("malformed protobuf: truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """``(field number, wire type, value)`` of each field: an int for varints and fixed-width values,
+    the bytes for length-delimited ones."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 2:
+            n, pos = _read_varint(buf, pos)
+            if pos + n > len(buf):
+                raise ExampleParseError("malformed protobuf: field runs past the end")
+            value, pos = buf[pos : pos + n], pos + n
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > len(buf):
+                raise ExampleParseError("malformed protobuf: fixed field runs past the end")
+            value, pos = int.from_bytes(buf[pos : pos + width], "little"), pos + width
+        else:
+            raise ExampleParseError(f"malformed protobuf: unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _feature(buf: bytes) -> FeatureValues:
+    """The values of one ``Feature``: bytes, int64 (packed or not) or float lists."""
+    for number, wire, value in _fields(buf):
+        if wire != 2 or not isinstance(value, bytes):
+            continue
+        if number == 1:  # BytesList
+            return [v for n, _w, v in _fields(value) if n == 1 and isinstance(v, bytes)]
+        if number == 3:  # Int64List
+            ints: list[int] = []
+            for n, _w, v in _fields(value):
+                if n != 1:
+                    continue
+                if isinstance(v, bytes):  # packed
+                    pos = 0
+                    while pos < len(v):
+                        x, pos = _read_varint(v, pos)
+                        ints.append(_signed(x))
+                else:
+                    ints.append(_signed(v))
+            return ints
+        if number == 2:  # FloatList
+            floats: list[float] = []
+            for n, _w, v in _fields(value):
+                if n != 1:
+                    continue
+                if isinstance(v, bytes):
+                    if len(v) % 4:
+                        raise ExampleParseError("malformed protobuf: packed floats of odd length")
+                    floats.extend(struct.unpack(f"<{len(v) // 4}f", v))
+                else:
+                    floats.append(struct.unpack("<f", v.to_bytes(4, "little"))[0])
+            return floats
+    return []
+
+
+def parse_example(data: bytes) -> dict[str, FeatureValues]:
+    """The features of a serialised ``tf.train.Example``: key -> list of values."""
+    features: dict[str, FeatureValues] = {}
+    for number, _, value in _fields(data):
+        if number != 1 or not isinstance(value, bytes):
+            continue
+        for n, _, entry in _fields(value):
+            if n != 1 or not isinstance(entry, bytes):
+                continue
+            key, feature = None, b""
+            for m, _, v in _fields(entry):
+                if m == 1 and isinstance(v, bytes):
+                    key = v.decode("utf-8", "replace")
+                elif m == 2 and isinstance(v, bytes):
+                    feature = v
+            if key is not None:
+                features[key] = _feature(feature)
+    return features

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
+from airflow_resnet_prep.formats.tfexample import parse_example
+from airflow_resnet_prep.formats.tfrecord import read_records_at
 from airflow_resnet_prep.report.stats import DataFiles
-from airflow_resnet_prep.report.tfrecord import parse_example, read_records
 from airflow_resnet_prep.report.thumbs import Thumb, make_thumb
 
 SAMPLES = {"train": 24, "val": 12}
@@ -56,7 +57,7 @@ def tfrecord_samples(root: Path, files: DataFiles) -> list[Sample]:
             positions = spread(records, min(per_file, budget))
             budget -= len(positions)
             try:
-                data = read_records(root / name, positions)
+                data = read_records_at(root / name, positions)
             except Exception as exc:  # a damaged shard is shown, not fatal to the report
                 out.append(_error_sample(split, name, positions[0] if positions else 0, str(exc)))
                 continue

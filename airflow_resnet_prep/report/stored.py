@@ -16,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from airflow_resnet_prep.report.tfrecord import parse_example, read_records
+from airflow_resnet_prep.formats.tfexample import parse_example
+from airflow_resnet_prep.formats.tfrecord import read_records_at
 from airflow_resnet_prep.report.thumbs import Thumb, make_thumb
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def stored_thumbs(root: Path, where: dict[Key, tuple[str, int]]) -> dict[Key, tu
     out: dict[Key, tuple[str, int, Thumb]] = {}
     for shard, wanted in sorted(by_shard.items()):
         try:
-            records = read_records(root / shard, wanted)
+            records = read_records_at(root / shard, wanted)
         except Exception as exc:  # a damaged shard: the source preview stays
             log.warning("report: cannot read %s: %s", shard, exc)
             continue

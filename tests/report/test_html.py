@@ -521,8 +521,8 @@ def test_report_needs_no_tensorflow(converted, tmp_path: Path) -> None:
 
 def test_samples_read_only_the_records_they_show(converted, monkeypatch) -> None:
     """Bounded I/O: a few hundred bytes per record walked past, plus the records shown (never a whole file)."""
+    from airflow_resnet_prep.formats import tfrecord as tfrecord_module
     from airflow_resnet_prep.report import samples as samples_module
-    from airflow_resnet_prep.report import tfrecord as tfrecord_module
     from airflow_resnet_prep.report.stats import data_files
 
     implementation, data_dir = converted
@@ -593,8 +593,7 @@ def test_a_report_that_fails_does_not_fail_publish(sample, tmp_path: Path, monke
 
 def test_example_parser_reads_the_writer_and_survives_damaged_records() -> None:
     """Record bytes are untrusted: a damaged Example raises the package's error or parses, nothing else."""
-    from airflow_resnet_prep.formats.tfexample import encode_example
-    from airflow_resnet_prep.report.tfrecord import RecordReadError, parse_example
+    from airflow_resnet_prep.formats.tfexample import ExampleParseError, encode_example, parse_example
 
     image = jpeg(3, (64, 48))
     record = encode_example(
@@ -616,6 +615,6 @@ def test_example_parser_reads_the_writer_and_survives_damaged_records() -> None:
         try:
             parse_example(bytes(data))
             outcomes.add("parsed")
-        except RecordReadError:
+        except ExampleParseError:
             outcomes.add("error")
     assert outcomes == {"parsed", "error"}
