@@ -261,7 +261,11 @@ def test_worker_killed_while_running_a_unit_with_auto_fanout(cluster, cluster_so
             lost = [i for i in running if ran.get(f"reference_units[{i}]", [None])[-1] == victim]
             assert lost, (running, ran)
             cluster.kill_worker(victim)
+            killed_at = time.monotonic()
         state = finish(cluster, run_id, timeout=300)
+        print(
+            f"worker killed: units tasks {lost} lost; the run ended {state} {time.monotonic() - killed_at:.0f} s later"
+        )
         assert state == "success", run_report(cluster, DAG_ID, run_id)
         # Auto fanout: the plan split the units into batches, one mapped task each.
         tis = task_instances(cluster, DAG_ID, run_id)
@@ -304,6 +308,12 @@ def test_broker_restart_mid_run(cluster, cluster_sources, expected):
     time.sleep(8)  # the units finish; the scheduler cannot queue nvidia_finish
     cluster.redis.start()
     state = finish(cluster, run_id, timeout=300)
+    retried = {
+        f"{ti['task_id']}[{ti['map_index']}]": ti["try_number"]
+        for ti in task_instances(cluster, DAG_ID, run_id)
+        if ti["try_number"] > 1
+    }
+    print(f"broker restart: the run ended {state}; tasks tried more than once: {retried}")
     if state != "success":
         failed = [ti["task_id"] for ti in task_instances(cluster, DAG_ID, run_id) if ti["state"] == "failed"]
         assert failed, run_report(cluster, DAG_ID, run_id)  # a failed run names its failed tasks
@@ -325,6 +335,7 @@ def test_two_runs_on_one_data_dir(cluster, cluster_sources, expected):
         states = {(dag_id, run_id): finish(cluster, run_id, dag_id) for dag_id, run_id in runs}
     finally:
         cluster.airflow.api("PATCH", f"/api/v2/dags/{SECOND_DAG}", json={"is_paused": True})
+    print(f"two runs on one data_dir: {states}")
     assert "success" in states.values(), {k: run_report(cluster, *k) for k in states}
     for (dag_id, run_id), state in states.items():
         if state == "success":
