@@ -152,6 +152,21 @@ PARAMS: dict[str, ParamSpec] = {
         section=SOURCES,
         shown_default=None,
     ),
+    "storage_conn_id": ParamSpec(
+        "",
+        {"type": "string"},
+        "Optional Airflow connection (aws, or google_cloud_platform) for sources given as s3:// or gs:// "
+        "URIs that name none (s3://<conn_id>@bucket/key names its own).",
+        section=SOURCES,
+        shown_default=None,
+    ),
+    "download_sources": ParamSpec(
+        False,
+        {"type": "boolean"},
+        "Copy sources in a bucket to data_dir/downloads/ first and read the copies (default off: the tars "
+        "are read in place with ranged requests).",
+        section=SOURCES,
+    ),
     "train_shards": ParamSpec(
         1024,
         {"type": "integer", "minimum": 1},

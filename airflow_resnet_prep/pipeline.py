@@ -68,11 +68,19 @@ def run(
         auth=auth,
         headers=headers,
         extract=p["extract"],
+        storage_conn_id=p["storage_conn_id"] or None,
+        download_sources=p["download_sources"],
     ).to_dict()
     steps["fetch"] = {"seconds": round(time.monotonic() - t0, 3)}
     t1 = time.monotonic()
     relabelled = relabel(
-        p["data_dir"], p["labels_source"], auth=auth, headers=headers, extract=p["extract"]
+        p["data_dir"],
+        p["labels_source"],
+        auth=auth,
+        headers=headers,
+        extract=p["extract"],
+        storage_conn_id=p["storage_conn_id"] or None,
+        download_sources=p["download_sources"],
     ).to_dict()
     steps["relabel"] = {"seconds": round(time.monotonic() - t1, 3)}
     fingerprints = fingerprints_of(fetched, relabelled)

@@ -92,6 +92,8 @@ with DAG(
         val_checksum=p("val_checksum"),
         http_conn_id=p("http_conn_id"),
         extract=p("extract"),
+        storage_conn_id=p("storage_conn_id"),
+        download_sources=p("download_sources"),
     )
     relabel = RelabelValOperator(
         task_id="relabel_val",
@@ -99,6 +101,8 @@ with DAG(
         labels_source=p("labels_source"),
         http_conn_id=p("http_conn_id"),
         extract=p("extract"),
+        storage_conn_id=p("storage_conn_id"),
+        download_sources=p("download_sources"),
     )
 
     @task.branch(task_id="choose_implementation")

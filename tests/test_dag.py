@@ -31,7 +31,8 @@ DAG_FILE = REPO / "dags" / "mlperf_resnet_prep.py"
 DAG_ID = "mlperf_resnet_prep"
 ASSET_NAME = "mlperf_resnet_prepared"
 IMPLEMENTATIONS = ("reference", "nvidia")
-# SPEC §5, plus the fan-out unit count of the DAG issue: the contract, independent of params.py.
+# SPEC §5, plus the fan-out unit count of the DAG issue, SPEC §7's storage_conn_id and issue 12's
+# download_sources: the contract, independent of params.py.
 SPEC_PARAMS = {
     "implementation",
     "data_dir",
@@ -53,6 +54,8 @@ SPEC_PARAMS = {
     "workers",
     "force",
     "fanout",
+    "storage_conn_id",
+    "download_sources",
 }
 OUTPUT_FILES = {
     "reference": {

@@ -12,19 +12,28 @@ the catalog does not depend on the order inside an archive or of a directory lis
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import os
+import posixpath
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.progress import Progress
+from airflow_resnet_prep.sources.bucket import canonical_uri, display_uri, source_store
 from airflow_resnet_prep.sources.tarindex import iter_tar
+from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+# Nested tars of an archive in a bucket indexed at once (each a chain of 512-byte header requests).
+INDEX_CONCURRENCY = 16
 
 
 def is_image_name(name: str) -> bool:
@@ -40,45 +49,144 @@ def _check_plain_name(where: str, name: str) -> None:
 
 
 def _index_tar(split: str, path: Path) -> list[ImageRef]:
-    archive = str(path)
+    with open(path, "rb") as fh:
+        return _index_tar_file(str(path), path.name, fh, os.fstat(fh.fileno()).st_size, None)
+
+
+def _index_tar_file(
+    archive: str, name: str, fh: BinaryIO, total: int, opener: Callable[[], BinaryIO] | None
+) -> list[ImageRef]:
+    """Index a tar (nested ``<synset>.tar`` members or ``[<synset>/]<image>`` members) read from ``fh``.
+
+    With ``opener`` (an archive in a bucket: ``fh`` and the readers it makes send one exact ranged
+    request per read), the nested tars are indexed ``INDEX_CONCURRENCY`` at a time, each with a reader
+    of its own: a tar's headers must be read one after the other (each gives the next one's offset),
+    so only separate tars overlap their requests' latency.
+    """
     refs: list[ImageRef] = []
     skipped = 0
-    progress = Progress(f"indexing {path.name}", total=0, unit="members")
-    with open(path, "rb") as fh:
-        for member in iter_tar(fh, archive):
-            parts = member.path.split("/")
-            if len(parts) == 1 and member.path.lower().endswith(".tar"):
-                synset = member.path[:-4]
-                _check_plain_name(f"{archive}[{member.path}]", synset)
-                inner = f"{archive}[{member.path}]"
-                for image in iter_tar(fh, inner, start=member.offset, size=member.size):
-                    name = image.path.rsplit("/", 1)[-1]
-                    if not is_image_name(name):
-                        skipped += 1
-                        continue
-                    _check_plain_name(inner, name)
-                    refs.append(
-                        ImageRef(synset, name, 0, image.offset, image.size, f"{member.path}/{image.path}")
-                    )
-                    progress.advance()
+    progress = Progress(f"indexing {name}", total=0, unit="members")
+    nested: list[tuple[str, str, int, int]] = []  # (synset, member path, offset, size)
+    for member in iter_tar(fh, archive, start=0, size=total):
+        parts = member.path.split("/")
+        if len(parts) == 1 and member.path.lower().endswith(".tar"):
+            synset = member.path[:-4]
+            _check_plain_name(f"{archive}[{member.path}]", synset)
+            nested.append((synset, member.path, member.offset, member.size))
+            continue
+        if not is_image_name(parts[-1]):
+            skipped += 1
+            continue
+        if len(parts) == 1:
+            synset = ""
+        elif len(parts) == 2:
+            synset = parts[0]
+            _check_plain_name(f"{archive}[{member.path}]", synset)
+        else:
+            raise SourceError(
+                f"{archive}: member {member.path!r} is nested too deep; expected <synset>/<image> or a flat file"
+            )
+        _check_plain_name(f"{archive}[{member.path}]", parts[-1])
+        refs.append(ImageRef(synset, parts[-1], 0, member.offset, member.size, member.path))
+        progress.advance()
+
+    def inner(entry: tuple[str, str, int, int], reader: BinaryIO) -> tuple[list[ImageRef], int]:
+        synset, path, offset, size = entry
+        where = f"{archive}[{path}]"
+        found, not_images = [], 0
+        for image in iter_tar(reader, where, start=offset, size=size):
+            image_name = image.path.rsplit("/", 1)[-1]
+            if not is_image_name(image_name):
+                not_images += 1
                 continue
-            if not is_image_name(parts[-1]):
-                skipped += 1
-                continue
-            if len(parts) == 1:
-                synset = ""
-            elif len(parts) == 2:
-                synset = parts[0]
-                _check_plain_name(f"{archive}[{member.path}]", synset)
-            else:
-                raise SourceError(
-                    f"{archive}: member {member.path!r} is nested too deep; expected <synset>/<image> or a flat file"
-                )
-            _check_plain_name(f"{archive}[{member.path}]", parts[-1])
-            refs.append(ImageRef(synset, parts[-1], 0, member.offset, member.size, member.path))
-            progress.advance()
+            _check_plain_name(where, image_name)
+            found.append(ImageRef(synset, image_name, 0, image.offset, image.size, f"{path}/{image.path}"))
+        return found, not_images
+
+    if opener is None or len(nested) <= 1:
+        results: Iterator[tuple[list[ImageRef], int]] = (inner(entry, fh) for entry in nested)
+    else:
+
+        def remote(entry: tuple[str, str, int, int]) -> tuple[list[ImageRef], int]:
+            with opener() as reader:
+                return inner(entry, reader)
+
+        pool = ThreadPoolExecutor(INDEX_CONCURRENCY, thread_name_prefix="tar-index")
+        results = pool.map(remote, nested)
+    try:
+        for found, not_images in results:
+            refs.extend(found)
+            skipped += not_images
+            progress.advance(len(found))
+    finally:
+        if opener is not None and len(nested) > 1:
+            pool.shutdown(wait=True, cancel_futures=True)
     if skipped:
         log.info("%s: skipped %d members that are not images (by extension)", archive, skipped)
+    return refs
+
+
+class _RangeFile(io.RawIOBase):
+    """A seekable reader of a whole object whose every ``read(n)`` is one exact ranged request of ``n``
+    bytes (no read-ahead): what indexing tar headers needs. One per thread."""
+
+    def __init__(self, store: Store, size: int) -> None:
+        self._store, self._size, self._pos = store, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        data = self._store.read_range("", self._pos, end - self._pos)
+        self._pos = end
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def _index_remote_tar(store: Store, shown: str, size: int) -> list[ImageRef]:
+    def opener() -> BinaryIO:
+        return _RangeFile(store, size)  # type: ignore[return-value]
+
+    with opener() as fh:
+        return _index_tar_file(shown, posixpath.basename(shown), fh, size, opener)
+
+
+def _index_remote_dir(store: Store, shown: str) -> list[ImageRef]:
+    """A folder prefix in a bucket, laid out as ``<synset>/<image>`` or flat (val): one listing."""
+    refs: list[ImageRef] = []
+    skipped = 0
+    for info in store.list():
+        parts = info.key.split("/")
+        if any(p.startswith(".") for p in parts):
+            continue
+        if not is_image_name(parts[-1]) or len(parts) > 2:
+            skipped += 1
+            continue
+        synset = parts[0] if len(parts) == 2 else ""
+        if synset:
+            _check_plain_name(shown, synset)
+        _check_plain_name(f"{shown}/{synset}" if synset else shown, parts[-1])
+        refs.append(ImageRef(synset, parts[-1], 0, 0, info.size, info.key))
+    if skipped:
+        log.info("%s: skipped %d objects that are not images", shown, skipped)
     return refs
 
 
@@ -108,29 +216,65 @@ def _index_dir(split: str, root: Path) -> list[ImageRef]:
     return refs
 
 
-def build_split_catalog(split: str, source: str | os.PathLike[str]) -> SplitCatalog:
-    """Index ``source`` (a tar file or a folder) into the catalog of ``split`` ("train" or "val")."""
-    path = Path(source).resolve()
-    if path.is_dir():
-        kind, refs = DIR, _index_dir(split, path)
-    elif path.is_file():
-        kind, refs = TAR, _index_tar(split, path)
+def build_split_catalog(
+    split: str, source: str | os.PathLike[str], conn_id: str | None = None, *, store: Store | None = None
+) -> SplitCatalog:
+    """Index ``source`` (a tar file or a folder; a local path, or an object or prefix in a bucket, see
+    :mod:`airflow_resnet_prep.sources.bucket`) into the catalog of ``split`` ("train" or "val").
+
+    ``store``: the store of ``source`` when the caller has one (e.g. to read its request counts)."""
+    store = store if store is not None else source_store(source, conn_id)
+    local = store.local_path()
+    if local is not None:
+        path = Path(local).resolve()
+        where = str(path)
+        if path.is_dir():
+            kind, refs = DIR, _index_dir(split, path)
+        elif path.is_file():
+            kind, refs = TAR, _index_tar(split, path)
+        else:
+            raise SourceError(f"{path}: {split} source does not exist")
     else:
-        raise SourceError(f"{path}: {split} source does not exist")
+        path = canonical_uri(str(source), conn_id)  # the connection travels with the catalog
+        where = display_uri(path)
+        try:
+            try:
+                size = store.size()
+            except ObjectNotFoundError:
+                kind, refs = DIR, _index_remote_dir(store, where)
+                if not refs and not store.list():
+                    raise SourceError(
+                        f"{where}: {split} source does not exist (no object, no folder)"
+                    ) from None
+            else:
+                kind, refs = TAR, _index_remote_tar(store, where, size)
+        except (StorageError, OSError) as exc:
+            if isinstance(exc, SourceError):
+                raise
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise SourceError(f"{where}: cannot index the {split} source: {reason}") from exc
+        finally:
+            stats = store.stats.snapshot()
+            log.info(
+                "%s: indexed with %d requests, %.1f MB read",
+                where,
+                sum(stats["requests"].values()),
+                stats["bytes_read"] / 1e6,
+            )
     if not refs:
-        raise SourceError(f"{path}: the {split} source holds no images (.JPEG/.jpg/.png)")
+        raise SourceError(f"{where}: the {split} source holds no images (.JPEG/.jpg/.png)")
     labelled = sum(1 for r in refs if r.synset)
     if labelled not in (0, len(refs)):
         unlabelled = next(r for r in refs if not r.synset)
         raise SourceError(
-            f"{path}: mixes class folders with loose images (e.g. {unlabelled.member!r}); use one layout"
+            f"{where}: mixes class folders with loose images (e.g. {unlabelled.member!r}); use one layout"
         )
     if split == "train" and labelled == 0:
         raise SourceError(
-            f"{path}: training images must be grouped by class (<synset>/<image> or <synset>.tar)"
+            f"{where}: training images must be grouped by class (<synset>/<image> or <synset>.tar)"
         )
     refs.sort(key=lambda r: (r.synset, r.name))
     for prev, cur in itertools.pairwise(refs):
         if prev.synset == cur.synset and prev.name == cur.name:
-            raise SourceError(f"{path}: duplicate image {cur.synset + '/' if cur.synset else ''}{cur.name}")
+            raise SourceError(f"{where}: duplicate image {cur.synset + '/' if cur.synset else ''}{cur.name}")
     return SplitCatalog(split=split, sources=[Source(kind, str(path))], images=refs)

@@ -17,6 +17,7 @@ from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock, read_json
 from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri
 from airflow_resnet_prep.sources.download import resolve_source
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,35 @@ def fetch(
     auth: tuple[str, str] | None = None,
     headers: dict[str, str] | None = None,
     extract: bool = False,
+    storage_conn_id: str | None = None,
+    download_sources: bool = False,
 ) -> FetchResult:
-    """Resolve both sources, build (or reuse) their catalogs, optionally extract; see the module doc."""
+    """Resolve both sources, build (or reuse) their catalogs, optionally extract; see the module doc.
+
+    Sources in a bucket (``s3://[conn_id@]bucket/key``, ``gs://...``) use the connection of their URI,
+    else ``storage_conn_id``; they are read in place unless ``download_sources`` copies them to
+    ``downloads/`` first."""
     layout = DataDir.of(data_dir).ensure()
     started = time.monotonic()
     with exclusive_lock(layout.lock, wait_s=5):
+        bucket = {"storage_conn_id": storage_conn_id or None, "download": bool(download_sources)}
         train = resolve_source(
-            train_source, layout.downloads, checksum=train_checksum, auth=auth, headers=headers
+            train_source, layout.downloads, checksum=train_checksum, auth=auth, headers=headers, **bucket
         )
-        val = resolve_source(val_source, layout.downloads, checksum=val_checksum, auth=auth, headers=headers)
+        val = resolve_source(
+            val_source, layout.downloads, checksum=val_checksum, auth=auth, headers=headers, **bucket
+        )
         fingerprints = {"train": train.fingerprint, "val": val.fingerprint}
+        # Where the catalogs read from: the same object read in place or from its downloaded copy has
+        # one fingerprint (same output), but a catalog of the other is not reused.
+        paths = {"train": str(train.path), "val": str(val.path)}
         t_download = time.monotonic() - started
 
         record = read_json(layout.fetch_record)
         reused = (
             record is not None
             and record.get("fingerprints") == fingerprints
+            and record.get("paths", paths) == paths
             and all(layout.catalog_file(s).exists() for s in ("train", "val"))
         )
         if reused:
@@ -84,18 +98,24 @@ def fetch(
             counts = {split: len(c) for split, c in catalogs.items()}
             atomic_write_json(
                 layout.fetch_record,
-                {"fingerprints": fingerprints, "counts": counts, "at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                {
+                    "fingerprints": fingerprints,
+                    "paths": paths,
+                    "counts": counts,
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
             )
         t_catalog = time.monotonic() - started - t_download
 
-        imagenet_path = str(train.path)
+        imagenet_path = display_uri(train.path)  # a bucket URI without its connection id
         if extract:
+            # A local folder is the extracted layout already; tars, and folders in a bucket, are copied.
             train_catalog = SplitCatalog.load(layout.catalog_file("train"))
-            if train_catalog.sources[0].kind != DIR:
+            if train_catalog.sources[0].kind != DIR or is_bucket_uri(train_catalog.sources[0].path):
                 extract_split(train_catalog, layout.raw("train"))
                 imagenet_path = str(layout.raw("train"))
             val_catalog = SplitCatalog.load(layout.catalog_file("val"))
-            if val_catalog.sources[0].kind != DIR:
+            if val_catalog.sources[0].kind != DIR or is_bucket_uri(val_catalog.sources[0].path):
                 extract_split(val_catalog, layout.raw("val"))
     return FetchResult(
         data_dir=str(layout.root),

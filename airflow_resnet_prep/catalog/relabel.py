@@ -19,6 +19,7 @@ from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import LabelsError, SourceError
 from airflow_resnet_prep.fsutil import exclusive_lock
 from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri, read_source_bytes
 from airflow_resnet_prep.sources.download import resolve_source
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,24 @@ _SYNSET = re.compile(r"n\d{8}")
 
 
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
-    """Parse the labels file: one synset per line. Windows line endings and blank lines at the end are
-    accepted; a blank line anywhere else, or a line that is not a synset id, is an error naming it."""
-    path = Path(path)
+    """Parse the labels file (a local path, or an object URI): one synset per line. Windows line endings
+    and blank lines at the end are accepted; a blank line anywhere else, or a line that is not a synset
+    id, is an error naming it."""
+    if is_bucket_uri(path):
+        data = read_source_bytes(path)
+        path = display_uri(path)
+    else:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read the labels file: {exc.strerror or exc}") from exc
     try:
-        text = path.read_bytes().decode("ascii")
+        text = data.decode("ascii")
     except UnicodeDecodeError as exc:
         raise LabelsError(
             f"{path}: not an ASCII text file (byte {exc.start} is {exc.object[exc.start]:#x})"
         ) from None
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read the labels file: {exc.strerror or exc}") from exc
     lines = text.replace("\r\n", "\n").split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
@@ -133,8 +141,11 @@ def relabel(
     auth: tuple[str, str] | None = None,
     headers: dict[str, str] | None = None,
     extract: bool = False,
+    storage_conn_id: str | None = None,
+    download_sources: bool = False,
 ) -> RelabelResult:
-    """The relabel step: check the labels file against the catalogs, then assign classes (SPEC §2)."""
+    """The relabel step: check the labels file against the catalogs, then assign classes (SPEC §2).
+    A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``."""
     layout = DataDir.of(data_dir)
     with exclusive_lock(layout.lock, wait_s=5):
         train = SplitCatalog.load(layout.catalog_file("train"))
@@ -144,20 +155,28 @@ def relabel(
             check_labelled(val, train_synsets)
             log.info("validation images already come in class folders: the labels file is not needed")
             return RelabelResult(str(layout.catalog_file("val")), None, None, len(val), len(val.synsets), 0)
-        fetched = resolve_source(labels_source, layout.downloads, auth=auth, headers=headers)
+        fetched = resolve_source(
+            labels_source,
+            layout.downloads,
+            auth=auth,
+            headers=headers,
+            storage_conn_id=storage_conn_id or None,
+            download=bool(download_sources),
+        )
         labels = read_labels(fetched.path)
-        labelled = assign_labels(val, labels, train_synsets, str(fetched.path))
+        shown = display_uri(fetched.path)
+        labelled = assign_labels(val, labels, train_synsets, shown)
         labelled.save(layout.catalog_file("val"))
         moved = move_val_into_classes(labelled, layout.raw("val")) if extract else 0
         log.info(
             "validation: %d images assigned to %d classes from %s",
             len(labelled),
             len(labelled.synsets),
-            fetched.path,
+            shown,
         )
         return RelabelResult(
             str(layout.catalog_file("val")),
-            str(fetched.path),
+            shown,
             fetched.fingerprint,
             len(labelled),
             len(labelled.synsets),

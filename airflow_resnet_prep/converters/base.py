@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog
+from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog, export_connections
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError
 from airflow_resnet_prep.fsutil import (
     atomic_path,
@@ -144,10 +144,16 @@ class Plan:
 
     @classmethod
     def load(cls, work_dir: Path) -> Plan:
+        """The plan in ``work_dir``. Loading it also puts the Airflow connections of sources in a bucket
+        into this process's environment (:func:`~airflow_resnet_prep.catalog.model.export_connections`):
+        every path that runs units loads the plan before it starts worker processes, which then reach
+        the bucket without asking the task's supervisor."""
         data = read_json(work_dir / "plan.json")
         if data is None:
             raise PrepError(f"{work_dir / 'plan.json'}: no conversion plan; run the plan step first")
-        return cls(**data)
+        plan = cls(**data)
+        export_connections(Source(s["kind"], s["path"]) for srcs in plan.sources.values() for s in srcs)
+        return plan
 
     def unit_items_path(self, unit_id: int) -> Path:
         return Path(self.work_dir) / "units" / f"{unit_id:05d}.tsv"
@@ -364,10 +370,18 @@ def summarize(
 
 # -- helpers shared by the formats -------------------------------------------------------------------
 def read_or_report(
-    reader: ImageReader, item: WorkItem, where: str, on_bad_image: str, result: UnitResult
+    reader: ImageReader | None,
+    item: WorkItem,
+    where: str,
+    on_bad_image: str,
+    result: UnitResult,
+    data: bytes | None = None,
 ) -> bytes | None:
-    """Read an image's bytes; a zero-byte image follows ``on_bad_image`` like any unreadable one."""
-    data = reader.read(item.ref)
+    """An image's bytes (``data`` when already read, e.g. by :meth:`ImageReader.iter_read`, else read
+    now); a zero-byte image follows ``on_bad_image`` like any unreadable one."""
+    if data is None:
+        assert reader is not None
+        data = reader.read(item.ref)
     if not data:
         return bad_image(BadImageError(where, "empty file (0 bytes)"), item, on_bad_image, result)
     return data

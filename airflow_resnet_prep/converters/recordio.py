@@ -57,6 +57,7 @@ from airflow_resnet_prep.fsutil import (
     tmp_name,
 )
 from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.sources.bucket import is_bucket_uri
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,12 @@ class RecordIOConverter(Converter):
         # A part is scratch: finish checks its size and fsyncs the joined file, so it is not synced here.
         with (
             ImageReader(sources) as reader,
+            contextlib.closing(reader.iter_read(items)) as reads,
             atomic_path(path, sync=False) as tmp,
             open(tmp, "wb", buffering=1 << 20) as out,
         ):
-            for item in items:
-                buffers = self.frame_item(reader, sources, item, result)
+            for item, data in reads:
+                buffers = self.frame_item(reader, sources, item, result, data)
                 if buffers is None:
                     continue
                 out.writelines(buffers)
@@ -154,12 +156,18 @@ class RecordIOConverter(Converter):
         return result
 
     def frame_item(
-        self, reader: ImageReader, sources: list, item: WorkItem, result: UnitResult
+        self,
+        reader: ImageReader | None,
+        sources: list,
+        item: WorkItem,
+        result: UnitResult,
+        data: bytes | None = None,
     ) -> list | None:
-        """The framed record of ``item`` (a list of buffers), or None when the image is left out."""
+        """The framed record of ``item`` (a list of buffers), or None when the image is left out.
+        ``data``: the image's bytes when already read (else read now through ``reader``)."""
         on_bad, resize, quality = self.params["on_bad_image"], self.params["resize"], self.params["quality"]
         where = sources[item.src].describe(item.ref)
-        data = read_or_report(reader, item, where, on_bad, result)
+        data = read_or_report(reader, item, where, on_bad, result, data)
         if data is None:
             return None
         try:
@@ -276,8 +284,10 @@ def check_class_folders(split: str, catalog: SplitCatalog, classes: list[str]) -
     present = {r.synset for r in catalog.images}
     for src, source in enumerate(catalog.sources):
         members = [r.member for r in catalog.images if r.src == src]
-        if source.kind != DIR or not all("/" in m for m in members):
-            continue  # a tar, or a flat validation folder: no class folders to check
+        if source.kind != DIR or not all("/" in m for m in members) or is_bucket_uri(source.path):
+            # a tar, or a flat validation folder: no class folders to check; a bucket has no empty
+            # folders (a prefix exists only through the objects below it)
+            continue
         for entry in sorted(os.scandir(source.path), key=lambda e: e.name):
             if entry.is_dir() and not entry.name.startswith(".") and entry.name not in present:
                 raise PrepError(

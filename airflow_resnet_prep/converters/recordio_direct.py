@@ -16,6 +16,7 @@ e.g. by the DAG's mapped tasks, is resumed as units).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import queue
@@ -43,7 +44,12 @@ class ItemFramer(Protocol):
     """What this path needs of the converter: one item's framed record (None when left out)."""
 
     def frame_item(
-        self, reader: ImageReader, sources: list, item: WorkItem, result: UnitResult
+        self,
+        reader: ImageReader | None,
+        sources: list,
+        item: WorkItem,
+        result: UnitResult,
+        data: bytes | None = None,
     ) -> list | None: ...
 
 
@@ -145,13 +151,15 @@ def _frame_chunk(
     result = UnitResult(unit=-1, split=split)
     framed = _Framed(index, result=result)
     buffers: list = []
-    for item in chunk.items:
-        record = converter.frame_item(reader, sources, item, result)
-        if record is None:
-            continue
-        framed.offsets.append([item.index, framed.size])
-        framed.size += sum(len(b) for b in record)
-        buffers.extend(record)
+    # The chunk's images read ahead: from a bucket coalesced and concurrent, locally one pread each.
+    with contextlib.closing(reader.iter_read(chunk.items)) as reads:
+        for item, data in reads:
+            record = converter.frame_item(reader, sources, item, result, data)
+            if record is None:
+                continue
+            framed.offsets.append([item.index, framed.size])
+            framed.size += sum(len(b) for b in record)
+            buffers.extend(record)
     return framed, buffers
 
 

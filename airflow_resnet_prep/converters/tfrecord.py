@@ -16,6 +16,7 @@ Differences from upstream ``imagenet_to_gcs.py``, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import random
 import re
@@ -137,7 +138,10 @@ class TFRecordConverter(Converter):
         out_dir = self.output_dir(layout)
         _remove_stale_tmp(out_dir, unit["outputs"])
         sources = plan.split_sources(unit["split"])
-        with ImageReader(sources) as reader:
+        # Every image of the unit in the order written, read ahead (from a bucket: close ones coalesced
+        # into large requests, several in flight; from a local disk: one pread each, as it is consumed).
+        ordered = [item for index in range(len(unit["outputs"])) for item in by_output.get(index, [])]
+        with ImageReader(sources) as reader, contextlib.closing(reader.iter_read(ordered)) as reads:
             for index, name in enumerate(unit["outputs"]):
                 path = out_dir / name
                 sizes: list[int] = []
@@ -145,7 +149,8 @@ class TFRecordConverter(Converter):
                     with open(tmp, "wb", buffering=WRITE_BUFFER) as fh, EarlyWriteback(tmp) as writeback:
                         writer = TFRecordWriter(fh)
                         for item in by_output.get(index, []):
-                            record = self._example(reader, sources, item, on_bad, result)
+                            _, data = next(reads)
+                            record = self._example(data, sources, item, on_bad, result)
                             if record is None:
                                 continue
                             writer.write(record)
@@ -176,11 +181,9 @@ class TFRecordConverter(Converter):
         return result
 
     @staticmethod
-    def _example(
-        reader: ImageReader, sources: list, item: WorkItem, on_bad: str, result: UnitResult
-    ) -> bytes | None:
+    def _example(data: bytes, sources: list, item: WorkItem, on_bad: str, result: UnitResult) -> bytes | None:
         where = sources[item.src].describe(item.ref)
-        data = read_or_report(reader, item, where, on_bad, result)
+        data = read_or_report(None, item, where, on_bad, result, data)
         if data is None:
             return None
         try:

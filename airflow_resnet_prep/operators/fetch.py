@@ -26,6 +26,10 @@ class FetchImagenetOperator(BaseOperator):
     :param http_conn_id: Optional Airflow connection whose login/password or extra headers
         authenticate downloads. Credentials never reach logs, XCom or the manifest. (templated)
     :param extract: Also lay the images out as ``raw/{train,val}/...`` folders. (templated)
+    :param storage_conn_id: Optional Airflow connection (``aws``, ``google_cloud_platform``) for
+        sources given as ``s3://`` or ``gs://`` URIs that name none. (templated)
+    :param download_sources: Copy sources in a bucket to ``data_dir/downloads/`` first, instead of
+        reading them in place. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -36,6 +40,8 @@ class FetchImagenetOperator(BaseOperator):
         "val_checksum",
         "http_conn_id",
         "extract",
+        "storage_conn_id",
+        "download_sources",
     )
     ui_color = "#e8f4fd"
 
@@ -49,6 +55,8 @@ class FetchImagenetOperator(BaseOperator):
         val_checksum: str | None = None,
         http_conn_id: str | None = None,
         extract: bool | str = False,
+        storage_conn_id: str | None = None,
+        download_sources: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,6 +67,8 @@ class FetchImagenetOperator(BaseOperator):
         self.val_checksum = val_checksum
         self.http_conn_id = http_conn_id
         self.extract = extract
+        self.storage_conn_id = storage_conn_id
+        self.download_sources = download_sources
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.fetch import fetch
@@ -75,6 +85,8 @@ class FetchImagenetOperator(BaseOperator):
             auth=auth,
             headers=headers,
             extract=as_bool(self.extract),
+            storage_conn_id=(self.storage_conn_id or "").strip() or None,
+            download_sources=as_bool(self.download_sources),
         )
         self.log.info(
             "catalogued %s train and %s validation images%s",

@@ -22,9 +22,19 @@ class RelabelValOperator(BaseOperator):
         ``ILSVRC2012_val_%08d`` *i*). (templated)
     :param http_conn_id: Optional Airflow connection for an authenticated download. (templated)
     :param extract: Move ``raw/val/<image>`` into ``raw/val/<synset>/`` too (by rename). (templated)
+    :param storage_conn_id: Optional Airflow connection for a labels file given as an ``s3://`` or
+        ``gs://`` URI that names none. (templated)
+    :param download_sources: Copy a labels file in a bucket to ``data_dir/downloads/`` first. (templated)
     """
 
-    template_fields: Sequence[str] = ("data_dir", "labels_source", "http_conn_id", "extract")
+    template_fields: Sequence[str] = (
+        "data_dir",
+        "labels_source",
+        "http_conn_id",
+        "extract",
+        "storage_conn_id",
+        "download_sources",
+    )
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -34,6 +44,8 @@ class RelabelValOperator(BaseOperator):
         labels_source: str,
         http_conn_id: str | None = None,
         extract: bool | str = False,
+        storage_conn_id: str | None = None,
+        download_sources: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -41,6 +53,8 @@ class RelabelValOperator(BaseOperator):
         self.labels_source = labels_source
         self.http_conn_id = http_conn_id
         self.extract = extract
+        self.storage_conn_id = storage_conn_id
+        self.download_sources = download_sources
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.relabel import relabel
@@ -49,6 +63,12 @@ class RelabelValOperator(BaseOperator):
 
         auth, headers = http_auth_from_connection(self.http_conn_id)
         result = relabel(
-            self.data_dir, self.labels_source, auth=auth, headers=headers, extract=as_bool(self.extract)
+            self.data_dir,
+            self.labels_source,
+            auth=auth,
+            headers=headers,
+            extract=as_bool(self.extract),
+            storage_conn_id=(self.storage_conn_id or "").strip() or None,
+            download_sources=as_bool(self.download_sources),
         )
         return result.to_dict()

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from airflow_resnet_prep.errors import SourceError
 from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock, read_json
@@ -118,8 +119,9 @@ def remember_digest(cache_dir: Path, path: Path, st: os.stat_result, algo: str, 
                 entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digests": {}}
             entry.setdefault("digests", {})[algo] = digest
             cache[key] = entry
-            # Forget files that are gone, so the cache does not grow without bound.
-            cache = {k: v for k, v in cache.items() if os.path.exists(k)}
+            # Forget files that are gone, so the cache does not grow without bound (objects in a bucket,
+            # keyed by URI, are kept: checking them would cost a request each).
+            cache = {k: v for k, v in cache.items() if "://" in k or os.path.exists(k)}
             atomic_write_json(cache_file, cache)
     except OSError as exc:
         log.warning("%s: could not record a checksum (%s); the next run hashes again", cache_file, exc)
@@ -151,3 +153,61 @@ def verify_file(path: Path, spec: str | None, cache_dir: Path | None = None) -> 
     if actual != expected:
         raise SourceError(f"{path}: {algo} mismatch: expected {expected}, got {actual}")
     return f"{algo}:{actual}"
+
+
+def _same_object(entry: object, info: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    return (entry.get("size"), entry.get("etag"), entry.get("version")) == (
+        info.size,
+        info.etag,
+        info.version,
+    )
+
+
+def verify_object(
+    store: Any, shown: str, info: Any, spec: str | None, cache_dir: Path | None = None
+) -> str | None:
+    """:func:`verify_file` for an object in a bucket: its bytes are streamed with large concurrent ranged
+    reads and hashed, never written to disk. The result is remembered in ``verified.json`` keyed by the
+    URI (without connection) with the object's size and ETag/generation, so a rerun does not read the
+    object again while it is unchanged. ``info`` is its :class:`~airflow_resnet_prep.storage.versions.ObjectVersion`.
+    """
+    parsed = parse_checksum(spec)
+    if parsed is None:
+        return None
+    algo, expected = parsed
+    actual = None
+    if cache_dir is not None:
+        entry = _load_cache(cache_dir / CACHE_FILE).get(shown)
+        if _same_object(entry, info) and isinstance((entry.get("digests") or {}).get(algo), str):
+            actual = entry["digests"][algo]
+            log.info("%s: %s known from %s (object unchanged), not reading it again", shown, algo, CACHE_FILE)
+    if actual is None:
+        from airflow_resnet_prep.sources.bucket import object_digest
+
+        log.info("%s: computing %s of %.1f MB, streamed from the bucket", shown, algo, info.size / 1e6)
+        actual = object_digest(store, info.size, algo)
+        if cache_dir is not None:
+            _remember_object(cache_dir, shown, info, algo, actual)
+    if actual != expected:
+        raise SourceError(f"{shown}: {algo} mismatch: expected {expected}, got {actual}")
+    return f"{algo}:{actual}"
+
+
+def _remember_object(cache_dir: Path, shown: str, info: Any, algo: str, digest: str) -> None:
+    cache_file = cache_dir / CACHE_FILE
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(cache_dir / f".{CACHE_FILE}.lock", wait_s=60.0):
+            cache = _load_cache(cache_file)
+            entry = cache.get(shown)
+            if not _same_object(entry, info):
+                entry = {"size": info.size, "etag": info.etag, "version": info.version, "digests": {}}
+            entry.setdefault("digests", {})[algo] = digest
+            cache[shown] = entry
+            atomic_write_json(cache_file, cache)
+    except OSError as exc:
+        log.warning(
+            "%s: could not record a checksum (%s); the next run reads the object again", cache_file, exc
+        )

@@ -44,6 +44,7 @@ from airflow_resnet_prep.fsutil import (
     fsync_dir,
     read_json,
 )
+from airflow_resnet_prep.sources.bucket import is_bucket_uri, resolve_object
 from airflow_resnet_prep.sources.checksum import (
     ByteProgress,
     file_digest,
@@ -81,10 +82,16 @@ class Fetched:
       ``mtime_ns`` (the newest mtime among those files *and the folders*, so renaming or moving a file
       between folders, which changes no file's mtime, still changes the fingerprint);
 
+    * ``object`` (a source in a bucket, :mod:`.bucket`): ``size``, ``etag``, ``version``;
+    * ``object_dir`` (a folder prefix in a bucket): ``files``, ``size``, ``digest`` (of every key, size, ETag);
+
     plus ``checksum`` (``"md5:<hex>"``) when a checksum was given and verified by this call.
+
+    ``path`` is a local path, or for a bucket source read in place its canonical URI
+    (``s3://<conn_id>@bucket/key``, see :func:`.bucket.canonical_uri`).
     """
 
-    path: Path
+    path: Path | str
     fingerprint: dict[str, object]
 
 
@@ -156,8 +163,14 @@ def resolve_source(
     retries: int = 5,
     backoff_s: float = 1.0,
     timeout_s: float = 60.0,
+    storage_conn_id: str | None = None,
+    download: bool = False,
 ) -> Fetched:
     """Make ``source`` (``http(s)://`` URL, ``file://`` URL or local path) available as a local path.
+
+    A bucket URI (``s3://[conn_id@]bucket/key``, ``gs://...``) is read in place with the connection of
+    the URI, else ``storage_conn_id``; with ``download`` it is copied to ``downloads_dir`` first
+    (see :mod:`.bucket`).
 
     ``timeout_s`` bounds connecting and each wait for more bytes; ``retries`` and ``backoff_s`` are
     explained in the module docstring. Raises :class:`SourceError` naming the source and the problem.
@@ -168,6 +181,10 @@ def resolve_source(
     parse_checksum(checksum)  # a malformed checksum fails before any work
     downloads_dir = Path(downloads_dir)
     scheme = urlsplit(source).scheme.lower()
+    if is_bucket_uri(source):
+        return resolve_object(
+            source, downloads_dir, checksum=checksum, conn_id=storage_conn_id or None, download=download
+        )
     if scheme in ("http", "https"):
         return _download(source, downloads_dir, checksum, auth, headers or {}, retries, backoff_s, timeout_s)
     if scheme == "file":
@@ -177,7 +194,8 @@ def resolve_source(
         return _local(Path(url2pathname(parts.path)), downloads_dir, checksum)
     if scheme and not os.path.exists(source):
         raise SourceError(
-            f"{redact_url(source)}: unsupported URL scheme {scheme!r}; use http(s)://, file:// or a path"
+            f"{redact_url(source)}: unsupported URL scheme {scheme!r}; use http(s)://, file://, s3://, gs:// "
+            "or a path"
         )
     return _local(Path(source), downloads_dir, checksum)
 

@@ -1,0 +1,398 @@
+"""Sources in a bucket (issue 12, item 1): the sample ImageNet uploaded to a real S3 server (SeaweedFS on
+127.0.0.1), read in place through the storage seam, with a local data_dir.
+
+- indexing a tar reads its headers only: one exact 512-byte GET per member (counted at the HTTP client);
+- reading a unit's images coalesces close ones: far fewer GETs than images, bytes close to the images';
+- the whole DAG (the real DAG file, ``dag.test()``) for both implementations gives outputs byte-identical
+  to a run from the same files on a local disk; a rerun reuses the output; a changed object rebuilds;
+- ``storage_conn_id`` and the ``s3://conn@bucket/key`` form both work; units in forked worker processes
+  (``workers=2``) each reach the bucket with a client of their own;
+- checksums are verified streamed from the bucket and remembered; ``download_sources`` copies first;
+- a folder prefix of ``<synset>/<image>`` objects is a source too;
+- errors name the URI, never a credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_resnet_prep.catalog.build import build_split_catalog
+from airflow_resnet_prep.catalog.model import ImageReader
+from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.storage import store_for
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "mlperf_resnet_prep"
+OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path"}
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The sample set's three files (and the train images as a folder prefix) in the test bucket."""
+
+    server: Any
+    prefix: str  # key prefix of this module's objects
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
+
+    def uri(self, name: str, conn: bool = True) -> str:
+        """``s3://conn@bucket/key`` (``conn=True``) or ``s3://bucket/key`` (the connection comes from
+        ``storage_conn_id``)."""
+        at = f"{self.server.conn_id}@" if conn else ""
+        return f"s3://{at}{self.server.bucket}/{self.key(name)}"
+
+
+def upload(server, key: str, data: bytes) -> None:
+    server.client().put_object(Bucket=server.bucket, Key=key, Body=data)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server, sample) -> Bucket:
+    found = Bucket(s3_server, f"sources-{secrets.token_hex(3)}")
+    for name, path in (
+        ("ILSVRC2012_img_train.tar", sample.train_tar),
+        ("ILSVRC2012_img_val.tar", sample.val_tar),
+        ("labels.txt", sample.labels),
+    ):
+        upload(s3_server, found.key(name), path.read_bytes())
+    # The same images as a folder prefix: train/<synset>/<image>, val/<image> (flat, as the val tar).
+    for split, tar in (("train", sample.train_tar), ("val", sample.val_tar)):
+        catalog = build_split_catalog(split, tar)
+        with ImageReader(catalog.sources) as reader:
+            for ref in catalog.images:
+                name = f"{ref.synset}/{ref.name}" if ref.synset else ref.name
+                upload(s3_server, found.key(f"folders/{split}/{name}"), reader.read(ref))
+    return found
+
+
+def gets(store) -> int:
+    return store.stats.requests.get("GetObject", 0)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
+
+
+def output_dir(data_dir: Path, implementation: str) -> Path:
+    return data_dir / ("tfrecords" if implementation == "reference" else "recordio")
+
+
+@pytest.fixture(scope="module")
+def local_runs(sample, tmp_path_factory):
+    """The outputs of a run from the local files (the CLI's pipeline), per implementation."""
+    from airflow_resnet_prep.pipeline import run
+
+    outputs: dict[str, dict[str, str]] = {}
+
+    def get(implementation: str) -> dict[str, str]:
+        if implementation not in outputs:
+            data_dir = tmp_path_factory.mktemp(f"local-{implementation}")
+            run(
+                {
+                    "data_dir": str(data_dir),
+                    "train_source": str(sample.train_tar),
+                    "val_source": str(sample.val_tar),
+                    "labels_source": str(sample.labels),
+                    "implementation": implementation,
+                    "train_shards": 4,
+                    "val_shards": 2,
+                    "workers": 1,
+                }
+            )
+            outputs[implementation] = digests(output_dir(data_dir, implementation))
+        return outputs[implementation]
+
+    return get
+
+
+def pipeline_values(bucket: Bucket, data_dir: Path, implementation: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "data_dir": str(data_dir),
+        "train_source": bucket.uri("ILSVRC2012_img_train.tar"),
+        "val_source": bucket.uri("ILSVRC2012_img_val.tar"),
+        "labels_source": bucket.uri("labels.txt"),
+        "implementation": implementation,
+        "train_shards": 4,
+        "val_shards": 2,
+        "workers": 1,
+        **extra,
+    }
+
+
+# -- indexing: headers only ------------------------------------------------------------------------------
+def test_indexing_a_tar_in_a_bucket_reads_its_headers_only(bucket, sample) -> None:
+    local = {
+        split: build_split_catalog(split, tar)
+        for split, tar in (("train", sample.train_tar), ("val", sample.val_tar))
+    }
+    for split, name in (("train", "ILSVRC2012_img_train.tar"), ("val", "ILSVRC2012_img_val.tar")):
+        store = store_for(bucket.uri(name))
+        catalog = build_split_catalog(split, bucket.uri(name), store=store)
+        assert catalog.images == local[split].images  # same members, offsets and sizes
+        assert catalog.sources[0].path == bucket.uri(name)  # the connection travels with the catalog
+        snap = store.stats.snapshot()
+        archive = (sample.train_tar if split == "train" else sample.val_tar).stat().st_size
+        classes = len(sample.synsets) if split == "train" else 0
+        # one GET per header: every image, every inner tar, plus each tar's end marker
+        expected = len(catalog) + 2 * classes + 1
+        print(f"index {split}: {len(catalog)} images, {archive:,} byte archive: {snap}")
+        assert snap["requests"] == {"HeadObject": 1, "GetObject": expected}, snap
+        assert snap["bytes_read"] == 512 * expected, snap
+        assert snap["bytes_read"] < archive / 20, snap
+
+
+def test_indexing_a_folder_prefix_lists_it(bucket, sample) -> None:
+    store = store_for(bucket.uri("folders/train"))
+    catalog = build_split_catalog("train", bucket.uri("folders/train"), store=store)
+    local = build_split_catalog("train", sample.train_tar)
+    assert [(r.synset, r.name, r.size) for r in catalog.images] == [
+        (r.synset, r.name, r.size) for r in local.images
+    ]
+    assert store.stats.snapshot()["bytes_read"] == 0  # a listing: no object is read
+
+
+# -- reading: coalesced, concurrent ----------------------------------------------------------------------
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_reading_a_units_images_coalesces_them(bucket, sample, split) -> None:
+    name = "ILSVRC2012_img_train.tar" if split == "train" else "ILSVRC2012_img_val.tar"
+    local = build_split_catalog(split, sample.train_tar if split == "train" else sample.val_tar)
+    remote = build_split_catalog(split, bucket.uri(name))
+    with ImageReader(local.sources) as reader:
+        expected = [reader.read(ref) for ref in local.images]
+    with ImageReader(remote.sources) as reader:
+        reader.store(0).stats.reset()
+        got = [data for _, data in reader.iter_read(remote.images)]
+        stats = reader.stats()
+    assert got == expected
+    wanted = sum(len(d) for d in expected)
+    print(f"read {split}: {len(expected)} images, {wanted:,} bytes: {stats}")
+    assert stats["requests"] <= 2, stats  # the sample's unit spans well under 16 MiB: one request or two
+    assert stats["requests"] < len(expected) / 4, stats
+    # gaps read and dropped: each member's header and padding (< 1 KiB); in the train tar also each
+    # inner tar's end marker and tar's padding to its 10 KiB record
+    classes = len(sample.synsets) if split == "train" else 0
+    assert stats["bytes_read"] <= wanted + 1023 * len(expected) + 12 * 1024 * classes, stats
+
+
+def test_a_missing_image_object_is_named(bucket, sample) -> None:
+    catalog = build_split_catalog("val", bucket.uri("folders/val"))
+    ref = catalog.images[3]
+    missing = [*catalog.images[:3], ref._replace(member="gone/" + ref.member), *catalog.images[4:]]
+    with ImageReader(catalog.sources) as reader, pytest.raises(SourceError) as err:
+        for _ in reader.iter_read(missing):
+            pass
+    text = str(err.value)
+    assert f"s3://{bucket.server.bucket}/{bucket.key('folders/val')}/gone/{ref.member}" in text, text
+    assert bucket.server.conn_id + "@" not in text and bucket.server.secret_key not in text
+
+
+# -- the whole DAG ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+
+    db.resetdb()
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag.get_dag(DAG_ID)
+
+
+def run_dag(dag, conf: dict[str, Any]) -> tuple[str, dict[str, list[str]], dict[str, Any]]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dr = dag.test(run_conf=conf)
+    states: dict[str, list[str]] = {}
+    with create_session() as session:
+        for ti in dr.get_task_instances(session=session):
+            states.setdefault(ti.task_id, []).append(str(ti.state))
+        rows = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=DAG_ID, task_ids="publish")).all()
+        published = {row.key: XComModel.deserialize_value(row) for row in rows}
+    return str(dr.state), states, published
+
+
+@pytest.mark.parametrize("implementation", ["reference", "nvidia"])
+def test_dag_with_sources_in_a_bucket_matches_a_local_run(dag, bucket, local_runs, tmp_path, implementation):
+    """reference: the connection from ``storage_conn_id``, units fanned out over 3 mapped tasks, one
+    process each; nvidia: the ``conn@`` form, every unit in one task written in place by 2 forked
+    worker processes, each with its own client. Then a rerun with nothing changed reuses the output."""
+    data_dir = tmp_path / "data"
+    if implementation == "reference":
+        conf = {
+            "train_source": bucket.uri("ILSVRC2012_img_train.tar", conn=False),
+            "val_source": bucket.uri("ILSVRC2012_img_val.tar", conn=False),
+            "labels_source": bucket.uri("labels.txt", conn=False),
+            "storage_conn_id": bucket.server.conn_id,
+            "fanout": 3,
+            "workers": 1,
+        }
+    else:
+        conf = {
+            "train_source": bucket.uri("ILSVRC2012_img_train.tar"),
+            "val_source": bucket.uri("ILSVRC2012_img_val.tar"),
+            "labels_source": bucket.uri("labels.txt"),
+            "fanout": 0,
+            "workers": 2,
+        }
+    conf.update(data_dir=str(data_dir), implementation=implementation, train_shards=4, val_shards=2)
+    state, states, published = run_dag(dag, conf)
+    assert state == "success", states
+    assert digests(output_dir(data_dir, implementation)) == local_runs(implementation)
+    assert not (data_dir / "downloads").exists() or not any(
+        p.suffix == ".tar" for p in (data_dir / "downloads").iterdir()
+    )  # read in place: nothing copied
+    assert (
+        published["imagenet_path"] == f"s3://{bucket.server.bucket}/{bucket.key('ILSVRC2012_img_train.tar')}"
+    )
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["sources"]["train"]["kind"] == "object" and manifest["sources"]["train"]["etag"]
+    text = (data_dir / "manifest.json").read_text() + json.dumps(published, default=str)
+    assert bucket.server.secret_key not in text and bucket.server.access_key not in text
+    if implementation == "nvidia":
+        done = [json.loads(p.read_text()) for p in (data_dir / "work" / "nvidia" / "done").glob("*.json")]
+        assert done and all(d["extra"].get("written") == "direct" for d in done)
+    # nothing changed: the rerun takes the reuse branch and converts nothing
+    state, states, published = run_dag(dag, conf)
+    assert state == "success", states
+    assert states["reuse_existing"] == ["success"] and published["cached"] is True
+    assert states[f"{implementation}_plan"] == ["skipped"]
+
+
+# -- the pipeline (CLI path): process safety, changes, checksums, downloads, folders -----------------------
+def test_units_in_forked_workers_each_reach_the_bucket(bucket, local_runs, tmp_path) -> None:
+    """reference with workers=2: units run in a pool of forked processes, each making its own client."""
+    from airflow_resnet_prep.pipeline import run
+
+    result = run(pipeline_values(bucket, tmp_path / "data", "reference", workers=2))
+    assert result["cached"] is False
+    assert digests(tmp_path / "data" / "tfrecords") == local_runs("reference")
+
+
+def test_a_changed_object_rebuilds(s3_server, sample, tmp_path_factory, tmp_path) -> None:
+    from airflow_resnet_prep.pipeline import run
+    from airflow_resnet_prep.sample import generate
+
+    own = Bucket(s3_server, f"changes-{secrets.token_hex(3)}")
+    for name, path in (
+        ("ILSVRC2012_img_train.tar", sample.train_tar),
+        ("ILSVRC2012_img_val.tar", sample.val_tar),
+        ("labels.txt", sample.labels),
+    ):
+        upload(s3_server, own.key(name), path.read_bytes())
+    values = pipeline_values(own, tmp_path / "data", "nvidia")
+    assert run(values)["cached"] is False
+    assert run(values)["cached"] is True  # unchanged: one HEAD per object, no conversion
+    # The same bytes written again: same size and ETag, still the same output.
+    upload(s3_server, own.key("ILSVRC2012_img_train.tar"), sample.train_tar.read_bytes())
+    assert run(values)["cached"] is True
+    other = generate(tmp_path_factory.mktemp("other"), classes=4, train_per_class=6, val_per_class=3, seed=1)
+    for name, path in (
+        ("ILSVRC2012_img_train.tar", other.train_tar),
+        ("ILSVRC2012_img_val.tar", other.val_tar),
+        ("labels.txt", other.labels),
+    ):
+        upload(s3_server, own.key(name), path.read_bytes())
+    assert run(values)["cached"] is False
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["sources"]["train"]["size"] == other.train_tar.stat().st_size
+
+
+def test_checksum_is_verified_streamed_from_the_bucket_and_remembered(bucket, sample, tmp_path) -> None:
+    from airflow_resnet_prep.sources.download import resolve_source
+
+    md5 = hashlib.md5(sample.val_tar.read_bytes()).hexdigest()
+    uri = bucket.uri("ILSVRC2012_img_val.tar")
+    fetched = resolve_source(uri, tmp_path, checksum=f"md5:{md5}")
+    assert fetched.path == uri and fetched.fingerprint["checksum"] == f"md5:{md5}"
+    assert not any(p.suffix == ".tar" for p in tmp_path.iterdir())  # hashed as it streamed, not saved
+    again = resolve_source(uri, tmp_path, checksum=f"md5:{md5}")  # from verified.json
+    assert again.fingerprint == fetched.fingerprint
+    with pytest.raises(SourceError, match="md5 mismatch"):
+        resolve_source(uri, tmp_path / "fresh", checksum=f"md5:{'0' * 32}")
+
+
+def test_download_sources_copies_then_reads_locally(bucket, sample, local_runs, tmp_path) -> None:
+    from airflow_resnet_prep.pipeline import run
+
+    data_dir = tmp_path / "data"
+    md5 = hashlib.md5(sample.train_tar.read_bytes()).hexdigest()
+    values = pipeline_values(
+        bucket, data_dir, "reference", download_sources=True, train_checksum=f"md5:{md5}"
+    )
+    assert run(values)["cached"] is False
+    copy = data_dir / "downloads" / "ILSVRC2012_img_train.tar"
+    assert copy.read_bytes() == sample.train_tar.read_bytes()
+    catalog = json.loads((data_dir / "catalog" / "train.tsv").read_text().splitlines()[0][2:])
+    assert catalog["sources"][0]["path"] == str(copy)
+    assert digests(data_dir / "tfrecords") == local_runs("reference")
+    mtime = copy.stat().st_mtime_ns
+    assert run(values)["cached"] is True  # the copy is reused: same size and ETag
+    assert copy.stat().st_mtime_ns == mtime
+
+
+def test_folder_prefixes_in_a_bucket_are_sources(bucket, local_runs, tmp_path) -> None:
+    """train as <synset>/<image> objects, val as a flat prefix: the same .lst/.rec/.idx as the tars give."""
+    from airflow_resnet_prep.pipeline import run
+
+    values = pipeline_values(bucket, tmp_path / "data", "nvidia")
+    values.update(train_source=bucket.uri("folders/train"), val_source=bucket.uri("folders/val"))
+    assert run(values)["cached"] is False
+    assert digests(tmp_path / "data" / "recordio") == local_runs("nvidia")
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+def test_errors_name_the_uri_and_no_credential(bucket, sample, tmp_path) -> None:
+    from airflow_resnet_prep.catalog.fetch import fetch
+
+    secret = bucket.server.secret_key
+    missing = bucket.uri("nothing/here.tar")
+    with pytest.raises(SourceError) as err:
+        fetch(tmp_path / "a", missing, str(sample.val_tar))
+    text = str(err.value)
+    assert (
+        f"s3://{bucket.server.bucket}/{bucket.key('nothing/here.tar')}" in text and "no such object" in text
+    )
+    # a password in the URI is refused without being echoed
+    with pytest.raises(SourceError) as err:
+        fetch(tmp_path / "b", f"s3://AKIA:{secret}@{bucket.server.bucket}/x.tar", str(sample.val_tar))
+    assert secret not in str(err.value) and "Airflow connection" in str(err.value)
+    # a connection with a wrong secret: the error names the URI and the connection, not the secret
+    wrong = "w" + secrets.token_hex(12)
+    env = "AIRFLOW_CONN_BAD_SECRET"
+    os.environ[env] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": bucket.server.access_key,
+            "password": wrong,
+            "extra": {"endpoint_url": bucket.server.endpoint, "region_name": "us-east-1"},
+        }
+    )
+    try:
+        with pytest.raises(SourceError) as err:
+            fetch(
+                tmp_path / "c",
+                bucket.uri("ILSVRC2012_img_train.tar", conn=False),
+                str(sample.val_tar),
+                storage_conn_id="bad_secret",
+            )
+    finally:
+        os.environ.pop(env, None)
+    text = str(err.value)
+    assert f"s3://{bucket.server.bucket}/" in text and "bad_secret" in text, text
+    assert wrong not in text and secret not in text
+    # no connection at all (neither in the URI nor storage_conn_id): the hint says how to give one
+    with contextlib.suppress(SourceError):
+        fetch(tmp_path / "d", bucket.uri("ILSVRC2012_img_train.tar", conn=False), str(sample.val_tar))
