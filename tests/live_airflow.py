@@ -31,6 +31,7 @@ Variables of the test process are inherited except ``AIRFLOW_HOME``, ``AIRFLOW__
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -117,6 +118,7 @@ class LiveAirflow:
         self.processes: dict[str, subprocess.Popen] = {}
         self._log_files: dict[str, Any] = {}
         self._token: str | None = None
+        self._atexit = False
 
         worker_log_port = free_port(avoid={self.port})
         trigger_log_port = free_port(avoid={self.port, worker_log_port})
@@ -202,6 +204,9 @@ class LiveAirflow:
             start_new_session=True,  # its own process group: stop() reaches its children too
         )
         self.processes[name] = process
+        if not self._atexit:
+            atexit.register(self.stop)  # a test process that exits without teardown leaves nothing behind
+            self._atexit = True
         return process
 
     def start(self, components: Iterable[str] = ("api-server", "scheduler", "dag-processor")) -> None:

@@ -108,7 +108,7 @@ def _why_no_publish(session: Any, dag_run: Any) -> Located:
         )
     ).all()
     ti_states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
-    failed = sorted({ti.task_id for ti in tis if ti_states[ti.task_id] in ("failed", "upstream_failed")})
+    failed = sorted({ti.task_id for ti in tis if ti_states[ti.task_id] == "failed"})
     if state in ("queued", "running"):
         return Located(
             None,
@@ -117,12 +117,16 @@ def _why_no_publish(session: Any, dag_run: Any) -> Located:
             "complete; come back to this tab when the run has finished.",
         )
     if state == "failed" or failed:
-        named = ", ".join(failed) if failed else "a task"
+        named = (
+            f"Task {failed[0]}"
+            if len(failed) == 1
+            else ("Tasks " + ", ".join(failed) if failed else "A task")
+        )
         return Located(
             None,
             "This run has no report: it failed",
             f"{named} failed, so publish did not run and no report was written. The failed task's log "
-            "says why; fix that and clear the failed task (finished work is kept) or trigger a new run.",
+            "says why; fix that, then clear the failed task (finished work is kept) or trigger a new run.",
         )
     publish_state = ti_states.get(PUBLISH_TASK_ID)
     return Located(
@@ -158,20 +162,32 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
         and (report_dir / INDEX).is_file()
     ):
         return Located(report_dir, status_code=200)
-    if published.get("cached"):
+    reused = (
+        f"Nothing had changed since the output in {data_dir} was made, so this run reused it (the "
+        "reuse_existing branch) and converted nothing. "
+        if published.get("cached")
+        else ""
+    )
+    rewrite = f"`python -m airflow_resnet_prep.report {data_dir} --html` writes it, or trigger a run with force=true."
+    if "report" in published and report is None:
+        return Located(
+            None,
+            "The report could not be written",
+            f"{reused}The output and its manifest.json are complete, but writing the report failed: "
+            f"publish's log has the error. {rewrite}",
+        )
+    if "report" not in published and published.get("cached"):
         return Located(
             None,
             "This run reused an output that has no report",
-            f"Nothing had changed since the output in {data_dir} was made, so this run reused it "
-            "(the reuse_existing branch) and converted nothing. That output has no report: it was made "
-            "before reports existed, or by the command line. Write one with "
-            f"`python -m airflow_resnet_prep.report {data_dir} --html`, or trigger a run with force=true.",
+            f"{reused}That output has no report: it was made before reports existed. {rewrite}",
         )
     return Located(
         None,
         "This run's report is missing",
-        f"publish finished, but {report_dir / INDEX} is not there (or is not a plain folder named "
-        "report): it may have been moved or deleted since the run. A run with force=true writes it again.",
+        f"publish finished, but {report_dir / INDEX} is not there: it was moved or deleted since the "
+        "run, or this API server does not see data_dir (it must be mounted at the same path as on the "
+        f"workers). {rewrite}",
     )
 
 
