@@ -54,7 +54,15 @@ def test_report_tab_shows_charts_thumbnails_and_the_manifest_counts(
 
     page.screenshot(path=tmp_path / "report.png")
     to_docs(tmp_path / "report.png", "report.png")
-    frame.locator("#samples").screenshot(path=tmp_path / "report-samples.png")
+    # The thumbnails, from the report opened on its own (an element screenshot inside the iframe
+    # would be clipped by it).
+    page.goto(airflow_ui.base_url + form_run.report_path)
+    grid = page.locator("#samples .grid").first
+    grid.evaluate(
+        "async (grid) => { for (const img of grid.querySelectorAll('img')) { img.loading = 'eager'; "
+        "await img.decode().catch(() => null); } }"
+    )
+    grid.screenshot(path=tmp_path / "report-samples.png")
     to_docs(tmp_path / "report-samples.png", "report-samples.png")
 
 
