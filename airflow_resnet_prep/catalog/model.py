@@ -7,6 +7,7 @@ from a file below a source folder. Nothing is extracted to be read.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import json
 import logging
@@ -63,11 +64,15 @@ class Source:
     kind: str  # TAR or DIR
     path: str  # absolute path of the tar file or the root folder, or its URI s3://<conn_id>@bucket/key
 
-    def describe(self, ref: ImageRef) -> str:
+    @functools.cached_property
+    def shown(self) -> str:
+        """The path, or the bucket URI without its connection id: for messages."""
         from airflow_resnet_prep.sources.bucket import display_uri
 
-        shown = display_uri(self.path)  # a bucket URI without its connection id
-        return f"{shown}/{ref.member}" if self.kind == DIR else f"{shown}[{ref.member}]"
+        return display_uri(self.path)
+
+    def describe(self, ref: ImageRef) -> str:
+        return f"{self.shown}/{ref.member}" if self.kind == DIR else f"{self.shown}[{ref.member}]"
 
 
 @dataclass
@@ -165,6 +170,7 @@ class ImageReader:
         self.sources = sources
         self._fds: dict[int, int] = {}
         self._stores: dict[int, Store] = {}
+        self._local: dict[int, bool] = {}
 
     def store(self, src: int) -> Store:
         store = self._stores.get(src)
@@ -175,7 +181,10 @@ class ImageReader:
         return store
 
     def _is_local(self, src: int) -> bool:
-        return self.store(src).local_path() is not None
+        local = self._local.get(src)
+        if local is None:
+            local = self._local[src] = self.store(src).local_path() is not None
+        return local
 
     def stats(self) -> dict[str, Any]:
         """Requests and bytes this reader's object stores fetched (local reads are not counted)."""
@@ -294,6 +303,7 @@ class ImageReader:
         for store in self._stores.values():
             store.close()
         self._stores.clear()
+        self._local.clear()
 
     def __enter__(self) -> ImageReader:
         return self

@@ -396,3 +396,28 @@ def test_errors_name_the_uri_and_no_credential(bucket, sample, tmp_path) -> None
     # no connection at all (neither in the URI nor storage_conn_id): the hint says how to give one
     with contextlib.suppress(SourceError):
         fetch(tmp_path / "d", bucket.uri("ILSVRC2012_img_train.tar", conn=False), str(sample.val_tar))
+
+
+# -- GCS ----------------------------------------------------------------------------------------------------
+def test_a_tar_in_gcs_is_indexed_read_and_fingerprinted(gcs_prefix, sample, tmp_path) -> None:
+    """The same seam on gs:// (fake-gcs-server): headers-only indexing, coalesced reads, a fingerprint
+    with the object's generation that changes when the object is written again."""
+    from airflow_resnet_prep.sources.download import resolve_source
+
+    store = store_for(gcs_prefix)
+    store.write_bytes("ILSVRC2012_img_val.tar", sample.val_tar.read_bytes())
+    uri = f"{gcs_prefix}/ILSVRC2012_img_val.tar"
+    local = build_split_catalog("val", sample.val_tar)
+    tar = store_for(uri)
+    catalog = build_split_catalog("val", uri, store=tar)
+    assert catalog.images == local.images
+    assert tar.stats.snapshot()["bytes_read"] == 512 * (len(local) + 1)
+    with ImageReader(local.sources) as reader:
+        expected = [reader.read(ref) for ref in local.images]
+    with ImageReader(catalog.sources) as reader:
+        assert [d for _, d in reader.iter_read(catalog.images)] == expected
+        assert reader.stats()["requests"] < len(expected) / 4
+    first = resolve_source(uri, tmp_path).fingerprint
+    assert first["kind"] == "object" and first["version"] and first["source"].startswith("gs://prep-tests/")
+    store.write_bytes("ILSVRC2012_img_val.tar", sample.val_tar.read_bytes())
+    assert resolve_source(uri, tmp_path).fingerprint["version"] != first["version"]
