@@ -1,7 +1,8 @@
 """A real Airflow (API server, scheduler, DAG processor, ...) started for a test, on 127.0.0.1.
 
 Each component runs as its own process (its own process group) from the project's ``.venv/bin/airflow``,
-with its output in ``home/logs/<name>.log``; ``stop()`` ends them all and is always safe to call::
+with its output in ``home/logs/<name>.log``; ``stop()`` ends them all, is always safe to call, and also
+runs when the test process exits::
 
     airflow = LiveAirflow(tmp_path / "airflow", dags_folder=REPO / "dags")
     try:
