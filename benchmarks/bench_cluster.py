@@ -8,11 +8,12 @@ REST API on the bench sample (``bench.py``'s, generated once under ``--workdir``
 units tasks of ``workers=1`` process each:
 
 1. a warm-up run (the workers' first tasks pay for imports), not reported;
-2. the run with 2 workers, then one worker stopped and the run with 1 worker (fresh data_dirs).
+2. ``--repeat`` times (default 3): the run with 2 workers, then one worker stopped and the run with 1
+   worker (fresh data_dirs; the stopped worker is started again for the next repetition).
 
 For each run it reads the task instances (queued, start and end times) from the REST API and each unit's
 own conversion time from its done record (``work/<implementation>/done/<id>.json``, ``seconds``), and
-prints, per run:
+prints, per worker count (medians over the repetitions):
 
 - the units phase: from the end of ``*_plan`` to the end of the last ``*_units`` task, and its speed-up
   from 1 to 2 workers (on one machine: the ratio shows overhead, not hardware);
@@ -126,6 +127,15 @@ def run_once(cluster: CeleryCluster, conf: dict[str, Any], implementation: str) 
     }
 
 
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Field by field median of repeated runs (numbers only; the rest from the first run)."""
+    row = dict(runs[0])
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[key] = statistics.median(r[key] for r in runs)
+    return row
+
+
 def images_for_target(row: dict[str, Any]) -> float:
     """Images per mapped task whose own work is 20x Airflow's overhead per task (overhead < 5 %)."""
     return row["overhead_per_task_s"] / TARGET / (row["work_per_image_us"] / 1e6)
@@ -177,6 +187,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--implementation", default="reference", choices=["reference", "nvidia"])
     parser.add_argument("--fanout", type=int, default=4, help="mapped units tasks (default 4)")
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench", help="cache and scratch folder")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per worker count, alternating (default 3)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     return parser.parse_args(argv)
 
@@ -202,29 +215,33 @@ def main(argv: list[str] | None = None) -> int:
         **(bench.reference_params(train, val) if ns.implementation == "reference" else {}),
     }
     log(f"cluster in {root}; runs: {json.dumps({k: v for k, v in conf.items() if 'source' not in k})}")
-    rows = []
+    runs: list[dict[str, Any]] = []
     started = time.monotonic()
     with CeleryCluster(root, dags=[MAIN_DAG], workers=2, concurrency=1) as cluster:
         log(f"cluster up in {cluster.timings['start_s']:.0f} s")
         cluster.airflow.wait_dag(DAG_ID)
         cluster.airflow.unpause(DAG_ID)
-        for name in ("warm-up", "2 workers", "1 worker"):
-            if name == "1 worker":
-                cluster.airflow.terminate(cluster.worker_names[-1])
-            row = run_once(
-                cluster, {**conf, "data_dir": str(root / "data" / name.replace(" ", "-"))}, ns.implementation
-            )
-            log(
-                f"{name}: units phase {row['units_phase_s']:.1f} s, overhead {row['overhead_per_task_s']:.1f} s/task"
-            )
-            if name != "warm-up":
-                rows.append(row)
-    rows.sort(key=lambda r: r["workers"])
+        run_once(cluster, {**conf, "data_dir": str(root / "data" / "warm-up")}, ns.implementation)
+        log("warm-up run done")
+        for rep in range(ns.repeat):
+            if rep:
+                cluster.start_worker(cluster.worker_names[-1])
+            for workers in (2, 1):
+                if workers == 1:
+                    cluster.airflow.terminate(cluster.worker_names[-1])
+                data_dir = root / "data" / f"{workers}-workers-{rep}"
+                row = run_once(cluster, {**conf, "data_dir": str(data_dir)}, ns.implementation)
+                log(
+                    f"[{rep + 1}/{ns.repeat}] {workers} worker(s): units phase {row['units_phase_s']:.1f} s, "
+                    f"unit work {row['unit_work_s']:.2f} s, overhead {row['overhead_per_task_s']:.1f} s/task"
+                )
+                runs.append(row)
+    rows = [medians([r for r in runs if r["workers"] == n]) for n in (1, 2)]
     load = os.getloadavg()
     print(
         f"\nCelery cluster on this machine ({len(os.sched_getaffinity(0))} cores, load {load[0]:.1f}): "
         f"{ns.implementation}, {rows[0]['images']:,} images, fanout {ns.fanout}, workers=1 per task, "
-        f"one slot per Celery worker"
+        f"one slot per Celery worker; medians of {ns.repeat} runs each"
     )
     print(format_rows(rows))
     print()
@@ -232,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(total {time.monotonic() - started:.0f} s)")
     if ns.json:
         ns.json.parent.mkdir(parents=True, exist_ok=True)
-        ns.json.write_text(json.dumps({"conf": conf, "rows": rows, "load": load}, indent=2))
+        ns.json.write_text(json.dumps({"conf": conf, "rows": rows, "runs": runs, "load": load}, indent=2))
     return 0
 
 
