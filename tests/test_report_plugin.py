@@ -106,6 +106,7 @@ def test_the_report_is_found_from_the_report_xcom_or_beside_the_manifest(data_di
             ["Task relabel_val failed", "log"],
         ),
         ("success", [ti("publish", "skipped")], "no report", ["publish ended skipped"]),
+        ("success", [ti("train", "success")], "No dataset report for this DAG", ["no task named publish"]),
     ],
 )
 def test_a_run_without_publish_output_says_why(xcoms, state, tis, title, words):

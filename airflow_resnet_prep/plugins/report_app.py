@@ -109,6 +109,14 @@ def _why_no_publish(session: Any, dag_run: Any) -> Located:
     ).all()
     ti_states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
     failed = sorted({ti.task_id for ti in tis if ti_states[ti.task_id] == "failed"})
+    if ti_states and PUBLISH_TASK_ID not in ti_states:
+        # external_views put the tab on every DAG's runs: say plainly that this DAG has no report.
+        return Located(
+            None,
+            "No dataset report for this DAG",
+            "This tab comes with the airflow-resnet-prep provider: it shows the report that the publish "
+            f"task of mlperf_resnet_prep writes. DAG {dag_run.dag_id} has no task named publish.",
+        )
     if state in ("queued", "running"):
         return Located(
             None,
