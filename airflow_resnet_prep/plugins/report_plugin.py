@@ -14,10 +14,31 @@ from airflow.plugins_manager import AirflowPlugin
 from airflow_resnet_prep.plugins.links import URL_PREFIX, URL_ROUTE, VIEW_NAME, base_path
 
 
-def _fastapi_app() -> dict:
-    from airflow_resnet_prep.plugins.report_app import create_app
+class ReportApp:
+    """The report app (:func:`~airflow_resnet_prep.plugins.report_app.create_app`) as an ASGI app built
+    on its first request.
 
-    return {"app": create_app(), "url_prefix": URL_PREFIX, "name": "MLPerf ResNet prep dataset reports"}
+    Every Airflow process imports entry-point plugins, task processes included; building the FastAPI app
+    imports the API server's security and database modules, which only the API server needs.
+    """
+
+    def __init__(self) -> None:
+        self._app = None
+
+    @property
+    def app(self):
+        if self._app is None:
+            from airflow_resnet_prep.plugins.report_app import create_app
+
+            self._app = create_app()
+        return self._app
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
+
+
+def _fastapi_app() -> dict:
+    return {"app": ReportApp(), "url_prefix": URL_PREFIX, "name": "MLPerf ResNet prep dataset reports"}
 
 
 class DatasetReportPlugin(AirflowPlugin):
