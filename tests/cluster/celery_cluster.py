@@ -22,6 +22,7 @@ the same host name on one machine.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -159,6 +160,7 @@ class CeleryCluster:
         """Start everything and wait until the API server, scheduler, DAG processor and every worker are
         up. On any failure, what was started is stopped before the error propagates."""
         t0 = time.monotonic()
+        atexit.register(self.stop)  # a test process that exits without teardown leaves no server behind
         try:
             api_port = free_port()
             self.postgres = Postgres(free_port(avoid={api_port}))
