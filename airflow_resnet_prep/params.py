@@ -67,23 +67,24 @@ PARAMS: dict[str, ParamSpec] = {
     "train_source": ParamSpec(
         "",
         {"type": "string"},
-        "Required. ILSVRC2012_img_train.tar: http(s) URL, file:// URL or absolute path; or a folder laid "
-        "out as <synset>/<image>.",
+        "Required. ILSVRC2012_img_train.tar: absolute path, file:// or http(s) URL, or s3:// / gs:// URI; or a "
+        "folder (or bucket prefix) laid out as <synset>/<image>.",
         description_md=(
-            "**Required.** The training images, one of:\n"
+            "**Required.** The training images, one of:\n\n"
             "- `ILSVRC2012_img_train.tar` as a local path (read in place, never copied),\n"
             "- an `http(s)://` URL (downloaded to `data_dir/downloads/`, resumable),\n"
-            "- a folder laid out as `<synset>/<image>`."
+            "- an `s3://[conn_id@]bucket/key` or `gs://` URI (read in place with ranged requests),\n"
+            "- a folder (or bucket prefix) laid out as `<synset>/<image>`."
         ),
     ),
     "val_source": ParamSpec(
         "",
         {"type": "string"},
-        "Required. ILSVRC2012_img_val.tar: URL or absolute path; or a flat folder of its images; or a folder "
-        "laid out as <synset>/<image>.",
+        "Required. ILSVRC2012_img_val.tar: absolute path, URL or s3:// / gs:// URI; or a flat folder of its "
+        "images; or a folder laid out as <synset>/<image>.",
         description_md=(
-            "**Required.** The validation images, one of:\n"
-            "- `ILSVRC2012_img_val.tar` as a local path or an `http(s)://` URL,\n"
+            "**Required.** The validation images, one of:\n\n"
+            "- `ILSVRC2012_img_val.tar` as a local path, an `http(s)://` URL or an `s3://` / `gs://` URI,\n"
             "- a flat folder of `ILSVRC2012_val_%08d.JPEG` files,\n"
             "- a folder laid out as `<synset>/<image>`."
         ),

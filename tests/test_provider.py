@@ -14,7 +14,7 @@ def test_airflow_lists_the_provider():
     assert info.version == importlib.import_module("airflow_resnet_prep").__version__
 
 
-def test_listed_operator_modules_hold_the_four_operators():
+def test_listed_operator_modules_hold_the_five_operators():
     from airflow_resnet_prep import get_provider_info
 
     modules = get_provider_info()["operators"][0]["python-modules"]
@@ -29,4 +29,5 @@ def test_listed_operator_modules_hold_the_four_operators():
         "RelabelValOperator",
         "ConvertTFRecordOperator",
         "NvidiaPrepOperator",
+        "PublishOperator",
     } <= names
