@@ -257,7 +257,7 @@ def build_split_catalog(
         finally:
             stats = store.stats.snapshot()
             log.info(
-                "%s: indexed with %d requests, %.1f MB read",
+                "%s: indexed; this process's client sent %d requests meanwhile, %.1f MB read",
                 where,
                 sum(stats["requests"].values()),
                 stats["bytes_read"] / 1e6,

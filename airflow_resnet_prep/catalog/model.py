@@ -171,13 +171,15 @@ class ImageReader:
         self._fds: dict[int, int] = {}
         self._stores: dict[int, Store] = {}
         self._local: dict[int, bool] = {}
+        self._baseline: dict[int, dict[str, Any]] = {}
 
     def store(self, src: int) -> Store:
         store = self._stores.get(src)
         if store is None:
-            from airflow_resnet_prep.sources.bucket import source_store
+            from airflow_resnet_prep.sources.bucket import shared_store
 
-            store = self._stores[src] = source_store(self.sources[src].path)
+            store = self._stores[src] = shared_store(self.sources[src].path)
+            self._baseline[src] = store.stats.snapshot()
         return store
 
     def _is_local(self, src: int) -> bool:
@@ -187,14 +189,16 @@ class ImageReader:
         return local
 
     def stats(self) -> dict[str, Any]:
-        """Requests and bytes this reader's object stores fetched (local reads are not counted)."""
+        """Requests and bytes sent to the buckets of this reader's sources since it first used them
+        (the process's client is shared, so requests other threads sent meanwhile count too; local
+        reads are not counted)."""
         requests = 0
         fetched = 0
-        for store in self._stores.values():
+        for src, store in self._stores.items():
             if store.local_path() is None:
-                snap = store.stats.snapshot()
-                requests += sum(snap["requests"].values())
-                fetched += snap["bytes_read"]
+                now, then = store.stats.snapshot(), self._baseline[src]
+                requests += sum(now["requests"].values()) - sum(then["requests"].values())
+                fetched += now["bytes_read"] - then["bytes_read"]
         return {"requests": requests, "bytes_read": fetched}
 
     def read(self, ref: ImageRef) -> bytes:
@@ -300,10 +304,10 @@ class ImageReader:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        for store in self._stores.values():
-            store.close()
+        # Object stores are shared by the process's readers (see shared_store): not closed here.
         self._stores.clear()
         self._local.clear()
+        self._baseline.clear()
 
     def __enter__(self) -> ImageReader:
         return self

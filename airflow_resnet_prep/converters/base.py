@@ -387,6 +387,14 @@ def read_or_report(
     return data
 
 
+def record_source_reads(reader: ImageReader, result: UnitResult) -> None:
+    """Note in the unit's done record how many requests and bytes its images cost from a bucket
+    (nothing for local sources): the coalescing of close images shows as fewer requests than images."""
+    stats = reader.stats()
+    if stats["requests"]:
+        result.extra["source_reads"] = stats
+
+
 def bad_image(exc: BadImageError, item: WorkItem, on_bad_image: str, result: UnitResult) -> None:
     """Fail (default) or record the image as left out, per ``on_bad_image``."""
     if on_bad_image != "skip":

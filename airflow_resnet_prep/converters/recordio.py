@@ -42,6 +42,7 @@ from airflow_resnet_prep.converters.base import (
     bad_image,
     check_on_bad_image,
     read_or_report,
+    record_source_reads,
 )
 from airflow_resnet_prep.converters.recordio_direct import write_direct
 from airflow_resnet_prep.errors import BadImageError, PrepError
@@ -151,6 +152,7 @@ class RecordIOConverter(Converter):
                 position += sum(len(b) for b in buffers)
                 if result.records == half:
                     failpoint("unit-half")
+            record_source_reads(reader, result)
         result.outputs[unit["outputs"][0]] = {"size": position, "records": result.records}
         result.extra["offsets"] = offsets
         return result

@@ -151,6 +151,7 @@ def _frame_chunk(
     result = UnitResult(unit=-1, split=split)
     framed = _Framed(index, result=result)
     buffers: list = []
+    before = reader.stats()
     # The chunk's images read ahead: from a bucket coalesced and concurrent, locally one pread each.
     with contextlib.closing(reader.iter_read(chunk.items)) as reads:
         for item, data in reads:
@@ -160,6 +161,9 @@ def _frame_chunk(
             framed.offsets.append([item.index, framed.size])
             framed.size += sum(len(b) for b in record)
             buffers.extend(record)
+    after = reader.stats()
+    if after["requests"] > before["requests"]:  # from a bucket: what the chunk cost
+        result.extra["source_reads"] = {k: after[k] - before[k] for k in ("requests", "bytes_read")}
     return framed, buffers
 
 
@@ -327,6 +331,11 @@ def _write_done_records(
             result.skipped.extend(f.result.skipped)
             result.reencoded.extend(f.result.reencoded)
             result.seconds += f.seconds
+            reads = f.result.extra.get("source_reads")
+            if reads:
+                total = result.extra.setdefault("source_reads", {"requests": 0, "bytes_read": 0})
+                for k in total:
+                    total[k] += reads[k]
         result.outputs[unit["outputs"][0]] = {"size": offset, "records": result.records}
         result.extra["offsets"] = offsets
         result.seconds = round(result.seconds, 3)

@@ -33,6 +33,7 @@ from airflow_resnet_prep.converters.base import (
     bad_image,
     check_on_bad_image,
     read_or_report,
+    record_source_reads,
 )
 from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
@@ -178,6 +179,7 @@ class TFRecordConverter(Converter):
                         "size": (out_dir / f"{name}.idx").stat().st_size,
                         "records": len(sizes),
                     }
+            record_source_reads(reader, result)
         return result
 
     @staticmethod

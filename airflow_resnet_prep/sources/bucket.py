@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -79,6 +80,31 @@ def source_store(source: str | os.PathLike[str], conn_id: str | None = None) -> 
         except StorageError as exc:
             raise SourceError(str(exc)) from None
     return store_for(os.path.abspath(os.path.expanduser(text)))
+
+
+_SHARED: dict[tuple[str, int], Store] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_store(source: str | os.PathLike[str]) -> Store:
+    """:func:`source_store`, one per source and process for sources in a bucket.
+
+    Image readers are made per unit, many per process: sharing the store keeps one client (and one
+    set of request counters hooked to it) per process instead of a new hook per unit. After ``fork``
+    the child makes its own (the key holds the PID)."""
+    text = str(source)
+    if not is_bucket_uri(text):
+        return source_store(text)
+    key = (text, os.getpid())
+    store = _SHARED.get(key)
+    if store is None:
+        with _SHARED_LOCK:
+            store = _SHARED.get(key)
+            if store is None:
+                for stale in [k for k in _SHARED if k[1] != key[1]]:
+                    del _SHARED[stale]  # a parent's, inherited through fork
+                store = _SHARED[key] = source_store(text)
+    return store
 
 
 def read_source_bytes(source: str | os.PathLike[str]) -> bytes:
