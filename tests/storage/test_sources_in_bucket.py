@@ -436,3 +436,18 @@ def test_a_tar_in_gcs_is_indexed_read_and_fingerprinted(gcs_prefix, sample, tmp_
     assert first["kind"] == "object" and first["version"] and first["source"].startswith("gs://prep-tests/")
     store.write_bytes("ILSVRC2012_img_val.tar", sample.val_tar.read_bytes())
     assert resolve_source(uri, tmp_path).fingerprint["version"] != first["version"]
+
+
+def test_extract_lays_out_images_read_from_the_bucket(bucket, sample, tmp_path) -> None:
+    """extract=true with tars in a bucket: raw/{train,val}/<synset>/<image> hold the images' bytes."""
+    from airflow_resnet_prep.pipeline import run
+
+    data_dir = tmp_path / "data"
+    result = run(pipeline_values(bucket, data_dir, "nvidia", extract=True))
+    assert result["imagenet_path"] == str(data_dir / "raw" / "train")
+    for split, tar in (("train", sample.train_tar), ("val", sample.val_tar)):
+        catalog = build_split_catalog(split, tar)
+        with ImageReader(catalog.sources) as reader:
+            for ref in catalog.images:
+                found = list((data_dir / "raw" / split).glob(f"*/{ref.name}"))
+                assert len(found) == 1 and found[0].read_bytes() == reader.read(ref), ref.name
