@@ -326,6 +326,14 @@ def export_connections(sources: Iterable[Source]) -> None:
         if not is_bucket_uri(source.path):
             continue
         store = source_store(source.path)
-        if store.conn_id and f"AIRFLOW_CONN_{store.conn_id.upper()}" in os.environ:
+        if not store.conn_id or f"AIRFLOW_CONN_{store.conn_id.upper()}" in os.environ:
             continue
-        os.environ.update(store.connection_env())
+        try:
+            os.environ.update(store.connection_env())
+        except Exception as exc:  # reported where it matters: the first read names the URI and connection
+            log.warning(
+                "%s: cannot pass the connection %r to worker processes (%s)",
+                source.shown,
+                store.conn_id,
+                type(exc).__name__,
+            )

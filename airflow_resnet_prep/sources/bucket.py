@@ -11,7 +11,8 @@ the manifest show it without the connection id (:func:`display_uri`).
 - ``download=True`` (the ``download_sources`` param): the object is first copied to
   ``data_dir/downloads/<name>`` (``.part`` then rename, checked against its size and ETag, and against
   the checksum when one is given), and the local copy is read; a rerun reuses the copy while the
-  object's size and ETag are unchanged.
+  object's size and ETag are unchanged. A folder prefix is copied to ``downloads/<name>/`` object by
+  object, and reused while its listing (keys, sizes, ETags) is unchanged.
 
 Fingerprints (the cached-output check): ``kind`` ``object`` with ``size``, ``etag`` and ``version``
 (GCS generation), or ``kind`` ``object_dir`` with the number of objects, their total size and a digest of
@@ -25,6 +26,7 @@ import logging
 import os
 import posixpath
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 COPY_CHUNK = 16 << 20  # bytes per ranged GET when copying or hashing a whole object
 COPY_CONCURRENCY = 4
+COPY_OBJECTS_CONCURRENCY = 16  # objects of a folder prefix copied at once
 
 
 def is_bucket_uri(source: str | os.PathLike[str]) -> bool:
@@ -159,10 +162,6 @@ def resolve_object(
             log.warning(
                 "%s: is a folder prefix; the checksum %s applies to archives and is ignored", shown, checksum
             )
-        if download:
-            log.warning(
-                "%s: is a folder prefix; download_sources copies archives only, reading it in place", shown
-            )
         fp: dict[str, object] = {
             "kind": "object_dir",
             "source": shown,
@@ -170,6 +169,8 @@ def resolve_object(
             "size": size,
             "digest": digest,
         }
+        if download:
+            return Fetched(_download_folder(store, shown, fp, downloads_dir), fp)
         return Fetched(uri, fp)
     fp = {"kind": "object", "source": shown, "size": info.size, "etag": info.etag, "version": info.version}
     if download:
@@ -257,6 +258,53 @@ def _download_object(
         progress.finish()
         atomic_write_json(sidecar, {**wanted, **({"checksum": verified} if verified else {})})
         return final, verified
+
+
+def _download_folder(store: Store, shown: str, fp: dict[str, object], downloads_dir: Path) -> Path:
+    """Copy every object below the prefix to ``downloads_dir/<name>/<key>`` (each file under a temporary
+    name, then renamed; files already there with their size are kept), unless the sidecar says this
+    very listing (same digest of keys, sizes and ETags) was copied whole already."""
+    name = posixpath.basename(urlsplit(shown).path.rstrip("/")) or "bucket"
+    target, sidecar = downloads_dir / name, downloads_dir / f"{name}.json"
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(downloads_dir / f".{name}.lock"):
+        side = read_json(sidecar)
+        if isinstance(side, dict) and side == fp and target.is_dir():
+            log.info("%s: reusing the copy %s (same listing), no download", shown, target)
+            return target
+        sidecar.unlink(missing_ok=True)
+        objects = [o for o in store.list() if not any(p in ("", ".", "..") for p in o.key.split("/"))]
+        todo = []
+        for info in objects:
+            path = target.joinpath(*info.key.split("/"))
+            if not (path.is_file() and path.stat().st_size == info.size):
+                todo.append((info.key, path))
+        log.info("%s: copying %d of %d objects to %s", shown, len(todo), len(objects), target)
+        progress = ByteProgress(f"copy {name}", sum(o.size for o in objects))
+
+        def copy(entry: tuple[str, Path]) -> int:
+            key, path = entry
+            data = store.read_bytes(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.part")
+            try:
+                with disk_full_as_error(path), open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return len(data)
+
+        try:
+            with ThreadPoolExecutor(COPY_OBJECTS_CONCURRENCY, thread_name_prefix="copy") as pool:
+                for n in pool.map(copy, todo):
+                    progress.advance(n)
+        except (StorageError, OSError) as exc:
+            raise SourceError(f"{shown}: copying the folder failed: {_reason(exc)}") from exc
+        progress.finish()
+        atomic_write_json(sidecar, fp)
+        return target
 
 
 def _chunks(store: Store, size: int):

@@ -358,14 +358,21 @@ def test_download_sources_copies_then_reads_locally(bucket, sample, local_runs, 
     assert copy.stat().st_mtime_ns == mtime
 
 
-def test_folder_prefixes_in_a_bucket_are_sources(bucket, local_runs, tmp_path) -> None:
-    """train as <synset>/<image> objects, val as a flat prefix: the same .lst/.rec/.idx as the tars give."""
+@pytest.mark.parametrize("download", [False, True])
+def test_folder_prefixes_in_a_bucket_are_sources(bucket, local_runs, tmp_path, download) -> None:
+    """train as <synset>/<image> objects, val as a flat prefix: the same .lst/.rec/.idx as the tars give,
+    read in place or from their copies in downloads/."""
     from airflow_resnet_prep.pipeline import run
 
-    values = pipeline_values(bucket, tmp_path / "data", "nvidia")
+    values = pipeline_values(bucket, tmp_path / "data", "nvidia", download_sources=download)
     values.update(train_source=bucket.uri("folders/train"), val_source=bucket.uri("folders/val"))
     assert run(values)["cached"] is False
     assert digests(tmp_path / "data" / "recordio") == local_runs("nvidia")
+    copies = tmp_path / "data" / "downloads" / "train"
+    assert copies.is_dir() == download
+    if download:
+        assert sorted(p.parent.name for p in copies.glob("*/*.JPEG"))  # <synset>/<image>
+        assert run(values)["cached"] is True
 
 
 # -- errors -------------------------------------------------------------------------------------------------
