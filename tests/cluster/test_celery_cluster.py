@@ -317,9 +317,10 @@ def test_broker_restart_mid_run(cluster, cluster_sources, expected):
     if state != "success":
         failed = [ti["task_id"] for ti in task_instances(cluster, DAG_ID, run_id) if ti["state"] == "failed"]
         assert failed, run_report(cluster, DAG_ID, run_id)  # a failed run names its failed tasks
-        rerun = trigger(cluster, conf)
-        assert finish(cluster, rerun) == "success", run_report(cluster, DAG_ID, rerun)
+        run_id = trigger(cluster, conf)
+        assert finish(cluster, run_id) == "success", run_report(cluster, DAG_ID, run_id)
     assert output_files(data_dir, "nvidia") == files
+    PUBLISHED.append((DAG_ID, run_id, "nvidia"))
     # Both workers are back on the broker: a new run spreads over them again.
 
 
@@ -339,7 +340,9 @@ def test_two_runs_on_one_data_dir(cluster, cluster_sources, expected):
     assert "success" in states.values(), {k: run_report(cluster, *k) for k in states}
     for (dag_id, run_id), state in states.items():
         if state == "success":
-            PUBLISHED.append((dag_id, run_id, "nvidia"))
+            # Not in PUBLISHED: two publishes of one Asset within a scheduler loop of each other reach an
+            # Asset-scheduled DAG in one run, or the later one only with the next publish (Airflow 3.3.2
+            # takes a consumer run's events up to its queue entry's time, and one entry serves both).
             continue
         logs = [
             task_log(cluster, dag_id, run_id, ti, try_number)
