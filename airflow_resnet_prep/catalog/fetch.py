@@ -1,4 +1,5 @@
-"""The fetch step: make the sources local (download or use in place), then catalog every image.
+"""The fetch step: make the sources readable (download a URL, use a local path or a bucket object in
+place, or copy the object first with ``download_sources``), then catalog every image.
 
 A rerun whose sources have the same fingerprints reuses the saved catalogs without rescanning.
 """

@@ -1,7 +1,9 @@
 """The catalog: every image of a split, its class, and where its bytes are.
 
 An image is read with one positioned read: from a tar (outer or nested) at the recorded offset, or
-from a file below a source folder. Nothing is extracted to be read.
+from a file below a source folder. Nothing is extracted to be read. A source in a bucket
+(``s3://<conn_id>@bucket/key``) is read the same way through the storage seam, with ranged GETs; a
+unit's images lying close together share one request (:meth:`ImageReader.iter_read`).
 """
 
 from __future__ import annotations
