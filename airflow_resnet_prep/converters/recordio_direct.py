@@ -134,7 +134,8 @@ def _write_split(
                 if processes <= 1 or len(chunks) <= 1:
                     framed = _run_in_process(converter, sources, chunks, fd, split, progress)
                 else:
-                    framed = _run_in_pool(converter, sources, chunks, fd, split, processes, progress)
+                    with fork_context() as ctx:
+                        framed = _run_in_pool(ctx, converter, sources, chunks, fd, split, processes, progress)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -208,19 +209,6 @@ def _run_in_process(
 
 
 def _run_in_pool(
-    converter: ItemFramer,
-    sources: list,
-    chunks: list[_Chunk],
-    fd: int,
-    split: str,
-    processes: int,
-    progress: Progress,
-) -> list[_Framed]:
-    with fork_context() as ctx:
-        return _frame_in_pool(ctx, converter, sources, chunks, fd, split, processes, progress)
-
-
-def _frame_in_pool(
     ctx: Any,
     converter: ItemFramer,
     sources: list,
