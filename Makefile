@@ -66,8 +66,9 @@ demo: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 	  $(PY) -m airflow_resnet_prep.report $(DEMO)/$$impl; \
 	done
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed system-deps
 	$(PY) benchmarks/bench.py --json .bench/bench.json
+	$(PY) benchmarks/bench_cluster.py --json .bench/bench_cluster.json
 
 clean:
 	rm -rf $(DEMO) .bench $(AIRFLOW_HOME)
