@@ -16,6 +16,7 @@ counted in :attr:`Store.stats` (from botocore's ``before-send`` event, so retrie
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
@@ -292,6 +294,28 @@ class RangeReader(io.RawIOBase):
         return len(data)
 
 
+# The stores using each S3 client of this process: its requests are counted in each one's stats (a
+# store's stats are therefore the process's requests through that connection, retries included).
+_CLIENT_STORES: weakref.WeakKeyDictionary[Any, weakref.WeakSet[S3Store]] = weakref.WeakKeyDictionary()
+
+
+def _count_request(
+    stores: weakref.WeakSet[S3Store], request: Any = None, event_name: str = "", **_: Any
+) -> None:
+    body = 0
+    if request is not None and request.method in ("PUT", "POST"):
+        body = int(request.headers.get("Content-Length") or 0)
+    for store in list(stores):
+        store.stats.add(event_name.rsplit(".", 1)[-1], written=body)
+
+
+def _count_get_bytes(stores: weakref.WeakSet[S3Store], parsed: Any = None, **_: Any) -> None:
+    if isinstance(parsed, dict):
+        for store in list(stores):
+            with store.stats._lock:  # the request itself was counted before it was sent
+                store.stats.bytes_read += int(parsed.get("ContentLength") or 0)
+
+
 class S3Store(ObjectStore):
     """S3 and S3-compatible servers (an ``aws`` connection; ``endpoint_url`` in its extra)."""
 
@@ -300,21 +324,17 @@ class S3Store(ObjectStore):
 
     def _make_fs(self) -> Any:
         fs = super()._make_fs()
-        events = fs.s3.meta.events  # creating the client here, in this process
-        events.register("before-send.s3", self._count_request)
-        events.register("after-call.s3.GetObject", self._count_get_bytes)
+        client = fs.s3  # created here, in this process
+        stores = _CLIENT_STORES.get(client)
+        if stores is None:
+            # Once per client: stores of one connection share it (fsspec's cache), and handlers
+            # registered per store would pile up on it, each request calling them all.
+            stores = _CLIENT_STORES[client] = weakref.WeakSet()
+            events = client.meta.events
+            events.register("before-send.s3", functools.partial(_count_request, stores))
+            events.register("after-call.s3.GetObject", functools.partial(_count_get_bytes, stores))
+        stores.add(self)
         return fs
-
-    def _count_request(self, request: Any = None, event_name: str = "", **_: Any) -> None:
-        body = 0
-        if request is not None and request.method in ("PUT", "POST"):
-            body = int(request.headers.get("Content-Length") or 0)
-        self.stats.add(event_name.rsplit(".", 1)[-1], written=body)
-
-    def _count_get_bytes(self, parsed: Any = None, **_: Any) -> None:
-        if isinstance(parsed, dict):
-            with self.stats._lock:
-                self.stats.bytes_read += int(parsed.get("ContentLength") or 0)
 
     def call(self, method: str, key: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """One S3 API call on this store's bucket (``Key`` from ``key`` when given)."""

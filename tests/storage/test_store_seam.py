@@ -327,3 +327,23 @@ def test_local_store_exposes_the_path_for_fast_paths(tmp_path: Path, s3_prefix: 
     local = store_for(str(tmp_path))
     assert local.local_path("a/b") == tmp_path / "a" / "b"
     assert store_for(s3_prefix).local_path("a/b") is None
+
+
+def test_stores_of_one_connection_register_the_request_counters_once(s3_prefix: str) -> None:
+    """Stores of one connection share fsspec's cached client; each new store used to add two more
+    event handlers to it, so every request called them all. Counting still reaches every store."""
+    stores = [store_for(s3_prefix) for _ in range(6)]
+    for store in stores:
+        store.write_bytes("counted", b"x")  # each store makes (or reuses) its client
+    client = stores[0].fs.s3
+    assert all(store.fs.s3 is client for store in stores)
+    # botocore keeps handlers in a prefix trie (private): the ones for this event name, ours included.
+    handlers = list(client.meta.events._emitter._handlers.prefix_search("before-send.s3.GetObject"))
+    ours = [
+        h for h in handlers if getattr(h, "func", None) is not None and h.func.__name__ == "_count_request"
+    ]
+    assert len(ours) == 1
+    for store in stores:
+        store.stats.reset()
+    assert stores[-1].read_bytes("counted") == b"x"
+    assert all(store.stats.requests["GetObject"] == 1 for store in stores)
