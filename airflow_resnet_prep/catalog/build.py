@@ -12,7 +12,7 @@ the catalog does not depend on the order inside an archive or of a directory lis
 
 from __future__ import annotations
 
-import io
+import functools
 import itertools
 import logging
 import os
@@ -20,7 +20,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
@@ -28,6 +28,7 @@ from airflow_resnet_prep.progress import Progress
 from airflow_resnet_prep.sources.bucket import canonical_uri, display_uri, source_store
 from airflow_resnet_prep.sources.tarindex import iter_tar
 from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store
+from airflow_resnet_prep.storage.rangefile import RangeFile
 
 log = logging.getLogger(__name__)
 
@@ -127,44 +128,9 @@ def _index_tar_file(
     return refs
 
 
-class _RangeFile(io.RawIOBase):
-    """A seekable reader of a whole object whose every ``read(n)`` is one exact ranged request of ``n``
-    bytes (no read-ahead): what indexing tar headers needs. One per thread."""
-
-    def __init__(self, store: Store, size: int) -> None:
-        self._store, self._size, self._pos = store, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
-        if end <= self._pos:
-            return b""
-        data = self._store.read_range("", self._pos, end - self._pos)
-        self._pos = end
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
 def _index_remote_tar(store: Store, shown: str, size: int) -> list[ImageRef]:
     def opener() -> BinaryIO:
-        return _RangeFile(store, size)  # type: ignore[return-value]
+        return RangeFile(functools.partial(store.read_range, ""), size)  # type: ignore[return-value]
 
     with opener() as fh:
         return _index_tar_file(shown, posixpath.basename(shown), fh, size, opener)

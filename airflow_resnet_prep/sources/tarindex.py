@@ -8,50 +8,19 @@ archive (absolute paths, ``..``, links, devices) is refused with an error naming
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
+from airflow_resnet_prep.storage.rangefile import window
 
 
 class TarMember(NamedTuple):
     path: str  # member path as written in the archive (normalised, "/"-separated)
     offset: int  # absolute byte offset of the data in the outermost file
     size: int
-
-
-class _Window(io.RawIOBase):
-    """A read-only view of ``size`` bytes at ``start`` of a file: lets tarfile parse a nested tar in place."""
-
-    def __init__(self, fh: BinaryIO, start: int, size: int) -> None:
-        self._fh, self._start, self._size, self._pos = fh, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        n = min(len(buf), self._size - self._pos)
-        if n <= 0:
-            return 0
-        self._fh.seek(self._start + self._pos)
-        data = self._fh.read(n)
-        buf[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 def check_member_name(archive: str, name: str) -> str:
@@ -156,7 +125,7 @@ def _fast_index(fh: BinaryIO, archive: str, start: int, total: int) -> list[TarM
 
 
 def _tarfile_index(fh: BinaryIO, archive: str, start: int, total: int) -> Iterator[TarMember]:
-    view: BinaryIO = _Window(fh, start, total)  # type: ignore[assignment]
+    view: BinaryIO = window(fh, start, total)  # type: ignore[assignment]
     try:
         tar = tarfile.open(fileobj=view, mode="r:")  # noqa: SIM115 (closed by the with below)
     except tarfile.TarError as exc:

@@ -45,6 +45,7 @@ from airflow_resnet_prep.storage.base import (
     UploadInfo,
     check_key,
 )
+from airflow_resnet_prep.storage.rangefile import RangeFile
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class ObjectStore(Store):
         return data
 
     def open_read(self, key: str = "", block_size: int = 0) -> BinaryIO:
-        raw = RangeReader(self, key)
+        raw = RangeFile(functools.partial(self.read_range, key), self.size(key))
         return io.BufferedReader(raw, block_size) if block_size > 0 else raw  # type: ignore[return-value]
 
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -254,44 +255,6 @@ class ObjectStore(Store):
 
     def close(self) -> None:
         self._fs, self._fs_pid = None, -1
-
-
-class RangeReader(io.RawIOBase):
-    """A seekable reader on an object whose every ``read(n)`` is one exact ranged GET (no read-ahead)."""
-
-    def __init__(self, store: Store, key: str) -> None:
-        self._store, self._key, self._pos = store, key, 0
-        self._size = store.size(key)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
-        if end <= self._pos:
-            return b""
-        data = self._store.read_range(self._key, self._pos, end - self._pos)
-        self._pos = end
-        return data
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
 
 
 # The stores using each S3 client of this process: its requests are counted in each one's stats (a
