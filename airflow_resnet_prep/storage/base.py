@@ -223,9 +223,9 @@ class Store(ABC):
         key = check_key(key)
         return posixpath.join(self.url, key) if key else self.url
 
+    @abstractmethod
     def child(self, key: str) -> Store:
         """A store rooted at ``key`` below this one (same client and connection)."""
-        raise NotImplementedError
 
     def local_path(self, key: str = "") -> Any | None:
         """The local ``Path`` of ``key`` when the store is a local disk (for the fast paths: pread,
