@@ -28,30 +28,27 @@ ENV_PREFIX = "MLPERF_RESNET_PREP_"
 PREPARED = Asset(name="mlperf_resnet_prepared", uri="file:///mlperf-resnet-prep/prepared")
 
 
-def _defaults() -> dict[str, Any]:
-    """What a param left empty means: params.py's default, or for a string param the value of
-    MLPERF_RESNET_PREP_<NAME> (an empty variable, as docker compose passes an unset one, keeps it)."""
-    return {
-        name: (os.environ.get(ENV_PREFIX + name.upper()) or spec.default)
-        if isinstance(spec.default, str)
-        else spec.default
-        for name, spec in PARAMS.items()
-    }
+def _from_env(name: str) -> str | None:
+    """MLPERF_RESNET_PREP_<NAME>, the deployment's default of a string param; an empty variable (as
+    docker compose passes an unset one) is no default."""
+    return (
+        os.environ.get(ENV_PREFIX + name.upper()) or None if isinstance(PARAMS[name].default, str) else None
+    )
 
 
-DEFAULTS = _defaults()
+# What a param left empty (null) means: the deployment's default, else params.py's.
+DEFAULTS = {name: _from_env(name) or spec.default for name, spec in PARAMS.items()}
 
 
 def _params() -> dict[str, Param]:
     """The trigger form: required params first, then the optional ones (which admit null) by section."""
     params = {}
     for name, spec in PARAMS.items():
-        env_default = os.environ.get(ENV_PREFIX + name.upper()) if isinstance(spec.default, str) else None
         # The form shows `description_md` only when `description` is None.
         description = None if spec.description_md else spec.description
         extra = {"description_md": spec.description_md} if spec.description_md else {}
         params[name] = Param(
-            env_default or spec.form_default,
+            _from_env(name) or spec.form_default,
             description=description,
             title=name,
             **spec.form_schema(),
