@@ -69,6 +69,7 @@ demo: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 bench: $(VENV)/.installed system-deps
 	$(PY) benchmarks/bench.py --json .bench/bench.json
 	$(PY) benchmarks/bench_cluster.py --json .bench/bench_cluster.json
+	$(PY) benchmarks/bench_bucket.py --json .bench/bench_bucket.json
 
 clean:
 	rm -rf $(DEMO) .bench $(AIRFLOW_HOME)
