@@ -1070,22 +1070,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="Row definitions are printed with the table; see the module docstring for the method.",
     )
-    parser.add_argument("--images", type=int, default=30_000, help="sample size (default about 30,000)")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions per row; figures are medians (3)")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="processes per conversion in the table (0 = all cores)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
-    parser.add_argument(
-        "--workdir", type=Path, default=REPO / ".bench", help="cache and scratch folder (default .bench/)"
-    )
-    parser.add_argument(
-        "--rows",
-        default=",".join(ROW_ORDER),
-        help=f"comma-separated rows of the table (default all: {','.join(ROW_ORDER)}); "
-        "their baselines are added",
-    )
+    add_sample_args(parser, default_images=30_000, row_order=ROW_ORDER)
     parser.add_argument("--scale", action="store_true", help="run only the scale check")
     parser.add_argument("--skip-scale", action="store_true", help="leave out the scale check")
     parser.add_argument(
@@ -1108,21 +1093,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dag-implementation", default="nvidia", choices=["nvidia", "reference"], help="for --dag"
     )
-    parser.add_argument("--job", help=argparse.SUPPRESS)
     ns = parser.parse_args(argv)
     if ns.job is None:
-        if ns.images < 4:
-            parser.error("--images must be at least 4")
-        if ns.repeat < 1:
-            parser.error("--repeat must be at least 1")
+        check_sample_args(parser, ns, DEFINITIONS, ROW_ORDER)
         if not ns.scale_out_workers or ns.scale_out_workers[0] != 1 or min(ns.scale_out_workers) < 1:
             parser.error("--scale-out-workers must start with 1, e.g. 1,2,4")
         if ns.scale_entries < 4:
             parser.error("--scale-entries must be at least 4")
-        unknown = [r for r in ns.rows.split(",") if r not in DEFINITIONS]
-        if unknown:
-            parser.error(f"unknown rows {unknown}; known: {', '.join(ROW_ORDER)}")
     return ns
+
+
+def add_sample_args(parser: argparse.ArgumentParser, *, default_images: int, row_order: list[str]) -> None:
+    """The options every bench script shares: the sample, repetitions, workers, rows, the child job."""
+    parser.add_argument(
+        "--images", type=int, default=default_images, help=f"sample size (default about {default_images:,})"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per row; figures are medians (3)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes per conversion in the table (0 = all cores)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
+    parser.add_argument(
+        "--workdir", type=Path, default=REPO / ".bench", help="cache and scratch folder (default .bench/)"
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(row_order),
+        help=f"comma-separated rows of the table (default all: {','.join(row_order)}); "
+        "their baselines are added",
+    )
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+
+
+def check_sample_args(
+    parser: argparse.ArgumentParser, ns: argparse.Namespace, definitions: dict, row_order: list[str]
+) -> None:
+    """Refuse what the shared options cannot mean (only in the parent, not in a child job)."""
+    if ns.images < 4:
+        parser.error("--images must be at least 4")
+    if ns.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    unknown = [r for r in ns.rows.split(",") if r not in definitions]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(row_order)}")
 
 
 def selected_rows(arg: str) -> list[str]:

@@ -378,31 +378,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python benchmarks/bench_bucket.py",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    parser.add_argument("--images", type=int, default=6000, help="sample size (default about 6,000)")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions per row; figures are medians (3)")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="processes per conversion (0 = all cores, as the DAG)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
-    parser.add_argument(
-        "--workdir", type=Path, default=REPO / ".bench", help="cache and scratch folder (default .bench/)"
-    )
-    parser.add_argument(
-        "--rows",
-        default=",".join(ROW_ORDER),
-        help=f"comma-separated rows (default all: {','.join(ROW_ORDER)}); their baselines are added",
-    )
-    parser.add_argument("--job", help=argparse.SUPPRESS)
+    bench.add_sample_args(parser, default_images=6000, row_order=ROW_ORDER)
     ns = parser.parse_args(argv)
     if ns.job is None:
-        if ns.images < 4:
-            parser.error("--images must be at least 4")
-        if ns.repeat < 1:
-            parser.error("--repeat must be at least 1")
-        unknown = [r for r in ns.rows.split(",") if r not in DEFINITIONS]
-        if unknown:
-            parser.error(f"unknown rows {unknown}; known: {', '.join(ROW_ORDER)}")
+        bench.check_sample_args(parser, ns, DEFINITIONS, ROW_ORDER)
     return ns
 
 

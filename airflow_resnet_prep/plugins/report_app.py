@@ -19,6 +19,7 @@ Airflow UI's origin or the network).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import mimetypes
@@ -88,11 +89,9 @@ def _xcom_values(session: Any, dag_id: str, run_id: str) -> dict[str, Any]:
         except Exception:
             value = row.value
         if isinstance(value, str):
-            try:  # a JSON-encoded string, as some backends store it
+            with contextlib.suppress(ValueError):  # a JSON-encoded string, as some backends store it
                 decoded = json.loads(value)
                 value = decoded if isinstance(decoded, str) else value
-            except ValueError:
-                pass
         values[row.key] = value
     return values
 

@@ -111,9 +111,9 @@ class GcsStore(ObjectStore):
         self._count("DeleteObject")
         try:
             self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self._key(key), ifGenerationMatch=version)
-        except (FileNotFoundError, FileExistsError):  # gone already, or 412: no longer the version we hold
-            pass
         except OSError as exc:
-            if not (getattr(exc, "code", None) == 412 or "412" in str(exc)):
+            # Gone already, or 412: no longer the version we hold; either way nothing of ours to delete.
+            gone = isinstance(exc, (FileNotFoundError, FileExistsError))
+            if not (gone or getattr(exc, "code", None) == 412 or "412" in str(exc)):
                 raise StorageError(f"{self.uri(key)}: cannot delete: {exc}") from exc
         self.fs.invalidate_cache(self._path(key))
