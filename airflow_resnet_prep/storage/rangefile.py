@@ -2,7 +2,9 @@
 
 Three things need one: ``tarfile`` parsing a nested tar in place (a window of the outer archive),
 indexing a tar in a bucket by its headers, and a store's ``open_read``. fsspec's default file would
-fetch up to 50 MiB for a 512-byte header read; this one asks for exactly what is read.
+fetch up to 50 MiB for a 512-byte header read; this one asks for exactly what is read, and leaves the
+choice of how much to read to the caller: :func:`airflow_resnet_prep.sources.tarindex.iter_tar` sees
+:attr:`RangeFile.costly_reads` and reads many headers per request when they lie close together.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ from typing import Any
 
 
 class RangeFile(io.RawIOBase):
-    """``size`` bytes read through ``read_at(offset, n)``, which returns up to ``n`` bytes at ``offset``."""
+    """``size`` bytes read through ``read_at(offset, n)``, which returns up to ``n`` bytes at ``offset``.
 
-    def __init__(self, read_at: Callable[[int, int], bytes], size: int) -> None:
+    ``costly_reads`` (default True: a RangeFile is normally a view of an object in a bucket) tells
+    readers that every ``read`` is one request costing milliseconds whatever its size, so that they
+    should read a few large pieces rather than many small ones; False for a window of a local file.
+    """
+
+    def __init__(self, read_at: Callable[[int, int], bytes], size: int, costly_reads: bool = True) -> None:
         self._read_at, self._size, self._pos = read_at, size, 0
+        self.costly_reads = costly_reads
 
     def readable(self) -> bool:
         return True
@@ -51,10 +59,11 @@ class RangeFile(io.RawIOBase):
 
 
 def window(fh: Any, start: int, size: int) -> RangeFile:
-    """The ``size`` bytes at ``start`` of the seekable file ``fh``, as a file of their own."""
+    """The ``size`` bytes at ``start`` of the seekable file ``fh``, as a file of their own (its reads as
+    costly as ``fh``'s: see :attr:`RangeFile.costly_reads`)."""
 
     def read_at(offset: int, n: int) -> bytes:
         fh.seek(start + offset)
         return fh.read(n)
 
-    return RangeFile(read_at, size)
+    return RangeFile(read_at, size, costly_reads=bool(getattr(fh, "costly_reads", False)))
