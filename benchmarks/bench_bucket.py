@@ -10,7 +10,8 @@ measures in one run, alternating (the order rotates each repetition), ``--repeat
   own store (s3fs, the client and connection the converters use; ranged GETs of 16 MiB, 8 in flight, in
   order) and written to one local file: one read and one write of every byte;
 - ``nvidia_from_bucket`` / ``reference_from_bucket``: the tars and labels in the bucket, a fresh *local*
-  data_dir: fetch (catalog by tar headers) + relabel + plan + units + finish, as bench.py's
+  data_dir: fetch (catalog from the tars' headers: read-ahead blocks where members are small, one
+  512-byte read per header where they are large) + relabel + plan + units + finish, as bench.py's
   ``*_from_tars`` rows but with ``s3://`` sources;
 - ``cat_tars``, ``nvidia_from_tars``, ``reference_from_tars``: bench.py's own rows from the local tars,
   for comparison (run by bench.py's job code, unchanged).
@@ -64,8 +65,8 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
         None,
     ),
     "nvidia_from_bucket": (
-        "tars and labels in the bucket to RecordIO in a fresh LOCAL data_dir: fetch (catalog by tar "
-        "headers, read in place) + relabel + plan + units + finish",
+        "tars and labels in the bucket to RecordIO in a fresh LOCAL data_dir: fetch (catalog from the tar "
+        "headers, read in place in read-ahead blocks) + relabel + plan + units + finish",
         "bucket_copy",
         TARGET,
     ),
@@ -373,6 +374,24 @@ def format_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_reads(table: list[dict[str, Any]], sample: bench.Sample) -> str:
+    """Where the bucket rows' requests and bytes went: catalog indexing, then the units' image reads
+    (per image, and bytes fetched per byte of image)."""
+    lines = ["\nfetched from the bucket, per image (catalog indexing | units):"]
+    for r in table:
+        reads = r.get("reads") or {}
+        if "index_requests" not in reads:
+            continue
+        n, image_bytes = sample.images, sample.image_bytes
+        lines.append(
+            f"  {r['name']:<22} index {reads['index_requests']:,} requests, {reads['index_bytes'] / 1e6:,.1f} MB "
+            f"({reads['index_requests'] / n:.3f}/image) | units {reads['unit_requests']:,} requests "
+            f"({reads['unit_requests'] / n:.3f}/image), {reads['unit_bytes'] / 1e6:,.1f} MB "
+            f"({reads['unit_bytes'] / image_bytes:.2f}x the image bytes)"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/bench_bucket.py",
@@ -462,6 +481,7 @@ def run(ns: argparse.Namespace, workdir: Path) -> int:
         report["outputs_identical"] = identical
         report["server"]["peak_rss_mb"] = server_rss_mb(proc.pid)
         print(format_table(table))
+        print(format_reads(table, sample))
         for impl, v in identical.items():
             print(
                 f"{impl}: outputs from the bucket {'==' if v['identical'] else '!='} outputs from the local "
