@@ -15,6 +15,7 @@ import os
 from urllib.parse import unquote, urlsplit
 
 from airflow_resnet_prep.storage.base import (
+    Assembly,
     Lease,
     LeaseHeldError,
     LeaseLostError,
@@ -22,6 +23,7 @@ from airflow_resnet_prep.storage.base import (
     ObjectInfo,
     ObjectNotFoundError,
     Part,
+    PieceSink,
     RequestStats,
     StorageError,
     Store,
@@ -33,6 +35,7 @@ from airflow_resnet_prep.storage.local import LocalStore
 OBJECT_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs"}
 
 __all__ = [
+    "Assembly",
     "Lease",
     "LeaseHeldError",
     "LeaseLostError",
@@ -41,6 +44,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFoundError",
     "Part",
+    "PieceSink",
     "RequestStats",
     "StorageError",
     "Store",

@@ -16,16 +16,22 @@ Guarantees every implementation keeps:
   :meth:`Store.writer` make the key appear only when the whole content is there, and an exception in
   the writer's block leaves nothing under the key;
 - a store is safe to use after ``fork`` and to pickle to a ``spawn`` child: each process gets its own
-  client (a cached fsspec file system is not fork-safe).
+  client (a cached fsspec file system is not fork-safe);
+- one large object can be built from numbered pieces written by any number of processes (or machines
+  sharing only the store): :meth:`Store.begin_assembly` returns an :class:`Assembly` (S3: a multipart
+  upload; GCS: piece objects joined by ``compose``; local: piece files joined in the kernel), and the
+  key appears, whole, only when :meth:`Assembly.complete` succeeds.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import posixpath
 import threading
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -217,13 +223,158 @@ class MultipartUpload(ABC):
     upload_id: str
 
     @abstractmethod
-    def upload_part(self, number: int, data: bytes) -> Part: ...
+    def upload_part(self, number: int, data: bytes | BinaryIO) -> Part:
+        """Upload part ``number`` from bytes or, streamed, from a seekable binary file (all of it)."""
 
     @abstractmethod
     def complete(self, parts: Sequence[Part]) -> None: ...
 
     @abstractmethod
     def abort(self) -> None: ...
+
+
+class PieceSink:
+    """What :meth:`Assembly.piece_writer` yields: a binary sink for one piece (``write``, ``writelines``,
+    ``tell``). Once the ``with`` block has ended without an exception, :attr:`part` describes the piece
+    stored (``Part(number, etag, size)``; the etag is ``""`` where the store has none)."""
+
+    def __init__(self, number: int, fh: BinaryIO, where: str) -> None:
+        self.number, self._fh, self._where = number, fh, where
+        self.size = 0
+        self._part: Part | None = None
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self._fh.write(data)
+        self.size += n
+        return n
+
+    def writelines(self, lines: Iterable[Any]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def part(self) -> Part:
+        if self._part is None:
+            raise StorageError(
+                f"{self._where}: piece {self.number} is not stored yet (sink.part is known after the block)"
+            )
+        return self._part
+
+
+def assembly_token(key: str) -> str:
+    """A fresh token for an assembly of ``key`` on stores that have no upload id: a short hash of the key
+    (so :meth:`Store.abort_assemblies` of one key leaves another key's assemblies in a shared scratch
+    alone), a dash and a random id."""
+    return f"{key_tag(key)}-{uuid.uuid4().hex}"
+
+
+def key_tag(key: str) -> str:
+    return hashlib.sha256(check_key(key).encode()).hexdigest()[:12]
+
+
+class Assembly(ABC):
+    """Builds one object under :attr:`key` from numbered pieces (``1..max_pieces``), written in any order
+    by any process. Picklable: it is rebuilt from ``(store, key, scratch, token)``, so pieces may come
+    from other processes or machines (:meth:`Store.resume_assembly` rebuilds it from the token alone).
+    Nothing appears under ``key`` until :meth:`complete` succeeds.
+
+    Where the pieces live: S3, the parts of a multipart upload (``token`` is its UploadId; a piece is
+    spooled to a local temporary file, never held in memory, then uploaded in one request); GCS,
+    objects ``{scratch}/{token}/{number:05d}``, joined by a tree of ``compose`` calls; a local disk,
+    files ``{scratch}/{token}/{number:05d}``, joined in the kernel (``copy_file_range``).
+    """
+
+    store: Store
+    key: str  # the final key, relative to the store's root
+    scratch: str  # key prefix where pieces may be kept (stores that keep them as objects or files)
+    token: str  # identifies this assembly: the S3 UploadId; a random id elsewhere
+    min_piece: int = 0  # every piece but the last must be at least this many bytes
+    max_pieces: int = 99_999
+
+    def __init__(self, store: Store, key: str, scratch: str, token: str) -> None:
+        self.store, self.key, self.scratch, self.token = store, check_key(key), check_key(scratch), token
+        if not self.key:
+            raise ValueError("an assembly needs a key below the store's root")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.store, self.key, self.scratch, self.token))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.store.uri(self.key)!r}, token={self.token!r})"
+
+    @property
+    def where(self) -> str:
+        """``key``'s URI and the token, for messages."""
+        return f"{self.store.uri(self.key)} (assembly {self.token})"
+
+    @abstractmethod
+    def piece_writer(self, number: int) -> AbstractContextManager[PieceSink]:
+        """``with asm.piece_writer(n) as sink: sink.write(b)``; after the block ``sink.part`` is the
+        piece's :class:`Part`. An exception inside the block stores nothing; writing a number again
+        replaces that piece."""
+
+    @abstractmethod
+    def complete(self, parts: Sequence[Part]) -> None:
+        """Concatenate the pieces, sorted by number, into ``key`` (which appears whole, atomically), then
+        free them. Raises :class:`StorageError` naming the key when a piece is missing or has another
+        size than its part says, or a piece but the last is below :attr:`min_piece`; nothing is then
+        written under ``key`` and the pieces stay (complete again with the right parts, or abort)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Free every piece (no error when they are gone already)."""
+
+    # -- helpers for the implementations ----------------------------------------------------------------------
+    def check_number(self, number: int) -> None:
+        if not 1 <= number <= self.max_pieces:
+            raise ValueError(f"{self.where}: piece number {number} outside 1..{self.max_pieces}")
+
+    def piece_key(self, number: int) -> str:
+        """Where piece ``number`` is kept, on stores that keep pieces as objects or files."""
+        return join_key(self.scratch, self.token, f"{number:05d}")
+
+    def check_parts(self, parts: Sequence[Part]) -> list[Part]:
+        """``parts`` as :class:`Part` (they may come back from JSON as lists), sorted by number and checked
+        for what needs no request: some parts, no number twice, numbers in range, sizes at least
+        :attr:`min_piece` but for the last."""
+        out = sorted((Part(*p) for p in parts), key=lambda p: p.number)
+        if not out:
+            raise StorageError(f"{self.where}: no pieces to complete")
+        numbers = [p.number for p in out]
+        if len(set(numbers)) != len(numbers):
+            raise StorageError(f"{self.where}: a piece number is given twice")
+        for p in out:
+            self.check_number(p.number)
+        small = [p.number for p in out[:-1] if p.size < self.min_piece]
+        if small:
+            raise StorageError(
+                f"{self.where}: pieces {small[:10]}{' ...' if len(small) > 10 else ''} are below "
+                f"{_size_text(self.min_piece)}; on this store only the last piece may be smaller"
+            )
+        return out
+
+    def check_sizes(self, parts: Sequence[Part], found: dict[int, int]) -> None:
+        """Refuse when a part's piece is not in ``found`` (number -> stored size) or has another size."""
+        for p in parts:
+            size = found.get(p.number)
+            if size is None:
+                raise StorageError(f"{self.where}: piece {p.number} is missing; nothing was written")
+            if size != p.size:
+                raise StorageError(
+                    f"{self.where}: piece {p.number} holds {size} bytes, its part says {p.size}; "
+                    "nothing was written"
+                )
+
+
+def _size_text(n: int) -> str:
+    return f"{n >> 20} MiB" if n and n % (1 << 20) == 0 else f"{n} bytes"
 
 
 class Store(ABC):
@@ -376,6 +527,22 @@ class Store(ABC):
     ) -> int:
         """Abort the open multipart uploads below ``prefix`` (those started more than ``older_than_s``
         seconds ago, when given), except the upload ids in ``keep``; return how many were aborted."""
+        return 0
+
+    # -- assemblies: one object from numbered pieces ------------------------------------------------------------
+    def begin_assembly(self, key: str, scratch: str) -> Assembly:
+        """A new :class:`Assembly` of ``key``; ``scratch`` is a key prefix where this store may keep the
+        pieces (ignored by S3, which keeps them as multipart-upload parts)."""
+        raise StorageError(f"{self.uri(key)}: this store has no assemblies")
+
+    def resume_assembly(self, key: str, scratch: str, token: str) -> Assembly:
+        """The assembly ``token`` of ``key`` (begun elsewhere), to add pieces to, complete or abort."""
+        raise StorageError(f"{self.uri(key)}: this store has no assemblies")
+
+    def abort_assemblies(self, key: str, scratch: str, keep: Sequence[str] = ()) -> int:
+        """Free the abandoned assemblies of ``key`` (S3: the open multipart uploads of exactly that key;
+        elsewhere: the piece folders of that key under ``scratch``) except the tokens in ``keep``;
+        return how many were freed."""
         return 0
 
     def connection_env(self) -> dict[str, str]:

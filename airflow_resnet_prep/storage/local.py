@@ -10,24 +10,38 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from airflow_resnet_prep.fsutil import atomic_path, atomic_write_bytes
+from airflow_resnet_prep.fsutil import (
+    atomic_path,
+    atomic_write_bytes,
+    copy_range,
+    disk_full_as_error,
+    fsync_dir,
+    tmp_name,
+)
 from airflow_resnet_prep.storage.base import (
     CONCURRENCY,
     MAX_GAP,
     MAX_REQUEST,
     WINDOW_BYTES,
+    Assembly,
     Lease,
     LeaseHeldError,
     ObjectInfo,
     ObjectNotFoundError,
+    Part,
+    PieceSink,
     StorageError,
     Store,
+    assembly_token,
     check_key,
+    join_key,
+    key_tag,
 )
 
 
@@ -175,11 +189,96 @@ class LocalStore(Store):
     def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> Lease:
         return LocalLease(self._path(key), owner)
 
+    # -- assemblies ------------------------------------------------------------------------------------------
+    def begin_assembly(self, key: str, scratch: str) -> LocalAssembly:
+        asm = LocalAssembly(self, key, scratch, assembly_token(key))
+        asm.folder.mkdir(parents=True, exist_ok=True)  # so abort_assemblies sees it before any piece
+        return asm
+
+    def resume_assembly(self, key: str, scratch: str, token: str) -> LocalAssembly:
+        return LocalAssembly(self, key, scratch, token)
+
+    def abort_assemblies(self, key: str, scratch: str, keep: Sequence[str] = ()) -> int:
+        base = self._path(scratch)
+        tag = key_tag(key) + "-"
+        freed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in sorted(os.scandir(base), key=lambda e: e.name):
+                if entry.name.startswith(tag) and entry.name not in keep and entry.is_dir():
+                    LocalAssembly(self, key, scratch, entry.name).abort()
+                    freed += 1
+        return freed
+
     def close(self) -> None:
         if self._pid == os.getpid():
             for fd in self._fds.values():
                 os.close(fd)
         self._fds = {}
+
+
+class LocalAssembly(Assembly):
+    """Pieces are files ``{scratch}/{token}/{number:05d}``, written in place (temporary name, then
+    rename); :meth:`complete` joins them in the kernel into a temporary file next to ``key``, syncs it
+    and renames it to ``key``."""
+
+    @property
+    def folder(self) -> Path:
+        return self.store._path(join_key(self.scratch, self.token))  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def piece_writer(self, number: int) -> Iterator[PieceSink]:
+        self.check_number(number)
+        path: Path = self.store._path(self.piece_key(number))  # type: ignore[attr-defined]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # No fsync: complete checks every piece's size and syncs the joined file.
+        with atomic_path(path, sync=False) as tmp, open(tmp, "wb") as fh:
+            sink = PieceSink(number, fh, self.where)  # type: ignore[arg-type]
+            yield sink
+        sink._part = Part(number, "", sink.size)
+        self.store.stats.add("write", written=sink.size)
+
+    def complete(self, parts: Sequence[Part]) -> None:
+        parts = self.check_parts(parts)
+        paths = {p.number: self.store._path(self.piece_key(p.number)) for p in parts}  # type: ignore[attr-defined]
+        found = {}
+        for number, path in paths.items():
+            with contextlib.suppress(FileNotFoundError):
+                found[number] = path.stat().st_size
+        self.check_sizes(parts, found)
+        target: Path = self.store._path(self.key)  # type: ignore[attr-defined]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        total = sum(p.size for p in parts)
+        tmp = tmp_name(target)
+        try:
+            with disk_full_as_error(target):
+                with open(tmp, "wb") as out:
+                    for p in parts:
+                        with open(paths[p.number], "rb") as src:
+                            copy_range(src.fileno(), out.fileno(), p.size)
+                            # Each piece is read once and the output written back now: neither fills
+                            # the page cache.
+                            os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                        os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                    out.flush()
+                    os.fsync(out.fileno())
+                joined = tmp.stat().st_size
+                if joined != total:
+                    raise StorageError(f"{self.where}: joined {joined} bytes, the pieces add up to {total}")
+                os.replace(tmp, target)
+                fsync_dir(target.parent)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"{self.where}: joining the pieces failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self.store.stats.add("write", written=total)
+        self.abort()
+
+    def abort(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.folder)
 
 
 class LocalLease(Lease):

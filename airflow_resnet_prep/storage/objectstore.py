@@ -23,6 +23,7 @@ import logging
 import os
 import posixpath
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -31,7 +32,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
+from airflow_resnet_prep.fsutil import disk_full_as_error
 from airflow_resnet_prep.storage.base import (
+    Assembly,
     Lease,
     LeaseHeldError,
     LeaseLostError,
@@ -39,6 +42,7 @@ from airflow_resnet_prep.storage.base import (
     ObjectInfo,
     ObjectNotFoundError,
     Part,
+    PieceSink,
     RequestStats,
     StorageError,
     Store,
@@ -279,6 +283,20 @@ def _count_get_bytes(stores: weakref.WeakSet[S3Store], parsed: Any = None, **_: 
                 store.stats.bytes_read += int(parsed.get("ContentLength") or 0)
 
 
+# File bodies of UploadPart requests, with the offset they start at. s3fs retries a failed call with
+# the same arguments, by then a consumed file: every attempt rewinds it first (botocore's own retries
+# rewind to 0 themselves).
+_FILE_BODIES: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _rewind_body(params: Any = None, **_: Any) -> None:
+    body = params.get("Body") if isinstance(params, dict) else None
+    if body is not None and not isinstance(body, (bytes, bytearray, memoryview, str)):
+        start = _FILE_BODIES.get(body)
+        if start is not None:
+            body.seek(start)
+
+
 class S3Store(ObjectStore):
     """S3 and S3-compatible servers (an ``aws`` connection; ``endpoint_url`` in its extra)."""
 
@@ -296,6 +314,7 @@ class S3Store(ObjectStore):
             events = client.meta.events
             events.register("before-send.s3", functools.partial(_count_request, stores))
             events.register("after-call.s3.GetObject", functools.partial(_count_get_bytes, stores))
+            events.register("before-parameter-build.s3.UploadPart", _rewind_body)
         stores.add(self)
         return fs
 
@@ -387,6 +406,44 @@ class S3Store(ObjectStore):
             kwargs["KeyMarker"] = page.get("NextKeyMarker")
             kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker")
 
+    def list_parts(self, key: str, upload_id: str) -> list[Part]:
+        """The parts uploaded so far to an open multipart upload (one request per 1,000 parts)."""
+        out: list[Part] = []
+        kwargs: dict[str, Any] = {"UploadId": upload_id}
+        while True:
+            try:
+                page = self.call("list_parts", key, **kwargs)
+            except OSError as exc:
+                if self._not_found(key, exc):
+                    raise StorageError(
+                        f"{self.uri(key)}: no open upload {upload_id} (completed or aborted already)"
+                    ) from None
+                raise StorageError(
+                    f"{self.uri(key)}: listing the parts of upload {upload_id} failed: {exc}"
+                ) from exc
+            out.extend(
+                Part(int(p["PartNumber"]), p["ETag"], int(p["Size"])) for p in page.get("Parts", []) or []
+            )
+            if not page.get("IsTruncated"):
+                return sorted(out)
+            kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    def begin_assembly(self, key: str, scratch: str) -> S3Assembly:
+        upload = self.create_multipart(key)
+        return S3Assembly(self, key, scratch, upload.upload_id)
+
+    def resume_assembly(self, key: str, scratch: str, token: str) -> S3Assembly:
+        return S3Assembly(self, key, scratch, token)
+
+    def abort_assemblies(self, key: str, scratch: str, keep: Sequence[str] = ()) -> int:
+        key = check_key(key)
+        aborted = 0
+        for upload in self.list_uploads(key):
+            if upload.key == key and upload.upload_id not in keep:  # not "train.rec.old"
+                self.resume_multipart(upload.key, upload.upload_id).abort()
+                aborted += 1
+        return aborted
+
     def abort_uploads(
         self, prefix: str = "", older_than_s: float | None = None, keep: Sequence[str] = ()
     ) -> int:
@@ -432,18 +489,31 @@ class S3Multipart(MultipartUpload):
     def __reduce__(self) -> tuple[Any, ...]:
         return (S3Multipart, (self.store, self.key, self.upload_id))
 
-    def upload_part(self, number: int, data: bytes) -> Part:
+    def upload_part(self, number: int, data: bytes | BinaryIO) -> Part:
+        """Upload part ``number`` from bytes, or streamed from a seekable binary file: all of it, from
+        offset 0 to its end (botocore rewinds a retried body to 0)."""
         if not 1 <= number <= self.MAX_PARTS:
             raise ValueError(f"{self.store.uri(self.key)}: part number {number} outside 1..{self.MAX_PARTS}")
+        extra: dict[str, Any] = {}
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            size = memoryview(data).nbytes
+        else:
+            size = data.seek(0, io.SEEK_END)
+            data.seek(0)
+            _FILE_BODIES[data] = 0
+            extra["ContentLength"] = size  # a short body then fails instead of storing a short part
         try:
             out = self.store.call(
-                "upload_part", self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+                "upload_part", self.key, UploadId=self.upload_id, PartNumber=number, Body=data, **extra
             )
         except OSError as exc:
             raise StorageError(
                 f"{self.store.uri(self.key)}: uploading part {number} of upload {self.upload_id} failed: {exc}"
             ) from exc
-        return Part(number, out["ETag"], len(data))
+        finally:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                _FILE_BODIES.pop(data, None)
+        return Part(number, out["ETag"], size)
 
     def complete(self, parts: Sequence[Part]) -> None:
         parts = sorted((Part(*p) for p in parts), key=lambda p: p.number)
@@ -474,6 +544,58 @@ class S3Multipart(MultipartUpload):
                 raise StorageError(
                     f"{self.store.uri(self.key)}: aborting upload {self.upload_id} failed: {exc}"
                 ) from exc
+
+
+class S3Assembly(Assembly):
+    """An assembly on S3: a multipart upload (``token`` is its UploadId), one part per piece. A piece is
+    spooled to an anonymous temporary file in the local temporary folder (``TMPDIR``; gone with the
+    process, whatever happens to it), then uploaded from it in one streaming ``UploadPart`` request."""
+
+    min_piece = MultipartUpload.MIN_PART
+    max_pieces = MultipartUpload.MAX_PARTS
+
+    @property
+    def upload(self) -> S3Multipart:
+        return S3Multipart(self.store, self.key, self.token)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def piece_writer(self, number: int) -> Iterator[PieceSink]:
+        self.check_number(number)
+        spool_dir = tempfile.gettempdir()
+        with disk_full_as_error(spool_dir), tempfile.TemporaryFile(prefix="piece-", dir=spool_dir) as fh:
+            sink = PieceSink(number, fh, self.where)
+            yield sink
+            fh.flush()
+            part = self.upload.upload_part(number, fh)
+        if part.size != sink.size:  # the spool file is ours alone: only a broken disk gets here
+            raise StorageError(f"{self.where}: piece {number}: wrote {sink.size} bytes, uploaded {part.size}")
+        sink._part = part
+
+    def complete(self, parts: Sequence[Part]) -> None:
+        parts = self.check_parts(parts)
+        store: S3Store = self.store  # type: ignore[assignment]
+        # One ListParts per 1,000 parts: the part S3 would take for a missing one is refused by
+        # CompleteMultipartUpload too, but a wrong size (a piece replaced since) only shows here.
+        uploaded: dict[int, dict[str, int]] = {}  # number -> {etag: size}
+        for p in store.list_parts(self.key, self.token):
+            # S3 keeps the last upload of a number; some servers (SeaweedFS) list the earlier ones too
+            uploaded.setdefault(p.number, {})[p.etag] = p.size
+        found = {}
+        for p in parts:
+            if p.number in uploaded:
+                sizes = uploaded[p.number]
+                found[p.number] = sizes.get(p.etag, next(iter(sizes.values())))
+        self.check_sizes(parts, found)
+        stale = [p.number for p in parts if p.etag and p.etag not in uploaded[p.number]]
+        if stale:
+            raise StorageError(
+                f"{self.where}: pieces {stale[:10]} were uploaded again since their parts were recorded "
+                "(another ETag); nothing was written"
+            )
+        self.upload.complete(parts)
+
+    def abort(self) -> None:
+        self.upload.abort()
 
 
 class S3Writer(io.RawIOBase):
