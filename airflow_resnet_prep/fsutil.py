@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airflow_resnet_prep.errors import DiskFullError, OutputConflictError
 
@@ -111,6 +111,39 @@ class EarlyWriteback:
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
             os.close(self.fd)
+
+
+@contextlib.contextmanager
+def durable_writer(
+    path: str | os.PathLike[str], buffering: int = 1 << 20, writeback_bytes: int = 16 << 20
+) -> Iterator[BinaryIO]:
+    """A file for a large output: written under a temporary name, renamed whole and synced on success
+    (see :func:`atomic_path`), a full disk reported as :class:`DiskFullError` naming ``path``, and its
+    writeback started every ``writeback_bytes`` (:class:`EarlyWriteback`), so the final fsync is short
+    and the output does not fill the page cache."""
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=buffering) as fh, EarlyWriteback(tmp) as wb:
+        yield _WritebackFile(fh, wb, writeback_bytes)  # type: ignore[misc]
+
+
+class _WritebackFile:
+    def __init__(self, fh: BinaryIO, writeback: EarlyWriteback, every: int) -> None:
+        self._fh, self._writeback, self._every, self._pending = fh, writeback, every, 0
+
+    def write(self, data: Any) -> int:
+        n = self._fh.write(data)
+        self._pending += n
+        if self._pending >= self._every:
+            self._fh.flush()
+            self._writeback.start()
+            self._pending = 0
+        return n
+
+    def writelines(self, buffers: Any) -> None:
+        for b in buffers:
+            self.write(b)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
 
 
 def copy_range(src_fd: int, dst_fd: int, size: int, offset: int = 0) -> None:

@@ -1,80 +1,253 @@
-"""Where everything lives under ``data_dir`` (SPEC §2). One place, so no step guesses another's paths."""
+"""Where everything lives under ``data_dir`` (SPEC §2). One place, so no step guesses another's paths.
+
+``data_dir`` is an absolute local path or an object-store prefix (``s3://[conn_id@]bucket/prefix``,
+``gs://...``, SPEC §7). Either way it holds the same layout, addressed by *keys* relative to its root
+(``"catalog/train.tsv"``) and read and written through its :class:`~airflow_resnet_prep.storage.Store`,
+so no step branches on where the data_dir is. The ``Path`` properties (``catalog_file`` ...) are the
+local view, for the one-machine fast paths and for tests: on an object store they raise.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
+import json
+import logging
 import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from airflow_resnet_prep.errors import PrepError
+from airflow_resnet_prep.errors import OutputConflictError, PrepError
+from airflow_resnet_prep.fsutil import TMP_SUFFIX, exclusive_lock, remove_stale_tmp
+from airflow_resnet_prep.storage import LeaseHeldError, StorageError, Store, is_object_uri
+
+log = logging.getLogger(__name__)
+
+DOWNLOADS = "downloads"
+CATALOG = "catalog"
+FETCH_RECORD = "catalog/fetch.json"  # written last by fetch: the source fingerprints of the catalogs
+RELABEL_RECORD = "catalog/relabel.json"
+TFRECORDS = "tfrecords"
+RECORDIO = "recordio"
+WORK = "work"  # plans and finished units of conversions in progress
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+# An object-store lease of a holder that died elsewhere (a lost pod) blocks its data_dir or unit this long;
+# one that died on this machine is taken over at once. Renewed every third of it while held.
+LEASE_TTL_S = 120.0
+
+
+def catalog_key(split: str) -> str:
+    return f"{CATALOG}/{split}.tsv"
+
+
+def work_key(implementation: str) -> str:
+    return f"{WORK}/{implementation}"
 
 
 @dataclass(frozen=True)
 class DataDir:
-    root: Path
+    store: Store
+    #: how to name it again in another process: the path, or the URI with its ``conn_id@`` (never a secret)
+    address: str
 
     @classmethod
-    def of(cls, data_dir: str | os.PathLike[str]) -> DataDir:
+    def of(cls, data_dir: str | os.PathLike[str], conn_id: str | None = None) -> DataDir:
+        """The data_dir at a local path or object-store URI; ``conn_id`` is the Airflow connection for a
+        URI that names none. Refuses what would mean a different place on every worker."""
         text = str(data_dir).strip()
         if not text:
             # An empty param would otherwise mean the worker's current folder.
             raise PrepError("data_dir is empty: set the data_dir param (or MLPERF_RESNET_PREP_DATA_DIR)")
+        if is_object_uri(text):
+            from airflow_resnet_prep.sources.bucket import canonical_uri, shared_store
+
+            try:
+                address = canonical_uri(text, conn_id).rstrip("/")
+            except StorageError as exc:
+                raise PrepError(f"data_dir: {exc}") from None
+            return cls(shared_store(address), address)
         if "://" in text:
             raise PrepError(
-                f"data_dir {text!r}: a URI; data_dir must be an absolute local path (every worker sees the "
-                "same shared folder); object storage is not supported as data_dir yet"
+                f"data_dir {text!r}: unsupported URI; give an absolute local path (a folder every worker "
+                "sees) or an s3:// or gs:// URI"
             )
         path = Path(text).expanduser()
         if not path.is_absolute():
             # A relative path names a different folder on every worker (each has its own current folder).
             raise PrepError(f"data_dir {text!r} is a relative path: give an absolute path")
-        return cls(path.resolve())
+        from airflow_resnet_prep.storage import LocalStore
+
+        path = path.resolve()
+        return cls(LocalStore(path), str(path))
+
+    # -- where ---------------------------------------------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return self.store.local_path() is not None
+
+    @property
+    def url(self) -> str:
+        """The data_dir for messages, XCom and the manifest: a path, or a URI without its connection."""
+        return self.store.url
+
+    def uri(self, key: str = "") -> str:
+        return self.store.uri(key)
+
+    def path(self, key: str = "") -> Path:
+        """The local path of ``key``; only for a local data_dir (the one-machine fast paths)."""
+        local = self.store.local_path(key)
+        if local is None:
+            raise PrepError(f"{self.uri(key)}: needs a local data_dir (this one is in object storage)")
+        return Path(local)
+
+    # -- records: small JSON and text objects ---------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.store.exists(key)
+
+    def read_json(self, key: str) -> Any | None:
+        """The JSON record under ``key``, or None when absent or unreadable (every record can be rebuilt:
+        a damaged one is logged and treated as missing)."""
+        try:
+            data = self.store.read_bytes(key)
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            log.warning("%s: unreadable (%s); ignoring it", self.uri(key), exc)
+            return None
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.store.write_bytes(key, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+    def write_text(self, key: str, text: str) -> None:
+        self.store.write_bytes(key, text.encode("utf-8"))
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+    def delete_tree(self, key: str) -> None:
+        """Remove ``key`` and everything below it."""
+        local = self.store.local_path(key)
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+            return
+        keys = [o.key for o in self.store.list(key)]
+        with ThreadPoolExecutor(8, thread_name_prefix="delete") as pool:
+            list(pool.map(self.store.delete, keys))
+
+    def discard_partial(self, key: str) -> int:
+        """Free what killed writers left of outputs below (or at) ``key``: temporary files on a local
+        disk, open multipart uploads in a bucket. Only when no writer of them can be alive."""
+        local = self.store.local_path(key)
+        if local is None:
+            return self.store.abort_uploads(key)
+        local = Path(local)
+        if local.is_dir():
+            return remove_stale_tmp(local)
+        return sum(
+            1
+            for stale in local.parent.glob(f".{glob.escape(local.name)}.*{TMP_SUFFIX}")
+            if stale.unlink(missing_ok=True) is None
+        )
+
+    # -- coordination --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hold(self, key: str = LOCK, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the lease on ``key`` (the data_dir's lock by default) for the block, waiting up to
+        ``wait_s`` seconds for another holder; then fail naming the holder. Locally an ``flock`` (dies
+        with its process); in a bucket a lease object written with a conditional PUT and renewed while
+        held (a killed holder's lease expires after its time to live)."""
+        local = self.store.local_path(key)
+        if local is not None:
+            with exclusive_lock(local, wait_s=wait_s):
+                yield
+            return
+        lease = self.store.lease(key, f"pid {os.getpid()} on {socket.gethostname()}", ttl_s=LEASE_TTL_S)
+        deadline = time.monotonic() + wait_s
+        with contextlib.ExitStack() as held:
+            while True:
+                try:
+                    held.enter_context(lease)  # renewed in the background while held
+                    break
+                except LeaseHeldError as exc:
+                    if time.monotonic() >= deadline:
+                        raise OutputConflictError(str(exc)) from None
+                    time.sleep(1.0)
+            yield
+
+    @property
+    def local_downloads(self) -> Path:
+        """Where this machine keeps downloaded files: ``downloads/`` of a local data_dir; for one in object
+        storage, a folder of the local temporary directory (scratch: only what one step uses, such as
+        the labels file, is downloaded there)."""
+        if self.is_local:
+            return self.downloads
+        digest = hashlib.sha256(self.address.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / "airflow-resnet-prep" / digest / DOWNLOADS
+
+    def connection_env(self) -> dict[str, str]:
+        """What a worker process needs in its environment to reach this data_dir (see Store)."""
+        return self.store.connection_env()
+
+    # -- the local view ----------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.path()
 
     @property
     def downloads(self) -> Path:
-        return self.root / "downloads"
+        return self.path(DOWNLOADS)
 
     @property
     def catalog(self) -> Path:
-        return self.root / "catalog"
+        return self.path(CATALOG)
 
     def catalog_file(self, split: str) -> Path:
-        return self.catalog / f"{split}.tsv"
+        return self.path(catalog_key(split))
 
     @property
     def fetch_record(self) -> Path:
-        """Written last by the fetch step: the source fingerprints the catalogs were built from."""
-        return self.catalog / "fetch.json"
+        return self.path(FETCH_RECORD)
 
     @property
     def relabel_record(self) -> Path:
-        return self.catalog / "relabel.json"
+        return self.path(RELABEL_RECORD)
 
     def raw(self, split: str) -> Path:
-        return self.root / "raw" / split
+        return self.path(f"raw/{split}")
 
     @property
     def tfrecords(self) -> Path:
-        return self.root / "tfrecords"
+        return self.path(TFRECORDS)
 
     @property
     def recordio(self) -> Path:
-        return self.root / "recordio"
+        return self.path(RECORDIO)
 
     @property
     def work(self) -> Path:
-        """Plans and finished units of conversions in progress."""
-        return self.root / "work"
+        return self.path(WORK)
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.path(MANIFEST)
 
     @property
     def lock(self) -> Path:
-        return self.root / ".lock"
+        return self.path(LOCK)
 
     def ensure(self) -> DataDir:
-        for folder in (self.root, self.downloads, self.catalog):
-            folder.mkdir(parents=True, exist_ok=True)
+        if self.is_local:
+            for folder in (self.root, self.downloads, self.catalog):
+                folder.mkdir(parents=True, exist_ok=True)
         return self

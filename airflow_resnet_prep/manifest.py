@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from pathlib import Path
 from typing import Any
 
 from airflow_resnet_prep import __version__
 from airflow_resnet_prep.catalog.model import SplitCatalog
-from airflow_resnet_prep.fsutil import atomic_write_json, read_json
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import MANIFEST, DataDir, catalog_key
 
 MANIFEST_VERSION = 1
 # Params that change what is written; the rest (workers, force, ...) change only how.
@@ -46,7 +44,8 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Everything a user (or a rerun) needs to know about this output. ``params`` must hold no secret."""
     classes = {
-        split: SplitCatalog.load(layout.catalog_file(split)).class_counts() for split in ("train", "val")
+        split: SplitCatalog.load_from(layout.store, catalog_key(split)).class_counts()
+        for split in ("train", "val")
     }
     return {
         "manifest_version": MANIFEST_VERSION,
@@ -70,16 +69,17 @@ def build_manifest(
     }
 
 
-def write_manifest(layout: DataDir, manifest: dict[str, Any]) -> Path:
-    atomic_write_json(layout.manifest, manifest)
-    return layout.manifest
+def write_manifest(layout: DataDir, manifest: dict[str, Any]) -> str:
+    """Write the manifest (one atomic PUT or rename); its path or URI."""
+    layout.write_json(MANIFEST, manifest)
+    return layout.uri(MANIFEST)
 
 
 def cached_manifest(
     layout: DataDir, implementation: str, params: dict[str, Any], fingerprints: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The manifest when it describes exactly this output and every file is still there, else None."""
-    manifest = read_json(layout.manifest)
+    manifest = layout.read_json(MANIFEST)
     if manifest is None or manifest.get("manifest_version") != MANIFEST_VERSION:
         return None
     if manifest.get("implementation") != implementation:
@@ -89,8 +89,10 @@ def cached_manifest(
         or manifest.get("sources") != fingerprints
     ):
         return None
-    for name, stats in manifest.get("outputs", {}).items():
-        path = layout.root / name
-        if not path.is_file() or path.stat().st_size != stats["size"]:
+    outputs = manifest.get("outputs", {})
+    folders = {name.rpartition("/")[0] for name in outputs}
+    present = {o.key: o.size for folder in folders for o in layout.store.list(folder)}
+    for name, stats in outputs.items():
+        if present.get(name) != stats["size"]:
             return None
     return manifest

@@ -19,7 +19,7 @@ from airflow_resnet_prep.catalog.relabel import relabel
 from airflow_resnet_prep.converters import local
 from airflow_resnet_prep.converters.base import Converter
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, DataDir
 from airflow_resnet_prep.manifest import build_manifest, cached_manifest, write_manifest
 from airflow_resnet_prep.params import resolved
 
@@ -39,11 +39,11 @@ def make_converter(implementation: str, params: dict[str, Any]) -> Converter:
 
 def output_paths(layout: DataDir, implementation: str, imagenet_path: str) -> dict[str, str]:
     """The XCom outputs, named after the recipe's ``CM_MLPERF_TRAINING_*`` outputs."""
-    paths = {"data_path": str(layout.root), "imagenet_path": imagenet_path}
+    paths = {"data_path": layout.url, "imagenet_path": imagenet_path}
     if implementation == "reference":
-        paths["tfrecords_path"] = str(layout.tfrecords)
+        paths["tfrecords_path"] = layout.uri(TFRECORDS)
     else:
-        paths["preprocessed_path"] = str(layout.recordio)
+        paths["preprocessed_path"] = layout.uri(RECORDIO)
     return paths
 
 
@@ -56,7 +56,7 @@ def run(
 ) -> dict[str, Any]:
     """Run the whole pipeline; return the output paths plus ``cached`` and ``manifest``."""
     p = resolved(values)
-    layout = DataDir.of(p["data_dir"])
+    layout = DataDir.of(p["data_dir"], p["storage_conn_id"] or None)
     steps: dict[str, dict[str, float]] = {}
     t0 = time.monotonic()
     fetched = fetch(
@@ -88,10 +88,10 @@ def run(
     if not p["force"]:
         manifest = cached_manifest(layout, p["implementation"], p, fingerprints)
         if manifest is not None:
-            return {**paths, "cached": True, "manifest": str(layout.manifest)}
+            return {**paths, "cached": True, "manifest": layout.uri(MANIFEST)}
     converter = make_converter(p["implementation"], p)
     t2 = time.monotonic()
-    summary = local.convert(converter, p["data_dir"], workers=p["workers"], force=p["force"])
+    summary = local.convert(converter, layout, workers=p["workers"], force=p["force"])
     seconds = time.monotonic() - t2
     images = sum(s["records"] for s in summary["splits"].values())
     steps["convert"] = {
@@ -107,8 +107,7 @@ def run(
         steps=steps,
     )
     failpoint("before-manifest")
-    write_manifest(layout, manifest)
-    return {**paths, "cached": False, "manifest": str(layout.manifest)}
+    return {**paths, "cached": False, "manifest": write_manifest(layout, manifest)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     values: dict[str, Any] = {
-        "data_dir": os.path.abspath(args.data_dir),  # one machine: relative to where the CLI runs
+        # one machine: a relative path is relative to where the CLI runs
+        "data_dir": args.data_dir if "://" in args.data_dir else os.path.abspath(args.data_dir),
         "train_source": args.train_source,
         "val_source": args.val_source,
         "implementation": args.implementation,

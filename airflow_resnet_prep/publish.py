@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow_resnet_prep.fsutil import read_json
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import MANIFEST, DataDir
 from airflow_resnet_prep.manifest import build_manifest, write_manifest
 from airflow_resnet_prep.pipeline import fingerprints_of, output_paths
 from airflow_resnet_prep.report import report_path, write_report
@@ -29,7 +28,7 @@ def publish_outputs(
     ``preprocessed_path``, plus ``manifest``, ``cached`` and ``report`` (the report's path, or None when
     it could not be written).
     """
-    layout = DataDir.of(params["data_dir"])
+    layout = DataDir.of(params["data_dir"], params.get("storage_conn_id") or None)
     implementation = params["implementation"]
     if summary is not None:
         unit_seconds = round(sum(s["unit_seconds"] for s in summary["splits"].values()), 3)
@@ -51,7 +50,7 @@ def publish_outputs(
         )
         write_manifest(layout, manifest)
     else:
-        manifest = read_json(layout.manifest) or {}
+        manifest = layout.read_json(MANIFEST) or {}
     report = _report(layout, rewrite=summary is not None)
     outputs = output_paths(layout, implementation, fetched["imagenet_path"])
     images = manifest.get("images", {})
@@ -64,9 +63,9 @@ def publish_outputs(
         f"{images.get('val', 0):,}",
         len(manifest.get("outputs", {})),
         total / 1e6,
-        layout.manifest,
+        layout.uri(MANIFEST),
     )
-    return {**outputs, "manifest": str(layout.manifest), "cached": summary is None, "report": report}
+    return {**outputs, "manifest": layout.uri(MANIFEST), "cached": summary is None, "report": report}
 
 
 def _report(layout: DataDir, *, rewrite: bool) -> str | None:
@@ -75,6 +74,9 @@ def _report(layout: DataDir, *, rewrite: bool) -> str | None:
     A report failure is logged, not raised: the output and its manifest are complete by now, and failing
     publish would withhold the Asset update (and the data) from consumers for want of a web page.
     """
+    if not layout.is_local:
+        log.info("%s: the dataset report is written for a local data_dir only; none for this one", layout.url)
+        return None
     path = report_path(layout.root)
     if not rewrite and path.is_file():
         return str(path)

@@ -246,7 +246,6 @@ def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
     from airflow_resnet_prep.catalog.fetch import fetch
     from airflow_resnet_prep.catalog.relabel import relabel
     from airflow_resnet_prep.converters import base, local
-    from airflow_resnet_prep.layout import DataDir
 
     converter = _converter(spec)
     data_dir = spec["data_dir"]
@@ -259,10 +258,7 @@ def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
     with clock.phase("plan"):
         base.plan(converter, data_dir)
     with clock.phase("units"):
-        layout = DataDir.of(data_dir)
-        work_plan = base.Plan.load(layout.work / converter.implementation)
-        if not converter.run_local(layout, work_plan, spec["workers"]):
-            local.run_units(converter, data_dir, workers=spec["workers"])
+        local.run_all(converter, data_dir, workers=spec["workers"])
     with clock.phase("finish"):
         summary = base.finish(converter, data_dir)
     result = clock.result(import_s=_IMPORT_S)

@@ -147,10 +147,7 @@ def job_convert_bucket(spec: dict[str, Any]) -> dict[str, Any]:
     with clock.phase("plan"):
         base.plan(converter, data_dir)
     with clock.phase("units"):
-        layout = DataDir.of(data_dir)
-        work_plan = base.Plan.load(layout.work / converter.implementation)
-        if not converter.run_local(layout, work_plan, spec["workers"]):
-            local.run_units(converter, data_dir, workers=spec["workers"])
+        local.run_all(converter, data_dir, workers=spec["workers"])
     with clock.phase("finish"):
         summary = base.finish(converter, data_dir)
     result = clock.result(import_s=bench._IMPORT_S)
@@ -158,7 +155,7 @@ def job_convert_bucket(spec: dict[str, Any]) -> dict[str, Any]:
         raise bench.BenchError(
             f"{data_dir}: wrote {bench._records(summary):,} records, expected {spec['expect_images']:,}"
         )
-    units = _done_reads(layout.work / converter.implementation)
+    units = _done_reads(DataDir.of(data_dir).work / converter.implementation)
     end = probe.stats.snapshot()
     result["reads"] = {
         "requests": _requests(indexed) + units["requests"],

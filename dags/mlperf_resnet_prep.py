@@ -113,14 +113,22 @@ with DAG(
         params = resolved(dict(params), DEFAULTS)
         fingerprints = fingerprints_of(ti.xcom_pull(task_ids="fetch"), ti.xcom_pull(task_ids="relabel_val"))
         if not params["force"] and cached_manifest(
-            DataDir.of(params["data_dir"]), params["implementation"], params, fingerprints
+            DataDir.of(params["data_dir"], params["storage_conn_id"] or None),
+            params["implementation"],
+            params,
+            fingerprints,
         ):
             return "reuse_existing"
         return f"{params['implementation']}_plan"
 
     branch = choose_implementation()
     reuse = EmptyOperator(task_id="reuse_existing")
-    common = {"data_dir": p("data_dir"), "on_bad_image": p("on_bad_image"), "workers": p("workers")}
+    common = {
+        "data_dir": p("data_dir"),
+        "on_bad_image": p("on_bad_image"),
+        "workers": p("workers"),
+        "storage_conn_id": p("storage_conn_id"),
+    }
     reference = {
         "train_shards": p("train_shards"),
         "val_shards": p("val_shards"),

@@ -289,15 +289,16 @@ def test_an_empty_data_dir_is_refused(sample):
     ("data_dir", "message"),
     [
         ("relative/data", "is a relative path: give an absolute path"),
-        ("s3://conn@bucket/prefix", "a URI; data_dir must be an absolute local path"),
-        ("gs://bucket/prefix", "a URI; data_dir must be an absolute local path"),
+        ("ftp://host/prefix", "unsupported URI; give an absolute local path"),
+        ("s3://no_such_conn@bucket/prefix", "the Airflow connection 'no_such_conn' is not defined"),
     ],
 )
 def test_a_data_dir_every_worker_would_read_differently_is_refused(
     sample, tmp_path, monkeypatch, data_dir, message
 ):
     """Seen in a run: ``s3://...`` was taken for a relative path and made a folder ``s3:`` in the worker's
-    current folder. Refused before anything is written."""
+    current folder. What is neither an absolute path nor a reachable bucket is refused before anything
+    is written."""
     from airflow_resnet_prep.errors import PrepError
 
     monkeypatch.chdir(tmp_path)

@@ -431,7 +431,8 @@ def test_unit_killed_midway_then_rerun_gives_the_same_bytes(
     (data_dir / "manifest.json").unlink()
     converter = RecordIOConverter()
     work_plan = base.plan(converter, data_dir, force=True)
-    parts = Path(work_plan.work_dir) / "parts"
+    parts = data_dir / work_plan.work_dir / "parts"
+    token = work_plan.extra["assemblies"]["train"]
     flag = tmp_path / "flag"
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(data_dir), str(flag)])
     try:
@@ -440,14 +441,15 @@ def test_unit_killed_midway_then_rerun_gives_the_same_bytes(
             assert proc.poll() is None, "the unit process ended before it was killed"
             assert time.monotonic() < deadline, "the unit process never reached its third record"
             time.sleep(0.02)
-        # Midway: only an in-progress name exists; no final name, no done record.
-        assert [p.name for p in parts.iterdir()] == [f".train.00000.rec.{proc.pid}.tmp"]
+        # Midway: only the piece's in-progress name exists; no final name, no done record.
+        pieces = [p.relative_to(parts).as_posix() for p in parts.rglob("*") if p.is_file()]
+        assert pieces == [f"{token}/.00001.{proc.pid}.tmp"]
         assert not work_plan.unit_done_path(0).exists()
-        assert not any((data_dir / "recordio").iterdir())
+        assert not (data_dir / "recordio").exists() or not any((data_dir / "recordio").iterdir())
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    assert not (parts / "train.00000.rec").exists()
+    assert not (parts / token / "00001").exists()
     with pytest.raises(PrepError, match="units are not done"):
         base.finish(converter, data_dir)
     local.run_units(converter, data_dir, workers=2)
@@ -499,10 +501,15 @@ def test_partial_files_left_behind_are_overwritten_and_cleaned(
     shutil.rmtree(data_dir / "recordio")
     (data_dir / "manifest.json").unlink()
     work_plan = base.plan(converter, data_dir, force=True)
-    parts = Path(work_plan.work_dir) / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    (parts / "train.00000.rec").write_bytes(M + b"half a record")
-    (parts / ".val.00001.rec.999999.tmp").write_bytes(b"partial")
+    train, val = (
+        data_dir / work_plan.work_dir / "parts" / work_plan.extra["assemblies"][split]
+        for split in ("train", "val")
+    )
+    train.mkdir(parents=True, exist_ok=True)
+    val.mkdir(parents=True, exist_ok=True)
+    (train / "00001").write_bytes(M + b"half a record")
+    (val / ".00001.999999.tmp").write_bytes(b"partial")
+    (data_dir / "recordio").mkdir()
     (data_dir / "recordio" / ".train.rec.999999.tmp").write_bytes(b"partial join")
     local.run_units(converter, data_dir, workers=1)
     base.finish(converter, data_dir)

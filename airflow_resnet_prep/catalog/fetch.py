@@ -16,9 +16,9 @@ from typing import Any
 from airflow_resnet_prep.catalog.build import build_split_catalog
 from airflow_resnet_prep.catalog.extract import extract_split
 from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
+from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock, read_json
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import FETCH_RECORD, DataDir, catalog_key
 from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri
 from airflow_resnet_prep.sources.download import resolve_source
 
@@ -40,6 +40,25 @@ class FetchResult:
         return asdict(self)
 
 
+def check_remote_data_dir(layout: DataDir, sources: list[str], download_sources: bool, extract: bool) -> None:
+    """Refuse what an object-store data_dir cannot give every worker: a copy on this machine's disk."""
+    where = f"data_dir {layout.url} is in object storage"
+    if extract:
+        raise PrepError(f"{where}: extract=true would unpack 1.28 M images to a local disk; turn extract off")
+    if download_sources:
+        raise PrepError(
+            f"{where}: download_sources=true would copy the sources to this machine's disk, which other "
+            "workers do not see; turn it off (sources in a bucket are read in place)"
+        )
+    for source in sources:
+        if "://" in source and not is_bucket_uri(source) and not source.startswith("file://"):
+            raise PrepError(
+                f"{display_uri(source)}: a URL is downloaded to a local disk, which the workers of an "
+                f"object-store data_dir ({layout.url}) do not share; copy it into a bucket and give its "
+                "s3:// or gs:// URI"
+            )
+
+
 def fetch(
     data_dir: str | os.PathLike[str],
     train_source: str,
@@ -58,15 +77,18 @@ def fetch(
     Sources in a bucket (``s3://[conn_id@]bucket/key``, ``gs://...``) use the connection of their URI,
     else ``storage_conn_id``; they are read in place unless ``download_sources`` copies them to
     ``downloads/`` first."""
-    layout = DataDir.of(data_dir).ensure()
+    layout = DataDir.of(data_dir, storage_conn_id).ensure()
+    if not layout.is_local:
+        check_remote_data_dir(layout, [train_source, val_source], download_sources, extract)
     started = time.monotonic()
-    with exclusive_lock(layout.lock, wait_s=5):
+    with layout.hold(wait_s=5):
         bucket = {"storage_conn_id": storage_conn_id or None, "download": bool(download_sources)}
+        downloads = layout.local_downloads
         train = resolve_source(
-            train_source, layout.downloads, checksum=train_checksum, auth=auth, headers=headers, **bucket
+            train_source, downloads, checksum=train_checksum, auth=auth, headers=headers, **bucket
         )
         val = resolve_source(
-            val_source, layout.downloads, checksum=val_checksum, auth=auth, headers=headers, **bucket
+            val_source, downloads, checksum=val_checksum, auth=auth, headers=headers, **bucket
         )
         fingerprints = {"train": train.fingerprint, "val": val.fingerprint}
         # Where the catalogs read from: the same object read in place or from its downloaded copy has
@@ -74,20 +96,22 @@ def fetch(
         paths = {"train": str(train.path), "val": str(val.path)}
         t_download = time.monotonic() - started
 
-        record = read_json(layout.fetch_record)
+        record = layout.read_json(FETCH_RECORD)
         reused = (
             record is not None
             and record.get("fingerprints") == fingerprints
             and record.get("paths", paths) == paths
-            and all(layout.catalog_file(s).exists() for s in ("train", "val"))
+            and all(layout.exists(catalog_key(s)) for s in ("train", "val"))
         )
         if reused:
             log.info(
-                "sources unchanged since %s: reusing the catalogs in %s", record.get("at"), layout.catalog
+                "sources unchanged since %s: reusing the catalogs in %s",
+                record.get("at"),
+                layout.uri("catalog"),
             )
             counts = record["counts"]
         else:
-            layout.fetch_record.unlink(missing_ok=True)  # the catalogs below are about to change
+            layout.delete(FETCH_RECORD)  # the catalogs below are about to change
             catalogs: dict[str, SplitCatalog] = {}
             # An archive in a bucket is indexed by a chain of small requests (each header gives the next
             # one's offset): index the two splits at the same time, so the latencies overlap. A local
@@ -106,15 +130,15 @@ def fetch(
                     catalogs[split] = pending[split].result()
                 else:
                     catalogs[split] = build_split_catalog(split, fetched.path)
-                catalogs[split].save(layout.catalog_file(split))
+                catalogs[split].save_to(layout.store, catalog_key(split))
                 if split == "train":
                     failpoint("fetch-train-catalog")
                 log.info(
                     "%s: %d images in %d classes", split, len(catalogs[split]), len(catalogs[split].synsets)
                 )
             counts = {split: len(c) for split, c in catalogs.items()}
-            atomic_write_json(
-                layout.fetch_record,
+            layout.write_json(
+                FETCH_RECORD,
                 {
                     "fingerprints": fingerprints,
                     "paths": paths,
@@ -135,9 +159,9 @@ def fetch(
             if val_catalog.sources[0].kind != DIR or is_bucket_uri(val_catalog.sources[0].path):
                 extract_split(val_catalog, layout.raw("val"))
     return FetchResult(
-        data_dir=str(layout.root),
-        train_catalog=str(layout.catalog_file("train")),
-        val_catalog=str(layout.catalog_file("val")),
+        data_dir=layout.url,
+        train_catalog=layout.uri(catalog_key("train")),
+        val_catalog=layout.uri(catalog_key("val")),
         imagenet_path=imagenet_path,
         fingerprints=fingerprints,
         counts=counts,

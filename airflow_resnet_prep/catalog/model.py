@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import io
 import itertools
 import json
 import logging
@@ -109,50 +110,80 @@ class SplitCatalog:
         return sum(ref.size for ref in self.images)
 
     # -- persistence: one TSV per split, a JSON header line first ------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def _lines(self) -> Iterator[str]:
         header = {
             "version": CATALOG_VERSION,
             "split": self.split,
             "sources": [{"kind": s.kind, "path": s.path} for s in self.sources],
             "images": len(self.images),
         }
+        yield "# " + json.dumps(header, sort_keys=True) + "\n"
+        for r in self.images:
+            yield f"{r.synset}\t{r.name}\t{r.src}\t{r.offset}\t{r.size}\t{r.member}\n"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("# " + json.dumps(header, sort_keys=True) + "\n")
-            fh.writelines(
-                f"{r.synset}\t{r.name}\t{r.src}\t{r.offset}\t{r.size}\t{r.member}\n" for r in self.images
-            )
+            fh.writelines(self._lines())
+
+    def save_to(self, store: Store, key: str) -> None:
+        """Save under ``key`` of a data_dir's store (a local file streamed, an object in one PUT)."""
+        local = store.local_path(key)
+        if local is not None:
+            Path(local).parent.mkdir(parents=True, exist_ok=True)
+            self.save(local)
+        else:
+            store.write_bytes(key, "".join(self._lines()).encode("utf-8"))
+
+    @classmethod
+    def load_from(cls, store: Store, key: str) -> SplitCatalog:
+        local = store.local_path(key)
+        if local is not None:
+            return cls.load(local)
+        try:
+            data = store.read_bytes(key)
+        except FileNotFoundError:
+            raise SourceError(f"{store.uri(key)}: catalog not found; run the fetch step first") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SourceError(f"{store.uri(key)}: damaged catalog ({exc}); rerun the fetch step") from None
+        return cls._parse(io.StringIO(text, newline="\n"), store.uri(key))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SplitCatalog:
-        path = Path(path)
         try:
             fh = open(path, encoding="utf-8", newline="\n")  # noqa: SIM115 (closed by the with below)
         except FileNotFoundError:
             raise SourceError(f"{path}: catalog not found; run the fetch step first") from None
+        with fh:
+            return cls._parse(fh, str(path))
+
+    @classmethod
+    def _parse(cls, fh: Iterable[str], path: str) -> SplitCatalog:
         rerun = "rerun the fetch step to rebuild it"
         number = 1
-        with fh:
+        lines = iter(fh)
+        try:
+            first = next(lines, "")
             try:
-                first = fh.readline()
-                try:
-                    header = json.loads(first[2:]) if first.startswith("# ") else None
-                except json.JSONDecodeError:
-                    header = None
-                if not isinstance(header, dict) or header.get("version") != CATALOG_VERSION:
-                    raise SourceError(f"{path}: not a catalog of version {CATALOG_VERSION}; {rerun}")
-                sources = [Source(s["kind"], s["path"]) for s in header["sources"]]
-                split, count = header["split"], header["images"]
-                images = []
-                for number, line in enumerate(fh, start=2):  # noqa: B007 (number names the bad line below)
-                    synset, name, src, offset, size, member = line.rstrip("\n").split("\t")
-                    ref = ImageRef(synset, name, int(src), int(offset), int(size), member)
-                    if not (0 <= ref.src < len(sources) and ref.offset >= 0 and ref.size >= 0):
-                        raise ValueError("source, offset or size out of range")
-                    images.append(ref)
-            except SourceError:
-                raise
-            except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
-                raise SourceError(f"{path}: damaged catalog (line {number}: {exc}); {rerun}") from None
+                header = json.loads(first[2:]) if first.startswith("# ") else None
+            except json.JSONDecodeError:
+                header = None
+            if not isinstance(header, dict) or header.get("version") != CATALOG_VERSION:
+                raise SourceError(f"{path}: not a catalog of version {CATALOG_VERSION}; {rerun}")
+            sources = [Source(s["kind"], s["path"]) for s in header["sources"]]
+            split, count = header["split"], header["images"]
+            images = []
+            for number, line in enumerate(lines, start=2):  # noqa: B007 (number names the bad line below)
+                synset, name, src, offset, size, member = line.rstrip("\n").split("\t")
+                ref = ImageRef(synset, name, int(src), int(offset), int(size), member)
+                if not (0 <= ref.src < len(sources) and ref.offset >= 0 and ref.size >= 0):
+                    raise ValueError("source, offset or size out of range")
+                images.append(ref)
+        except SourceError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+            raise SourceError(f"{path}: damaged catalog (line {number}: {exc}); {rerun}") from None
         if len(images) != count:
             raise SourceError(f"{path}: holds {len(images)} images, its header says {count}; {rerun}")
         return cls(split=split, sources=sources, images=images)

@@ -17,8 +17,7 @@ from typing import Any
 from airflow_resnet_prep.catalog.extract import move_val_into_classes
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import LabelsError, SourceError
-from airflow_resnet_prep.fsutil import exclusive_lock
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import DataDir, catalog_key
 from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri, read_source_bytes
 from airflow_resnet_prep.sources.download import resolve_source
 
@@ -146,18 +145,19 @@ def relabel(
 ) -> RelabelResult:
     """The relabel step: check the labels file against the catalogs, then assign classes (SPEC §2).
     A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``."""
-    layout = DataDir.of(data_dir)
-    with exclusive_lock(layout.lock, wait_s=5):
-        train = SplitCatalog.load(layout.catalog_file("train"))
-        val = SplitCatalog.load(layout.catalog_file("val"))
+    layout = DataDir.of(data_dir, storage_conn_id)
+    val_key = catalog_key("val")
+    with layout.hold(wait_s=5):
+        train = SplitCatalog.load_from(layout.store, catalog_key("train"))
+        val = SplitCatalog.load_from(layout.store, val_key)
         train_synsets = train.synsets
         if labelled_by_source(val):
             check_labelled(val, train_synsets)
             log.info("validation images already come in class folders: the labels file is not needed")
-            return RelabelResult(str(layout.catalog_file("val")), None, None, len(val), len(val.synsets), 0)
+            return RelabelResult(layout.uri(val_key), None, None, len(val), len(val.synsets), 0)
         fetched = resolve_source(
             labels_source,
-            layout.downloads,
+            layout.local_downloads,
             auth=auth,
             headers=headers,
             storage_conn_id=storage_conn_id or None,
@@ -166,7 +166,7 @@ def relabel(
         labels = read_labels(fetched.path)
         shown = display_uri(fetched.path)
         labelled = assign_labels(val, labels, train_synsets, shown)
-        labelled.save(layout.catalog_file("val"))
+        labelled.save_to(layout.store, val_key)
         moved = move_val_into_classes(labelled, layout.raw("val")) if extract else 0
         log.info(
             "validation: %d images assigned to %d classes from %s",
@@ -175,7 +175,7 @@ def relabel(
             shown,
         )
         return RelabelResult(
-            str(layout.catalog_file("val")),
+            layout.uri(val_key),
             shown,
             fetched.fingerprint,
             len(labelled),

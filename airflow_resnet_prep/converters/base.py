@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -32,18 +31,14 @@ from typing import Any, ClassVar, NamedTuple
 
 from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog, export_connections
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError
-from airflow_resnet_prep.fsutil import (
-    atomic_path,
-    atomic_write_json,
-    exclusive_lock,
-    read_json,
-    remove_stale_tmp,
-)
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import MANIFEST, DataDir, catalog_key, work_key
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+# Units writing to a bucket hold at least this many source bytes (but the last of a split), so that a
+# piece of a multipart upload stays above S3's 5 MiB minimum even with images left out or re-encoded.
+MIN_REMOTE_UNIT_BYTES = 16 << 20
 ON_BAD_IMAGE = ("fail", "skip")
 
 
@@ -98,12 +93,13 @@ class Converter(ABC):
     """What a format plugs into the skeleton."""
 
     implementation: ClassVar[str]
+    output_key: ClassVar[str]  # the folder of the outputs under data_dir ("tfrecords", "recordio")
+    #: set by :func:`plan` before ``plan_split``: the smallest output a unit may write (a bucket's
+    #: multipart upload wants parts of at least 5 MiB but the last), 0 for a local data_dir
+    min_unit_bytes: int = 0
 
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
-
-    @abstractmethod
-    def output_dir(self, layout: DataDir) -> Path: ...
 
     @abstractmethod
     def is_output_name(self, name: str) -> bool:
@@ -121,6 +117,12 @@ class Converter(ABC):
 
     def prepare_process(self) -> None:
         """Load heavy libraries once in the parent, before worker processes are forked."""
+
+    def prepare_plan(self, plan: Plan) -> None:
+        """Set up what the units of a new plan share (kept in ``plan.extra``), before it is saved."""
+
+    def discard_plan(self, layout: DataDir, plan: dict[str, Any] | None) -> None:
+        """Free what an abandoned plan (its saved form, when there is one) holds outside its work folder."""
 
     def run_local(self, layout: DataDir, plan: Plan, workers: int) -> bool:
         """A format's faster way to run every unit of ``plan`` on this machine, when it has one.
@@ -140,49 +142,71 @@ class Plan:
     sources: dict[str, list[dict[str, str]]]  # split -> catalog sources
     units: list[dict[str, Any]]  # {"id", "split", "outputs", "items"}
     counts: dict[str, int]
-    work_dir: str
+    work_dir: str  # key of the plan's folder under data_dir: work/<implementation>
+    extra: dict[str, Any] = field(default_factory=dict)  # what a format keeps for its units
+    layout: DataDir = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "layout"}
 
     @classmethod
-    def load(cls, work_dir: Path) -> Plan:
-        """The plan in ``work_dir``. Loading it also puts the Airflow connections of sources in a bucket
-        into this process's environment (:func:`~airflow_resnet_prep.catalog.model.export_connections`):
-        every path that runs units loads the plan before it starts worker processes, which then reach
-        the bucket without asking the task's supervisor."""
-        data = read_json(work_dir / "plan.json")
+    def load(cls, layout: DataDir, implementation: str) -> Plan:
+        """The plan of ``implementation`` in ``layout``. Loading it also puts the Airflow connections of
+        the data_dir and of sources in a bucket into this process's environment
+        (:func:`~airflow_resnet_prep.catalog.model.export_connections`): every path that runs units loads
+        the plan before it starts worker processes, which then reach the bucket without asking the
+        task's supervisor."""
+        key = f"{work_key(implementation)}/plan.json"
+        data = layout.read_json(key)
         if data is None:
-            raise PrepError(f"{work_dir / 'plan.json'}: no conversion plan; run the plan step first")
-        plan = cls(**data)
-        export_connections(Source(s["kind"], s["path"]) for srcs in plan.sources.values() for s in srcs)
+            raise PrepError(f"{layout.uri(key)}: no conversion plan; run the plan step first")
+        data["work_dir"] = work_key(implementation)  # plans of older versions held a local path
+        plan = cls(**data, layout=layout)
+        export_connections(
+            [Source("dir", layout.address)]
+            + [Source(s["kind"], s["path"]) for srcs in plan.sources.values() for s in srcs]
+        )
         return plan
 
-    def unit_items_path(self, unit_id: int) -> Path:
-        return Path(self.work_dir) / "units" / f"{unit_id:05d}.tsv"
+    def unit_items_key(self, unit_id: int) -> str:
+        return f"{self.work_dir}/units/{unit_id:05d}.tsv"
+
+    def unit_done_key(self, unit_id: int) -> str:
+        return f"{self.work_dir}/done/{unit_id:05d}.json"
 
     def unit_done_path(self, unit_id: int) -> Path:
-        return Path(self.work_dir) / "done" / f"{unit_id:05d}.json"
+        """The done record's local path (local data_dir only: the one-machine path and tests)."""
+        return self.layout.path(self.unit_done_key(unit_id))
+
+    def done(self, unit_id: int) -> UnitResult | None:
+        data = self.layout.read_json(self.unit_done_key(unit_id))
+        return None if data is None else UnitResult.from_dict(data)
 
     def split_sources(self, split: str) -> list[Source]:
         return [Source(s["kind"], s["path"]) for s in self.sources[split]]
 
     def load_items(self, unit_id: int) -> list[WorkItem]:
         items = []
-        with open(self.unit_items_path(unit_id), encoding="utf-8", newline="\n") as fh:
-            for line in fh:
-                s, n, src, off, size, member, label, index, output = line.rstrip("\n").split("\t")
-                items.append(
-                    WorkItem(s, n, int(src), int(off), int(size), member, int(label), int(index), int(output))
-                )
+        text = self.layout.store.read_bytes(self.unit_items_key(unit_id)).decode("utf-8")
+        for line in text.splitlines():
+            s, n, src, off, size, member, label, index, output = line.split("\t")
+            items.append(
+                WorkItem(s, n, int(src), int(off), int(size), member, int(label), int(index), int(output))
+            )
         return items
 
 
-def _write_items(path: Path, items: Iterable[WorkItem]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines("\t".join(map(str, item)) + "\n" for item in items)
+def _items_text(items: Iterable[WorkItem]) -> str:
+    return "".join("\t".join(map(str, item)) + "\n" for item in items)
 
 
-def _file_digest(path: Path) -> str:
+def _digest(layout: DataDir, key: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    local = layout.store.local_path(key)
+    if local is None:
+        h.update(layout.store.read_bytes(key))
+        return h.hexdigest()
+    with open(local, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -190,46 +214,43 @@ def _file_digest(path: Path) -> str:
 
 def plan(
     converter: Converter,
-    data_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | DataDir,
     *,
     force: bool = False,
 ) -> Plan:
     """Decide every unit of the conversion and write the plan (see the module doc)."""
-    layout = DataDir.of(data_dir)
-    work_dir = layout.work / converter.implementation
-    out_dir = converter.output_dir(layout)
-    with exclusive_lock(layout.lock, wait_s=5):
-        catalogs = {split: SplitCatalog.load(layout.catalog_file(split)) for split in SPLITS}
+    layout = as_layout(data_dir)
+    work_dir = work_key(converter.implementation)
+    with layout.hold(wait_s=5):
+        catalogs = {split: SplitCatalog.load_from(layout.store, catalog_key(split)) for split in SPLITS}
         if not catalogs["val"].labelled:
             raise PrepError(
-                f"{layout.catalog_file('val')}: validation images have no classes yet; run relabel first"
+                f"{layout.uri(catalog_key('val'))}: validation images have no classes yet; run relabel first"
             )
         for split, catalog in catalogs.items():
             if len(catalog) == 0:
                 raise PrepError(
-                    f"{layout.catalog_file(split)}: the {split} split has no images; nothing to convert"
+                    f"{layout.uri(catalog_key(split))}: the {split} split has no images; nothing to convert"
                 )
         classes = catalogs["train"].synsets
         key = {
             "implementation": converter.implementation,
             "params": converter.params,
-            "catalogs": {split: _file_digest(layout.catalog_file(split)) for split in SPLITS},
+            "catalogs": {split: _digest(layout, catalog_key(split)) for split in SPLITS},
         }
         plan_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
-        existing = read_json(work_dir / "plan.json")
+        existing = layout.read_json(f"{work_dir}/plan.json")
         if existing is not None and existing.get("plan_id") == plan_id and not force:
-            log.info("resuming plan %s in %s", plan_id, work_dir)
-            return Plan(**existing)
-        _clear_previous(layout, converter, work_dir, out_dir, existing, force)
+            log.info("resuming plan %s in %s", plan_id, layout.uri(work_dir))
+            return Plan(**existing, layout=layout)
+        _clear_previous(layout, converter, existing, force)
 
         units: list[dict[str, Any]] = []
         specs: list[UnitSpec] = []
+        converter.min_unit_bytes = 0 if layout.is_local else MIN_REMOTE_UNIT_BYTES
         for split in SPLITS:
             specs.extend(converter.plan_split(split, catalogs[split], classes))
-        (work_dir / "units").mkdir(parents=True, exist_ok=True)
-        (work_dir / "done").mkdir(parents=True, exist_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
         result = Plan(
             implementation=converter.implementation,
             plan_id=plan_id,
@@ -238,14 +259,16 @@ def plan(
             sources={s: [{"kind": x.kind, "path": x.path} for x in catalogs[s].sources] for s in SPLITS},
             units=units,
             counts={s: len(catalogs[s]) for s in SPLITS},
-            work_dir=str(work_dir),
+            work_dir=work_dir,
+            layout=layout,
         )
         for unit_id, spec in enumerate(specs):
-            _write_items(result.unit_items_path(unit_id), spec.items)
+            layout.write_text(result.unit_items_key(unit_id), _items_text(spec.items))
             units.append(
                 {"id": unit_id, "split": spec.split, "outputs": spec.outputs, "items": len(spec.items)}
             )
-        atomic_write_json(work_dir / "plan.json", result.__dict__)
+        converter.prepare_plan(result)
+        layout.write_json(f"{work_dir}/plan.json", result.to_dict())
         log.info(
             "plan %s: %d units for %s images (%s)",
             plan_id,
@@ -256,11 +279,14 @@ def plan(
         return result
 
 
-def _clear_previous(
-    layout: DataDir, converter: Converter, work_dir: Path, out_dir: Path, existing: dict | None, force: bool
-) -> None:
+def as_layout(data_dir: str | os.PathLike[str] | DataDir) -> DataDir:
+    return data_dir if isinstance(data_dir, DataDir) else DataDir.of(data_dir)
+
+
+def _clear_previous(layout: DataDir, converter: Converter, existing: dict | None, force: bool) -> None:
     """Make room for a new plan, refusing to overwrite what is not clearly ours and finished."""
-    manifest = read_json(layout.manifest)
+    work_dir, out_key = work_key(converter.implementation), converter.output_key
+    manifest = layout.read_json(MANIFEST)
     finished = (
         existing is not None
         and manifest is not None
@@ -268,81 +294,80 @@ def _clear_previous(
     )
     if existing is not None and not finished and not force:
         raise OutputConflictError(
-            f"{work_dir}: holds an unfinished conversion with different inputs or params (plan "
+            f"{layout.uri(work_dir)}: holds an unfinished conversion with different inputs or params (plan "
             f"{existing.get('plan_id')}); rerun that conversion to finish it, or set force=true to discard it"
         )
-    foreign = (
-        sorted(p.name for p in out_dir.iterdir() if converter.is_output_name(p.name))
-        if out_dir.is_dir()
-        else []
+    foreign = sorted(
+        o.key
+        for o in layout.store.list(out_key)
+        if "/" not in o.key[len(out_key) + 1 :] and converter.is_output_name(o.key.rpartition("/")[2])
     )
     if foreign and existing is None and not force:
         raise OutputConflictError(
-            f"{out_dir}: already holds {len(foreign)} output files (e.g. {foreign[0]}) that no plan of this "
-            "tool describes; move them away or set force=true to replace them"
+            f"{layout.uri(out_key)}: already holds {len(foreign)} output files (e.g. "
+            f"{foreign[0].rpartition('/')[2]}) that no plan of this tool describes; move them away or set "
+            "force=true to replace them"
         )
     if existing is not None or foreign:
-        log.info("replacing the previous %s output in %s", converter.implementation, out_dir)
-        if (
-            layout.manifest.exists()
-            and manifest
-            and manifest.get("implementation") == converter.implementation
-        ):
-            layout.manifest.unlink()
-        for name in foreign:
-            (out_dir / name).unlink()
-        remove_stale_tmp(out_dir)  # killed units' temp files: no unit of the discarded plan will rerun
-        shutil.rmtree(work_dir, ignore_errors=True)
+        log.info("replacing the previous %s output in %s", converter.implementation, layout.uri(out_key))
+        if manifest and manifest.get("implementation") == converter.implementation:
+            layout.delete(MANIFEST)
+        for key in foreign:
+            layout.delete(key)
+        # Killed units' partial writes: no unit of the discarded plan will rerun.
+        layout.discard_partial(out_key)
+        converter.discard_plan(layout, existing)
+        layout.delete_tree(work_dir)
 
 
-def run_unit(converter: Converter, data_dir: str | os.PathLike[str], unit_id: int) -> UnitResult:
+def run_unit(converter: Converter, data_dir: str | os.PathLike[str] | DataDir, unit_id: int) -> UnitResult:
     """Run one unit unless its done record exists; safe to call again after a crash."""
-    layout = DataDir.of(data_dir)
-    work_plan = Plan.load(layout.work / converter.implementation)
-    done_path = work_plan.unit_done_path(unit_id)
-    done = read_json(done_path)
+    layout = as_layout(data_dir)
+    work_plan = Plan.load(layout, converter.implementation)
+    done = work_plan.done(unit_id)
     if done is not None:
-        return UnitResult.from_dict(done)
+        return done
+    lock = work_plan.unit_done_key(unit_id).removesuffix(".json") + ".lock"
     with contextlib.ExitStack() as held:
-        lock = done_path.with_suffix(".lock")
         try:
-            held.enter_context(exclusive_lock(lock, wait_s=0))
+            held.enter_context(layout.hold(lock, wait_s=0))
         except OutputConflictError as exc:
             # Another process (a second run on this data_dir) is writing this unit: wait for it rather
             # than fail, or two runs that each hold a unit the other needs would both fail. The lock
             # dies with its holder, so this wait ends when the holder finishes or is killed.
             log.info("unit %d: %s; waiting for it", unit_id, exc)
-            held.enter_context(exclusive_lock(lock, wait_s=math.inf))
-        done = read_json(done_path)  # another worker may have finished it while we waited
+            held.enter_context(layout.hold(lock, wait_s=math.inf))
+        done = work_plan.done(unit_id)  # another worker may have finished it while we waited
         if done is not None:
-            return UnitResult.from_dict(done)
+            return done
         items = work_plan.load_items(unit_id)
         started = time.monotonic()
         result = converter.run_unit(layout, work_plan, unit_id, items)
         result.seconds = round(time.monotonic() - started, 3)
-        atomic_write_json(done_path, result.to_dict())
-    done_path.with_suffix(".lock").unlink(missing_ok=True)
+        layout.write_json(work_plan.unit_done_key(unit_id), result.to_dict())
+    if layout.is_local:  # an object store's lease is gone with its release
+        layout.delete(lock)
     return result
 
 
-def finish(converter: Converter, data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def finish(converter: Converter, data_dir: str | os.PathLike[str] | DataDir) -> dict[str, Any]:
     """Check every unit is done, then let the format finalise its outputs; return the summary."""
-    layout = DataDir.of(data_dir)
-    work_plan = Plan.load(layout.work / converter.implementation)
+    layout = as_layout(data_dir)
+    work_plan = Plan.load(layout, converter.implementation)
     results = []
     missing = []
     for unit in work_plan.units:
-        done = read_json(work_plan.unit_done_path(unit["id"]))
+        done = work_plan.done(unit["id"])
         if done is None:
             missing.append(unit["id"])
         else:
-            results.append(UnitResult.from_dict(done))
+            results.append(done)
     if missing:
         raise PrepError(
-            f"{work_plan.work_dir}: {len(missing)} of {len(work_plan.units)} units are not done "
+            f"{layout.uri(work_plan.work_dir)}: {len(missing)} of {len(work_plan.units)} units are not done "
             f"(first: {missing[:5]}); run them before finishing"
         )
-    with exclusive_lock(layout.lock, wait_s=5):
+    with layout.hold(wait_s=5):
         outputs = converter.finish(layout, work_plan, results)
     return summarize(work_plan, results, outputs)
 

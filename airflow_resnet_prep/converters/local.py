@@ -13,7 +13,7 @@ from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from airflow_resnet_prep.converters.base import Converter, Plan, finish, plan, run_unit
+from airflow_resnet_prep.converters.base import Converter, Plan, as_layout, finish, plan, run_unit
 from airflow_resnet_prep.converters.pool import portable_error, process_pool, resolve_workers
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.layout import DataDir
@@ -34,15 +34,15 @@ def _pool_run(unit_id: int) -> tuple[int, int]:
 
 def run_units(
     converter: Converter,
-    data_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | DataDir,
     unit_ids: Sequence[int] | None = None,
     workers: int = 0,
     progress_label: str | None = None,
 ) -> None:
     """Run the given units (all when None) with ``workers`` processes, logging progress."""
     global _POOL_CONVERTER, _POOL_DATA_DIR
-    layout = DataDir.of(data_dir)
-    work_plan = Plan.load(layout.work / converter.implementation)
+    layout = as_layout(data_dir)
+    work_plan = Plan.load(layout, converter.implementation)
     ids = [u["id"] for u in work_plan.units] if unit_ids is None else list(unit_ids)
     sizes = {u["id"]: u["items"] for u in work_plan.units}
     progress = Progress(
@@ -51,11 +51,11 @@ def run_units(
     n = min(resolve_workers(workers), len(ids)) if ids else 1
     if n <= 1:
         for unit_id in ids:
-            result = run_unit(converter, data_dir, unit_id)
+            result = run_unit(converter, layout, unit_id)
             progress.advance(result.records + len(result.skipped))
     else:
         converter.prepare_process()
-        _POOL_CONVERTER, _POOL_DATA_DIR = converter, str(data_dir)
+        _POOL_CONVERTER, _POOL_DATA_DIR = converter, layout.address
         try:
             with process_pool(n) as pool:
                 futures = [pool.submit(_pool_run, unit_id) for unit_id in ids]
@@ -67,7 +67,7 @@ def run_units(
                     raise
         except BrokenProcessPool:
             raise PrepError(
-                f"{work_plan.work_dir}: a worker process converting units died abruptly (killed, e.g. by "
+                f"{layout.uri(work_plan.work_dir)}: a worker process converting units died abruptly (killed, e.g. by "
                 "the out-of-memory killer); finished units are kept, rerun to resume"
             ) from None
         finally:
@@ -75,28 +75,29 @@ def run_units(
     progress.finish()
 
 
-def run_all(converter: Converter, data_dir: str | os.PathLike[str], workers: int = 0) -> None:
+def run_all(converter: Converter, data_dir: str | os.PathLike[str] | DataDir, workers: int = 0) -> None:
     """Run every unit of the plan on this machine: the format's one-machine path when it has one
     (and no unit has started elsewhere), else unit by unit."""
-    layout = DataDir.of(data_dir)
-    work_plan = Plan.load(layout.work / converter.implementation)
+    layout = as_layout(data_dir)
+    work_plan = Plan.load(layout, converter.implementation)
     if not converter.run_local(layout, work_plan, workers):
-        run_units(converter, data_dir, workers=workers)
+        run_units(converter, layout, workers=workers)
 
 
 def convert(
     converter: Converter,
-    data_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | DataDir,
     *,
     workers: int = 0,
     force: bool = False,
 ) -> dict[str, Any]:
     """Plan, run every unit locally with ``workers`` processes, finish. The one-call form."""
+    layout = as_layout(data_dir)
     started = time.monotonic()
-    plan(converter, data_dir, force=force)
+    plan(converter, layout, force=force)
     t_plan = time.monotonic() - started
-    run_all(converter, data_dir, workers=workers)
-    summary = finish(converter, data_dir)
+    run_all(converter, layout, workers=workers)
+    summary = finish(converter, layout)
     elapsed = time.monotonic() - started
     images = sum(s["records"] for s in summary["splits"].values())
     summary["timing"] = {

@@ -7,15 +7,16 @@ the list is shuffled as im2rec does by default (``random.seed(100)``, ``random.s
 
 Design of the parallel write (one ``train.rec`` is what NVIDIA's readers want): a record's size
 depends on its content (escaped magic words), so offsets are only known once payloads are scanned.
-Units take contiguous runs of the shuffled list and write their own part file plus the part-relative
-offsets; ``finish`` joins the parts in order into the final file with ``os.copy_file_range`` (done in
-the kernel, and shared extents on file systems with reflinks) and writes ``.idx`` from the offsets.
-This reads every source byte once and needs no pre-scan; the join costs one in-kernel copy of the
-output where the file system cannot share extents. When one machine runs the whole conversion
-(``local.convert``: the operator's ``step="all"``, the CLI, the benchmark), :mod:`.recordio_direct`
-writes each ``.rec`` in place instead, with no parts and no join. Finish is idempotent: parts are deleted only
-after all final names are in place, and a rerun that finds a final ``.rec`` lost or cut short writes
-the missing parts again (their units' done records would otherwise hide the loss).
+Units take contiguous runs of the shuffled list; each writes its run as piece N of the split's
+*assembly* (:class:`~airflow_resnet_prep.storage.Assembly`: on a local disk a part file joined by
+``os.copy_file_range``; on S3 one part of a multipart upload; on GCS an object composed at the end)
+plus the part-relative offsets; ``finish`` completes the assembly and writes ``.idx`` from the
+offsets. This reads every source byte once and needs no pre-scan; on a bucket no byte is copied
+twice. When one machine runs the whole conversion on a local data_dir (``local.convert``: the
+operator's ``step="all"``, the CLI, the benchmark), :mod:`.recordio_direct` writes each ``.rec`` in
+place instead, with no parts and no join. Finish is idempotent, and a rerun that finds a final
+``.rec`` lost or cut short converts that split's units again (their done records would otherwise hide
+the loss).
 
 Because im2rec numbers only the class folders that hold images, separately per split, the plan
 refuses a class folder without images and a validation split that lacks a training class: either
@@ -28,7 +29,6 @@ import contextlib
 import logging
 import os
 import random
-from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow_resnet_prep.catalog.model import DIR, ImageReader, ImageRef, SplitCatalog
@@ -49,16 +49,9 @@ from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
 from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record_buffers
-from airflow_resnet_prep.fsutil import (
-    atomic_path,
-    atomic_write_text,
-    copy_range,
-    disk_full_as_error,
-    remove_stale_tmp,
-    tmp_name,
-)
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import RECORDIO, DataDir, work_key
 from airflow_resnet_prep.sources.bucket import is_bucket_uri
+from airflow_resnet_prep.storage import Assembly, Part, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +89,7 @@ class RecordIOConverter(Converter):
     ``quality`` (JPEG quality when resizing), ``on_bad_image`` ("fail" | "skip")."""
 
     implementation: ClassVar[str] = "nvidia"
+    output_key: ClassVar[str] = RECORDIO
 
     def __init__(self, resize: int = 0, quality: int = 95, on_bad_image: str = "fail") -> None:
         if int(resize) < 0:
@@ -108,40 +102,51 @@ class RecordIOConverter(Converter):
             {"resize": int(resize), "quality": int(quality), "on_bad_image": check_on_bad_image(on_bad_image)}
         )
 
-    def output_dir(self, layout: DataDir) -> Path:
-        return layout.recordio
-
     def is_output_name(self, name: str) -> bool:
         return name in OUTPUT_NAMES
 
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
         check_class_folders(split, catalog, classes)
         listing = list_split(catalog)
-        units = []
-        for first in range(0, len(listing), UNIT_RECORDS):
-            chunk = listing[first : first + UNIT_RECORDS]
-            items = [WorkItem(*ref, label, index, 0) for index, ref, label in chunk]
-            units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], items))
+        units: list[UnitSpec] = []
+        chunk: list[WorkItem] = []
+        size = 0
+        for index, ref, label in listing:
+            chunk.append(WorkItem(*ref, label, index, 0))
+            size += ref.size
+            if len(chunk) >= UNIT_RECORDS and size >= self.min_unit_bytes:
+                units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], chunk))
+                chunk, size = [], 0
+        if chunk:
+            units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], chunk))
         return units
 
-    def _part_path(self, plan: Plan, name: str) -> Path:
-        return Path(plan.work_dir) / "parts" / name
+    def prepare_plan(self, plan: Plan) -> None:
+        store = plan.layout.store
+        plan.extra["assemblies"] = {
+            split: store.begin_assembly(_rec_key(split), _scratch(plan)).token for split in ("train", "val")
+        }
+
+    def discard_plan(self, layout: DataDir, plan: dict[str, Any] | None) -> None:
+        for split in ("train", "val"):
+            layout.store.abort_assemblies(_rec_key(split), f"{work_key(self.implementation)}/parts", keep=())
+
+    def _assembly(self, plan: Plan, split: str) -> Assembly:
+        token = plan.extra["assemblies"][split]
+        return plan.layout.store.resume_assembly(_rec_key(split), _scratch(plan), token)
 
     def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
         unit = plan.units[unit_id]
-        result = UnitResult(unit=unit_id, split=unit["split"])
-        sources = plan.split_sources(unit["split"])
-        path = self._part_path(plan, unit["outputs"][0])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        split = unit["split"]
+        result = UnitResult(unit=unit_id, split=split)
+        sources = plan.split_sources(split)
         offsets: list[list[int]] = []
         position = 0
         half = max(1, len(items) // 2)
-        # A part is scratch: finish checks its size and fsyncs the joined file, so it is not synced here.
         with (
             ImageReader(sources) as reader,
             contextlib.closing(reader.iter_read(items)) as reads,
-            atomic_path(path, sync=False) as tmp,
-            open(tmp, "wb", buffering=1 << 20) as out,
+            self._assembly(plan, split).piece_writer(_piece_number(plan, unit_id)) as out,
         ):
             for item, data in reads:
                 buffers = self.frame_item(reader, sources, item, result, data)
@@ -155,6 +160,7 @@ class RecordIOConverter(Converter):
             record_source_reads(reader, result)
         result.outputs[unit["outputs"][0]] = {"size": position, "records": result.records}
         result.extra["offsets"] = offsets
+        result.extra["part"] = list(out.part)
         return result
 
     def frame_item(
@@ -188,28 +194,23 @@ class RecordIOConverter(Converter):
         return write_direct(self, layout, plan, workers)
 
     def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
-        out_dir = layout.recordio
-        out_dir.mkdir(parents=True, exist_ok=True)
         outputs: dict[str, dict[str, int]] = {}
         for split in ("train", "val"):
             parts = sorted((r for r in results if r.split == split), key=lambda r: r.unit)
-            rec, idx, lst = (out_dir / f"{split}.{ext}" for ext in ("rec", "idx", "lst"))
-            # A .rec of the right size was joined by an earlier finish of this plan (a new plan deletes
+            rec, idx, lst = (f"{RECORDIO}/{split}.{ext}" for ext in ("rec", "idx", "lst"))
+            # A .rec of the right size was completed by an earlier finish of this plan (a new plan deletes
             # the old outputs first); .idx and .lst are rewritten whenever the .rec is.
-            rec_done = rec.is_file() and rec.stat().st_size == _parts_size(parts)
+            rec_done = _size(layout, rec) == _parts_size(parts)
             if not rec_done:
-                parts = [self._ensure_part(layout, plan, r) for r in parts]
-                self._join(
-                    [self._part_path(plan, n) for r in parts for n in r.outputs], rec, _parts_size(parts)
-                )
+                parts = self._complete(layout, plan, split, parts)
                 failpoint("finish")
-            if not rec_done or not idx.is_file():
+            if not rec_done or not layout.exists(idx):
                 idx_lines, start = [], 0  # start: where the unit's part begins in the joined file
                 for r in parts:
                     idx_lines.extend(f"{index}\t{start + off}\n" for index, off in r.extra["offsets"])
                     start += _parts_size([r])
-                atomic_write_text(idx, "".join(idx_lines))
-            if not rec_done or not lst.is_file():
+                layout.write_text(idx, "".join(idx_lines))
+            if not rec_done or not layout.exists(lst):
                 # Skipped images are keyed per split: a val folder source may reuse a train file name.
                 skipped = {(s["synset"], s["name"]) for r in parts for s in r.skipped}
                 lst_lines = [
@@ -218,58 +219,61 @@ class RecordIOConverter(Converter):
                     for item in plan.load_items(r.unit)
                     if (item.synset, item.name) not in skipped
                 ]
-                atomic_write_text(lst, "".join(lst_lines))
+                layout.write_text(lst, "".join(lst_lines))
             records = sum(r.records for r in parts)
-            for path in (lst, rec, idx):
-                outputs[f"recordio/{path.name}"] = {"size": path.stat().st_size, "records": records}
-        # Parts go only after every final name is in place, so a finish killed midway can be rerun.
-        parts_dir = self._part_path(plan, "x").parent
-        for r in results:
-            for name in r.outputs:
-                self._part_path(plan, name).unlink(missing_ok=True)
-        # In-progress files of killed units or of a killed join: no writer is left (every unit is
-        # done and finish holds the data_dir lock), so they are garbage.
-        remove_stale_tmp(parts_dir)
-        remove_stale_tmp(out_dir)
-        with contextlib.suppress(OSError):
-            parts_dir.rmdir()
+            for key in (lst, rec, idx):
+                outputs[key] = {"size": layout.store.size(key), "records": records}
+        # What killed units or a killed finish left: every unit is done and finish holds the data_dir's
+        # lock, so no writer is left.
+        for split in ("train", "val"):
+            layout.store.abort_assemblies(_rec_key(split), _scratch(plan), keep=())
+        layout.delete_tree(_scratch(plan))
+        layout.discard_partial(RECORDIO)
         return outputs
 
-    def _ensure_part(self, layout: DataDir, plan: Plan, result: UnitResult) -> UnitResult:
-        """The unit's result, its part file redone if it is gone.
+    def _complete(self, layout: DataDir, plan: Plan, split: str, parts: list[UnitResult]) -> list[UnitResult]:
+        """Complete the split's assembly from the units' pieces; when it cannot be (its pieces are gone:
+        the final .rec was completed once and since lost, or the units wrote it directly), convert the
+        split's units again into a new assembly, so the rerun heals the output."""
+        pieces = [Part(*r.extra["part"]) for r in parts if "part" in r.extra]
+        if len(pieces) == len(parts):
+            try:
+                self._assembly(plan, split).complete(pieces)
+                return parts
+            except StorageError as exc:
+                log.warning("%s: %s; converting the %s units again", layout.uri(_rec_key(split)), exc, split)
+        else:
+            log.warning(
+                "%s: missing or cut short; converting the %s units again", layout.uri(_rec_key(split)), split
+            )
+        plan.extra["assemblies"][split] = layout.store.begin_assembly(_rec_key(split), _scratch(plan)).token
+        layout.write_json(f"{plan.work_dir}/plan.json", plan.to_dict())
+        for r in parts:
+            layout.delete(plan.unit_done_key(r.unit))
+        redone = [base.run_unit(self, layout, r.unit) for r in parts]
+        self._assembly(plan, split).complete([Part(*r.extra["part"]) for r in redone])
+        return redone
 
-        Parts are deleted once the final files exist; if a final ``.rec`` is later lost (deleted,
-        truncated) a rerun of the same plan gets here with done records but no parts: redo the unit
-        rather than fail, so the rerun heals the output.
-        """
-        if all(self._part_path(plan, n).is_file() for n in result.outputs):
-            return result
-        log.warning("unit %d: part file gone (final file lost?); writing it again", result.unit)
-        plan.unit_done_path(result.unit).unlink(missing_ok=True)
-        return base.run_unit(self, layout.root, result.unit)
 
-    @staticmethod
-    def _join(parts: list[Path], target: Path, total: int) -> None:
-        """Concatenate ``parts`` into ``target`` (temporary name, then rename) in the kernel."""
-        tmp = tmp_name(target)
-        try:
-            with disk_full_as_error(target), open(tmp, "wb") as out:
-                for part in parts:
-                    with open(part, "rb") as src:
-                        size = os.fstat(src.fileno()).st_size
-                        copy_range(src.fileno(), out.fileno(), size)
-                        # The part is read once; the output is written back now (see EarlyWriteback):
-                        # neither fills the page cache.
-                        os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-                    os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-                out.flush()
-                os.fsync(out.fileno())
-            if tmp.stat().st_size != total:
-                raise PrepError(f"{target}: joined {tmp.stat().st_size} bytes, the units wrote {total}")
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+def _rec_key(split: str) -> str:
+    return f"{RECORDIO}/{split}.rec"
+
+
+def _scratch(plan: Plan) -> str:
+    return f"{plan.work_dir}/parts"
+
+
+def _piece_number(plan: Plan, unit_id: int) -> int:
+    """A unit's piece of its split's .rec: its position among the split's units, from 1."""
+    split = plan.units[unit_id]["split"]
+    return 1 + sum(1 for u in plan.units[:unit_id] if u["split"] == split)
+
+
+def _size(layout: DataDir, key: str) -> int | None:
+    try:
+        return layout.store.size(key)
+    except FileNotFoundError:
+        return None
 
 
 def _parts_size(parts: list[UnitResult]) -> int:

@@ -30,9 +30,7 @@ from airflow_resnet_prep.converters.pool import die_with_parent, fork_context, p
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import (
-    atomic_write_json,
     disk_full_as_error,
-    exclusive_lock,
     fsync_dir,
     tmp_name,
 )
@@ -76,9 +74,11 @@ class _Framed:
 def write_direct(converter: ItemFramer, layout: DataDir, work_plan: Plan, workers: int) -> bool:
     """Write both splits' ``.rec`` directly; False (nothing done) when some unit is done or being
     written by another process: that conversion goes on unit by unit."""
+    if not layout.is_local:
+        return False  # in a bucket, units upload the pieces of one multipart upload instead
     # The data_dir lock keeps another run's finish (which clears in-progress files) and conversion out
     # while the .rec files are written; a second run waits a few seconds, then fails clearly.
-    with exclusive_lock(layout.lock, wait_s=5):
+    with layout.hold(wait_s=5):
         if any(work_plan.unit_done_path(u["id"]).exists() for u in work_plan.units) or _units_busy(work_plan):
             return False
         processes = resolve_workers(workers)
@@ -328,4 +328,4 @@ def _write_done_records(
         result.extra["offsets"] = offsets
         result.seconds = round(result.seconds, 3)
         result.extra["written"] = "direct"
-        atomic_write_json(work_plan.unit_done_path(unit["id"]), result.to_dict())
+        work_plan.layout.write_json(work_plan.unit_done_key(unit["id"]), result.to_dict())

@@ -17,10 +17,8 @@ Differences from upstream ``imagenet_to_gcs.py``, on purpose:
 from __future__ import annotations
 
 import contextlib
-import glob
 import random
 import re
-from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
@@ -41,14 +39,7 @@ from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import encode_example
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
-from airflow_resnet_prep.fsutil import (
-    TMP_SUFFIX,
-    EarlyWriteback,
-    atomic_path,
-    atomic_write_text,
-    disk_full_as_error,
-)
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import TFRECORDS, DataDir
 
 SHARD_PREFIX = {"train": "train", "val": "validation"}
 # %05d prints more digits past 99,999 shards.
@@ -56,12 +47,10 @@ _OUTPUT_NAME = re.compile(r"(train|validation)-\d{5,}-of-\d{5,}(\.idx)?")
 # Units hold whole shards; a unit of about this many images keeps the number of units (and of Airflow
 # mapped tasks' bookkeeping) moderate without making a retry expensive.
 UNIT_IMAGES = 1000
-WRITEBACK_RECORDS = 128  # start the disk writing a shard every ~14 MB, not all at its fsync
 # ... but a split gets at least this many units (or one per shard, if fewer), so a small set still
 # spreads over the workers (the plan must not depend on the machine, so this is a constant).
 MIN_UNITS = 16
 REENCODE_QUALITY = 100
-WRITE_BUFFER = 1 << 20  # the shard file's buffer: a few records per write() call
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
@@ -73,6 +62,7 @@ class TFRecordConverter(Converter):
     ``on_bad_image`` ("fail" | "skip"), ``dali_index`` (write ``<shard>.idx`` for NVIDIA DALI)."""
 
     implementation: ClassVar[str] = "reference"
+    output_key: ClassVar[str] = TFRECORDS
 
     def __init__(
         self,
@@ -94,9 +84,6 @@ class TFRecordConverter(Converter):
                 "dali_index": bool(dali_index),
             }
         )
-
-    def output_dir(self, layout: DataDir) -> Path:
-        return layout.tfrecords
 
     def is_output_name(self, name: str) -> bool:
         return _OUTPUT_NAME.fullmatch(name) is not None
@@ -136,49 +123,44 @@ class TFRecordConverter(Converter):
         by_output: dict[int, list[WorkItem]] = {}
         for item in items:
             by_output.setdefault(item.output, []).append(item)
-        out_dir = self.output_dir(layout)
-        _remove_stale_tmp(out_dir, unit["outputs"])
+        for name in unit["outputs"]:
+            # What a killed run of this unit left (the caller holds the unit's lock: no live writer).
+            layout.discard_partial(f"{TFRECORDS}/{name}")
         sources = plan.split_sources(unit["split"])
         # Every image of the unit in the order written, read ahead (from a bucket: close ones coalesced
         # into large requests, several in flight; from a local disk: one pread each, as it is consumed).
         ordered = [item for index in range(len(unit["outputs"])) for item in by_output.get(index, [])]
         with ImageReader(sources) as reader, contextlib.closing(reader.iter_read(ordered)) as reads:
             for index, name in enumerate(unit["outputs"]):
-                path = out_dir / name
+                key = f"{TFRECORDS}/{name}"
                 sizes: list[int] = []
-                with atomic_path(path) as tmp, disk_full_as_error(path):
-                    with open(tmp, "wb", buffering=WRITE_BUFFER) as fh, EarlyWriteback(tmp) as writeback:
-                        writer = TFRecordWriter(fh)
-                        for item in by_output.get(index, []):
-                            _, data = next(reads)
-                            record = self._example(data, sources, item, on_bad, result)
-                            if record is None:
-                                continue
-                            writer.write(record)
-                            sizes.append(len(record))
-                            if len(sizes) % WRITEBACK_RECORDS == 0:
-                                fh.flush()
-                                writeback.start()
-                            result.bytes_in += item.size
-                            if result.records + len(sizes) == half:
-                                failpoint("unit-half")
-                if not sizes:
-                    path.unlink()
-                    raise PrepError(
-                        f"{path}: every image of this shard was left out; refusing an empty shard"
-                    )
-                result.outputs[name] = {"size": path.stat().st_size, "records": len(sizes)}
+                with layout.store.writer(key) as fh:
+                    writer = TFRecordWriter(fh)
+                    for item in by_output.get(index, []):
+                        _, data = next(reads)
+                        record = self._example(data, sources, item, on_bad, result)
+                        if record is None:
+                            continue
+                        writer.write(record)
+                        sizes.append(len(record))
+                        result.bytes_in += item.size
+                        if result.records + len(sizes) == half:
+                            failpoint("unit-half")
+                    if not sizes:
+                        raise PrepError(
+                            f"{layout.uri(key)}: every image of this shard was left out; refusing an empty shard"
+                        )
+                size = sum(sizes) + TFRECORD_OVERHEAD * len(sizes)
+                result.outputs[name] = {"size": size, "records": len(sizes)}
                 result.records += len(sizes)
                 if self.params["dali_index"]:
                     lines, offset = [], 0
                     for size in sizes:
                         lines.append(f"{offset} {size + TFRECORD_OVERHEAD}\n")
                         offset += size + TFRECORD_OVERHEAD
-                    atomic_write_text(out_dir / f"{name}.idx", "".join(lines))
-                    result.outputs[f"{name}.idx"] = {
-                        "size": (out_dir / f"{name}.idx").stat().st_size,
-                        "records": len(sizes),
-                    }
+                    text = "".join(lines)
+                    layout.write_text(f"{key}.idx", text)
+                    result.outputs[f"{name}.idx"] = {"size": len(text.encode()), "records": len(sizes)}
             record_source_reads(reader, result)
         return result
 
@@ -205,25 +187,16 @@ class TFRecordConverter(Converter):
     def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         outputs: dict[str, dict[str, int]] = {}
         failpoint("finish")
+        present = {o.key: o.size for o in layout.store.list(TFRECORDS)}
         for r in sorted(results, key=lambda r: r.unit):
             for name, stats in r.outputs.items():
-                path = layout.tfrecords / name
-                if not path.exists() or path.stat().st_size != stats["size"]:
+                key = f"{TFRECORDS}/{name}"
+                if present.get(key) != stats["size"]:
                     raise PrepError(
-                        f"{path}: missing or changed since its unit finished; rerun with force=true"
+                        f"{layout.uri(key)}: missing or changed since its unit finished; rerun with force=true"
                     )
-                outputs[f"tfrecords/{name}"] = stats
+                outputs[key] = stats
         return outputs
-
-
-def _remove_stale_tmp(out_dir: Path, names: list[str]) -> None:
-    """Delete temp files a killed run of this unit left behind (a shard's worth of disk each).
-
-    Only this unit's outputs: the caller holds the unit's lock, so no live process writes them.
-    """
-    for name in names:
-        for stale in out_dir.glob(f".{glob.escape(name)}.*{TMP_SUFFIX}"):
-            stale.unlink(missing_ok=True)
 
 
 def params_from(values: dict[str, Any]) -> dict[str, Any]:

@@ -20,13 +20,24 @@ class ConvertOperatorBase(BaseOperator):
       a batch holding every unit runs the format's one-machine path, as ``step="all"`` does.
     - ``step="finish"``: check every unit is done and put the outputs under their final names.
 
+    ``data_dir`` is a local path or an ``s3://`` / ``gs://`` URI, whose connection is the URI's own
+    (``s3://conn_id@bucket/prefix``) or ``storage_conn_id``.
+
     Steps ``all`` and ``finish`` push the output folder under :attr:`output_key` and return the
     conversion summary. A concrete operator sets :attr:`output_key` and defines ``make_converter()``,
     which imports its converter lazily so that parsing a DAG never loads TensorFlow.
     """
 
     output_key: str = ""
-    common_fields: tuple[str, ...] = ("data_dir", "workers", "force", "on_bad_image", "unit_ids", "fanout")
+    common_fields: tuple[str, ...] = (
+        "data_dir",
+        "workers",
+        "force",
+        "on_bad_image",
+        "unit_ids",
+        "fanout",
+        "storage_conn_id",
+    )
 
     def __init__(
         self,
@@ -38,6 +49,7 @@ class ConvertOperatorBase(BaseOperator):
         workers: int | str = 0,
         force: bool | str = False,
         on_bad_image: str = "fail",
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -50,6 +62,7 @@ class ConvertOperatorBase(BaseOperator):
         self.workers = workers
         self.force = force
         self.on_bad_image = on_bad_image
+        self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> Any:
         from airflow_resnet_prep.converters import base, local
@@ -58,24 +71,25 @@ class ConvertOperatorBase(BaseOperator):
 
         converter = self.make_converter()  # type: ignore[attr-defined]
         workers = as_int(self.workers, "workers")
+        layout = DataDir.of(self.data_dir, self.storage_conn_id or None)
         if self.step == "plan":
-            plan = base.plan(converter, self.data_dir, force=as_bool(self.force))
+            plan = base.plan(converter, layout, force=as_bool(self.force))
             fanout = as_int(self.fanout, "fanout") or auto_fanout()
             self.log.info("%d units in %d batches", len(plan.units), min(fanout, len(plan.units)))
             return batches([u["id"] for u in plan.units], fanout)
         if self.step == "units":
             ids = [int(i) for i in (self.unit_ids or [])]
-            work_plan = base.Plan.load(DataDir.of(self.data_dir).work / converter.implementation)
+            work_plan = base.Plan.load(layout, converter.implementation)
             if set(ids) == {u["id"] for u in work_plan.units}:
-                local.run_all(converter, self.data_dir, workers=workers)  # one task has it all
+                local.run_all(converter, layout, workers=workers)  # one task has it all
             else:
-                local.run_units(converter, self.data_dir, ids, workers=workers)
+                local.run_units(converter, layout, ids, workers=workers)
             return {"units": ids}
         if self.step == "finish":
-            summary = base.finish(converter, self.data_dir)
+            summary = base.finish(converter, layout)
         else:
-            summary = local.convert(converter, self.data_dir, workers=workers, force=as_bool(self.force))
-        out_dir = str(converter.output_dir(DataDir.of(self.data_dir)))
+            summary = local.convert(converter, layout, workers=workers, force=as_bool(self.force))
+        out_dir = layout.uri(converter.output_key)
         context["ti"].xcom_push(key=self.output_key, value=out_dir)
         self.log.info("%s: %s", self.output_key, out_dir)
         return summary

@@ -35,9 +35,10 @@ def locate(root: Path, manifest: dict[str, Any], wanted: set[Key]) -> dict[Key, 
         return {}
     # Imported here: the report package stays light to import, and only this path needs the plan.
     from airflow_resnet_prep.converters.base import Plan
+    from airflow_resnet_prep.layout import DataDir
 
     try:
-        plan = Plan.load(root / "work" / "reference")
+        plan = Plan.load(DataDir.of(root), "reference")
     except Exception as exc:  # no plan (cleaned up) or an unreadable one: the source preview stays
         log.info("report: no conversion plan to find re-encoded images in the shards (%s)", exc)
         return {}

@@ -674,6 +674,32 @@ class S3Writer(io.RawIOBase):
             upload.abort()
 
 
+def _pid_namespace() -> str:
+    """Which process-id space this process lives in (PIDs compare only within one)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _holder_died(info: dict[str, Any]) -> bool:
+    """Whether a lease's holder is a process of this machine (same host name and PID namespace) that no
+    longer exists: a run killed here leaves its lease behind until it expires, and the rerun on the same
+    machine (the CLI, a local or Celery worker) need not wait for that."""
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+        return False
+    if not info.get("pidns") or info.get("pidns") != _pid_namespace() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by another user
+        return False
+    return False
+
+
 class ObjectLease(Lease):
     """A lease object written with conditional writes: created only if absent (S3 ``If-None-Match: *``,
     GCS ``ifGenerationMatch=0``), so of two runs creating it one is refused. It holds ``{owner, token,
@@ -695,6 +721,7 @@ class ObjectLease(Lease):
                 "owner": self.owner,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
+                "pidns": _pid_namespace(),
                 "token": self.token,
                 "expires": time.time() + self.ttl_s,
             }
@@ -730,7 +757,7 @@ class ObjectLease(Lease):
                 self.version = version
                 break
             expires = float(info.get("expires", 0) or 0)
-            if expires > time.time():
+            if expires > time.time() and not _holder_died(info):
                 raise LeaseHeldError(
                     f"{self.store.uri(self.key)}: held by {info.get('owner', '?')} "
                     f"(host {info.get('host', '?')}, pid {info.get('pid', '?')}) until "
@@ -739,7 +766,10 @@ class ObjectLease(Lease):
                 )
             if self._put(version):  # expired: take it over, unless another taker was first
                 log.warning(
-                    "%s: took over the expired lease of %s", self.store.uri(self.key), info.get("owner")
+                    "%s: took over the lease of %s (%s)",
+                    self.store.uri(self.key),
+                    info.get("owner"),
+                    "expired" if expires <= time.time() else "its process is gone",
                 )
                 break
         else:

@@ -23,6 +23,7 @@ from airflow_resnet_prep.catalog.fetch import fetch
 from airflow_resnet_prep.catalog.relabel import relabel
 from airflow_resnet_prep.converters import base, local
 from airflow_resnet_prep.converters.pool import children_allowed
+from airflow_resnet_prep.layout import DataDir
 
 _IN_A_DAEMON = r"""
 import json, multiprocessing, os, sys
@@ -130,4 +131,4 @@ def test_direct_path_reports_its_unit_seconds(sample, tmp_path):
     assert done and all(d["extra"]["written"] == "direct" for d in done)
     assert all(d["seconds"] > 0 for d in done)
     assert all(s["unit_seconds"] > 0 for s in summary["splits"].values())
-    assert base.Plan.load(data_dir / "work" / "nvidia").units
+    assert base.Plan.load(DataDir.of(data_dir), "nvidia").units
