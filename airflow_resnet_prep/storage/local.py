@@ -21,6 +21,7 @@ from airflow_resnet_prep.fsutil import (
     atomic_write_bytes,
     copy_range,
     disk_full_as_error,
+    durable_writer,
     fsync_dir,
     tmp_name,
 )
@@ -28,6 +29,7 @@ from airflow_resnet_prep.storage.base import (
     CONCURRENCY,
     MAX_GAP,
     MAX_REQUEST,
+    MAX_WASTE,
     WINDOW_BYTES,
     Assembly,
     Lease,
@@ -147,6 +149,7 @@ class LocalStore(Store):
         max_request: int = MAX_REQUEST,
         concurrency: int = CONCURRENCY,
         window_bytes: int = WINDOW_BYTES,
+        max_waste: float | None = MAX_WASTE,
     ) -> Iterator[bytes]:
         # A local disk (and its page cache) serves one pread per range best: no gaps read, no threads.
         for offset, size in ranges:
@@ -179,7 +182,8 @@ class LocalStore(Store):
     def writer(self, key: str) -> Iterator[BinaryIO]:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # Large outputs (shards): buffered, written back while they grow, synced, renamed whole.
+        with durable_writer(path) as fh:
             yield fh
         self.stats.add("write", written=path.stat().st_size)
 
