@@ -61,8 +61,8 @@ PARAMS: dict[str, ParamSpec] = {
     "data_dir": ParamSpec(
         "",
         {"type": "string"},
-        "Required. Absolute path of the working and output folder: downloads, catalog, the outputs and "
-        "manifest.json go there. Every worker must see the same folder.",
+        "Required. Where the catalog, work state, outputs and manifest.json go: an absolute path every "
+        "worker sees, or an s3://[conn_id@]bucket/prefix or gs:// URI (workers then share only the bucket).",
     ),
     "train_source": ParamSpec(
         "",
@@ -156,8 +156,8 @@ PARAMS: dict[str, ParamSpec] = {
     "storage_conn_id": ParamSpec(
         "",
         {"type": "string"},
-        "Optional Airflow connection (aws, or google_cloud_platform) for sources given as s3:// or gs:// "
-        "URIs that name none (s3://<conn_id>@bucket/key names its own).",
+        "Optional Airflow connection (aws, or google_cloud_platform) for a data_dir or sources given as "
+        "s3:// or gs:// URIs that name none (s3://<conn_id>@bucket/key names its own).",
         section=SOURCES,
         shown_default=None,
     ),
@@ -165,7 +165,7 @@ PARAMS: dict[str, ParamSpec] = {
         False,
         {"type": "boolean"},
         "Copy sources in a bucket to data_dir/downloads/ first and read the copies (default off: the tars "
-        "are read in place with ranged requests).",
+        "are read in place with ranged requests). Local data_dir only.",
         section=SOURCES,
     ),
     "train_shards": ParamSpec(
