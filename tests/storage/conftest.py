@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from seaweed import (  # tests/storage/ is on sys.path (pytest's default import mode, no __init__.py)
@@ -34,6 +35,8 @@ from seaweed import (  # tests/storage/ is on sys.path (pytest's default import 
     stop,
     weed_binary,
 )
+
+from airflow_resnet_prep.storage import Store, store_for
 
 CONN_ID = "seaweed_test"
 GCS_CONN_ID = "fake_gcs_test"
@@ -171,3 +174,11 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
 def gcs_prefix(gcs_server: GcsServer, request: pytest.FixtureRequest) -> str:
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
     return f"gs://{gcs_server.conn_id}@{gcs_server.bucket}/t/{name}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The same tests on a local folder, SeaweedFS and fake-gcs-server."""
+    if request.param == "local":
+        return store_for(str(tmp_path / "data"))
+    return store_for(request.getfixturevalue(f"{request.param}_prefix"))

@@ -22,14 +22,13 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 from test_sources_in_bucket import (  # noqa: F401 (fixtures)
-    Bucket,
     bucket,
     dag,
     local_runs,
+    pipeline_values,
     run_dag,
 )
 
@@ -55,20 +54,6 @@ def keys_below(data_dir: str) -> list[str]:
 
 def open_uploads(data_dir: str) -> list:
     return store_for(data_dir).list_uploads()
-
-
-def values(bucket: Bucket, data_dir: str, implementation: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "data_dir": data_dir,
-        "train_source": bucket.uri("ILSVRC2012_img_train.tar"),
-        "val_source": bucket.uri("ILSVRC2012_img_val.tar"),
-        "labels_source": bucket.uri("labels.txt"),
-        "implementation": implementation,
-        "train_shards": 4,
-        "val_shards": 2,
-        "workers": 1,
-        **extra,
-    }
 
 
 def assert_clean(data_dir: str, implementation: str) -> None:
@@ -98,7 +83,7 @@ def test_dag_with_data_dir_in_a_bucket_matches_a_local_run(
 ):
     """Units over 2 mapped tasks (as on a cluster): reference shards written straight to the bucket,
     nvidia's train.rec one multipart upload whose parts the units uploaded."""
-    conf = {**values(bucket, s3_prefix, implementation), "fanout": 2}
+    conf = {**pipeline_values(bucket, s3_prefix, implementation), "fanout": 2}
     state, states, published = run_dag(dag, conf)
     assert state == "success", states
     assert len(states[f"{implementation}_units"]) == 2
@@ -122,7 +107,7 @@ def test_recordio_in_the_bucket_reads_back(bucket, s3_prefix, sample) -> None:
     from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
     from airflow_resnet_prep.pipeline import run
 
-    run(values(bucket, s3_prefix, "nvidia", workers=2))
+    run(pipeline_values(bucket, s3_prefix, "nvidia", workers=2))
     store = store_for(s3_prefix).child("recordio")
     for split, count in (("train", sample.train_count), ("val", sample.val_count)):
         with store.open_read(f"{split}.rec", block_size=1 << 20) as fh:
@@ -144,7 +129,7 @@ def test_tfrecords_from_the_bucket_read_with_tf_data(bucket, s3_prefix, sample, 
 
     from airflow_resnet_prep.pipeline import run
 
-    run(values(bucket, s3_prefix, "reference", dali_index=True))
+    run(pipeline_values(bucket, s3_prefix, "reference", dali_index=True))
     store = store_for(s3_prefix).child("tfrecords")
     local = tmp_path / "download"
     local.mkdir()
@@ -177,7 +162,7 @@ def test_killed_run_then_rerun_gives_the_same_bytes(bucket, local_runs, s3_prefi
     .rec is completed, before .idx/.lst): no partial object under a final name, then a rerun completes
     with the local run's bytes and leaves no open upload."""
     args = [sys.executable, "-m", "airflow_resnet_prep.pipeline"]
-    v = values(bucket, s3_prefix, implementation, workers=1)
+    v = pipeline_values(bucket, s3_prefix, implementation)
     args += [
         "--data-dir",
         v["data_dir"],
@@ -225,7 +210,7 @@ def test_units_in_processes_sharing_no_local_folder(bucket, local_runs, s3_prefi
     from airflow_resnet_prep.converters import base
     from airflow_resnet_prep.pipeline import make_converter
 
-    v = values(bucket, s3_prefix, implementation)
+    v = pipeline_values(bucket, s3_prefix, implementation)
     fetch(s3_prefix, v["train_source"], v["val_source"])
     relabel(s3_prefix, v["labels_source"])
     converter = make_converter(implementation, v)
@@ -303,7 +288,7 @@ def test_data_dir_in_gcs_matches_a_local_run(
 def test_a_second_run_on_the_same_data_dir_is_refused_while_the_first_holds_it(bucket, s3_prefix) -> None:
     from airflow_resnet_prep.catalog.fetch import fetch
 
-    v = values(bucket, s3_prefix, "reference")
+    v = pipeline_values(bucket, s3_prefix, "reference")
     held = DataDir.of(s3_prefix)
     with held.hold(wait_s=0):
         with pytest.raises(OutputConflictError) as info:
@@ -319,7 +304,7 @@ def test_what_an_object_store_data_dir_cannot_share_is_refused(bucket, s3_prefix
     from airflow_resnet_prep.catalog.fetch import fetch
     from airflow_resnet_prep.errors import PrepError
 
-    v = values(bucket, s3_prefix, "reference")
+    v = pipeline_values(bucket, s3_prefix, "reference")
     with pytest.raises(PrepError, match="extract=true"):
         fetch(s3_prefix, v["train_source"], v["val_source"], extract=True)
     with pytest.raises(PrepError, match="download_sources=true"):

@@ -28,13 +28,6 @@ KEY = "recordio/train.rec"
 SCRATCH = "recordio/.pieces"
 
 
-@pytest.fixture(params=["local", "s3", "gcs"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "local":
-        return store_for(str(tmp_path / "data"))
-    return store_for(request.getfixturevalue(f"{request.param}_prefix"))
-
-
 def kind(store: Store) -> str:
     if isinstance(store, LocalStore):
         return "local"

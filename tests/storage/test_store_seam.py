@@ -31,13 +31,6 @@ from airflow_resnet_prep.storage.base import FREE_GAP, MAX_REQUEST, MAX_WASTE
 GET = {"local": "pread", "s3": "GetObject"}  # one positioned read / one HTTP GET
 
 
-@pytest.fixture(params=["local", "s3", "gcs"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "local":
-        return store_for(str(tmp_path / "data"))
-    return store_for(request.getfixturevalue(f"{request.param}_prefix"))
-
-
 def kind(store: Store) -> str:
     if isinstance(store, LocalStore):
         return "local"
