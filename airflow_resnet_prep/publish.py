@@ -9,7 +9,7 @@ from typing import Any
 from airflow_resnet_prep.layout import MANIFEST, DataDir
 from airflow_resnet_prep.manifest import build_manifest, write_manifest
 from airflow_resnet_prep.pipeline import fingerprints_of, output_paths
-from airflow_resnet_prep.report import report_path, write_report
+from airflow_resnet_prep.report import REPORT_KEY, write_report
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,9 @@ def publish_outputs(
 
     Then writes ``report/index.html`` (always after a conversion; for a reused output only when it is
     missing). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path`` or
-    ``preprocessed_path``, plus ``manifest``, ``cached`` and ``report`` (the report's path, or None when
-    it could not be written).
+    ``preprocessed_path``, plus ``manifest``, ``cached``, ``report`` (the report's path or URI, or None
+    when it could not be written) and ``storage_conn_id`` (the data_dir's connection, from its URI or the
+    param; None for a local data_dir).
     """
     layout = DataDir.of(params["data_dir"], params.get("storage_conn_id") or None)
     implementation = params["implementation"]
@@ -65,23 +66,29 @@ def publish_outputs(
         total / 1e6,
         layout.uri(MANIFEST),
     )
-    return {**outputs, "manifest": layout.uri(MANIFEST), "cached": summary is None, "report": report}
+    return {
+        **outputs,
+        "manifest": layout.uri(MANIFEST),
+        "cached": summary is None,
+        "report": report,
+        # the connection of a data_dir in a bucket (its id, never a secret): the UI plugin reads the
+        # report through it; None for a local data_dir
+        "storage_conn_id": layout.store.conn_id,
+    }
 
 
 def _report(layout: DataDir, *, rewrite: bool) -> str | None:
-    """Write the dataset report; its path, or None when it failed.
+    """Write the dataset report ``report/index.html`` through the data_dir's store (a local folder or a
+    bucket alike); its path or URI, or None when it failed.
 
     A report failure is logged, not raised: the output and its manifest are complete by now, and failing
     publish would withhold the Asset update (and the data) from consumers for want of a web page.
     """
-    if not layout.is_local:
-        log.info("%s: the dataset report is written for a local data_dir only; none for this one", layout.url)
-        return None
-    path = report_path(layout.root)
-    if not rewrite and path.is_file():
-        return str(path)
+    uri = layout.uri(REPORT_KEY)
     try:
-        return str(write_report(layout.root))
+        if not rewrite and layout.exists(REPORT_KEY):
+            return uri
+        return write_report(layout)
     except Exception:
-        log.exception("could not write the dataset report %s; the output itself is complete", path)
+        log.exception("could not write the dataset report %s; the output itself is complete", uri)
         return None

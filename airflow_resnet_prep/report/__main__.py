@@ -1,7 +1,9 @@
-"""``python -m airflow_resnet_prep.report DATA_DIR [DATA_DIR ...] [--html]``.
+"""``python -m airflow_resnet_prep.report DATA_DIR [DATA_DIR ...] [--html] [--conn-id CONN_ID]``.
 
 Prints each output's summary (with the path of ``report/index.html`` when there is one); ``--html``
 first writes or rewrites that report, e.g. for outputs made by ``python -m airflow_resnet_prep.pipeline``.
+A DATA_DIR is a local path or an ``s3://`` / ``gs://`` URI (``--conn-id``: the Airflow connection of a
+URI that names none, e.g. given as ``AIRFLOW_CONN_<ID>``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.report import summary, write_report
+from airflow_resnet_prep.storage import is_object_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,19 +24,35 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("data_dirs", nargs="+", metavar="DATA_DIR", help="a data_dir with a manifest.json")
+    parser.add_argument(
+        "data_dirs",
+        nargs="+",
+        metavar="DATA_DIR",
+        help="a data_dir (path or s3:// / gs:// URI) with a manifest.json",
+    )
     parser.add_argument("--html", action="store_true", help="write (or rewrite) DATA_DIR/report/index.html")
+    parser.add_argument(
+        "--conn-id",
+        default=None,
+        help="Airflow connection for a DATA_DIR URI that names none (storage_conn_id)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     status = 0
-    for data_dir in map(os.path.abspath, args.data_dirs):  # one machine: relative to here
+    for data_dir in args.data_dirs:
+        if not is_object_uri(data_dir):
+            data_dir = os.path.abspath(data_dir)  # one machine: relative to here
         if args.html:
             try:
-                write_report(data_dir)
+                write_report(data_dir, args.conn_id)
             except PrepError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 status = 1
-        print(summary(data_dir))
+        try:
+            print(summary(data_dir, args.conn_id))
+        except PrepError as exc:  # e.g. a URI whose connection is not defined here
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
     return status
 
 

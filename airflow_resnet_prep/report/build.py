@@ -1,4 +1,8 @@
-"""Gather the report's data (manifest, catalogs, output records) and write ``report/index.html``."""
+"""Gather the report's data (manifest, catalogs, output records) and write ``report/index.html``.
+
+Everything is read and written through the data_dir's :class:`~airflow_resnet_prep.storage.Store`, so a
+data_dir in a bucket (``s3://...``, ``gs://...``) gets the same page as a local one.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,7 @@ import time
 from pathlib import Path
 
 from airflow_resnet_prep.errors import PrepError
-from airflow_resnet_prep.fsutil import atomic_write_text, read_json
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import CATALOG, MANIFEST, DataDir
 from airflow_resnet_prep.report.html import Page, render
 from airflow_resnet_prep.report.listed import MAX_LISTED_THUMBS, listed_images
 from airflow_resnet_prep.report.samples import output_samples
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
+REPORT_KEY = f"{REPORT_DIR}/{REPORT_FILE}"  # relative to data_dir
 # Up to this many output files get a bar each; more (TFRecord shards) get a size histogram.
 MAX_FILE_BARS = 16
 
@@ -35,22 +39,33 @@ class ReportError(PrepError):
     """The report cannot be made: there is no finished output to describe."""
 
 
-def report_path(data_dir: str | os.PathLike[str]) -> Path:
-    """Where the report of ``data_dir`` lives: ``data_dir/report/index.html``."""
-    return DataDir.of(data_dir).root / REPORT_DIR / REPORT_FILE
+def _data_dir(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> DataDir:
+    return data_dir if isinstance(data_dir, DataDir) else DataDir.of(data_dir, conn_id)
 
 
-def build_page(data_dir: str | os.PathLike[str]) -> Page:
+def report_path(data_dir: str | os.PathLike[str] | DataDir) -> Path:
+    """Where the report of a local ``data_dir`` lives: ``data_dir/report/index.html`` (see
+    :func:`report_uri` for a data_dir in a bucket)."""
+    return _data_dir(data_dir).path(REPORT_KEY)
+
+
+def report_uri(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> str:
+    """The path or URI (without its connection) of the report of ``data_dir``, local or in a bucket."""
+    return _data_dir(data_dir, conn_id).uri(REPORT_KEY)
+
+
+def build_page(layout: DataDir) -> Page:
     """Read everything the page shows. Parts that cannot be read become ``problems`` on the page."""
-    layout = DataDir.of(data_dir)
-    manifest = read_json(layout.manifest)
+    manifest = layout.read_json(MANIFEST)
     if not isinstance(manifest, dict):
-        raise ReportError(f"{layout.manifest}: no manifest: the output is not complete, nothing to report")
+        raise ReportError(
+            f"{layout.uri(MANIFEST)}: no manifest: the output is not complete, nothing to report"
+        )
     problems: list[str] = []
     reencoded = [e for e in manifest.get("reencoded", []) if isinstance(e, dict)]
     skipped = [e for e in manifest.get("skipped", []) if isinstance(e, dict)]
     wanted = [(str(e.get("synset", "")), str(e.get("name", ""))) for e in reencoded + skipped]
-    scan = scan_catalogs(layout.catalog, wanted)
+    scan = scan_catalogs(layout.store, CATALOG, wanted)
     problems.extend(f"catalog: {e}" for e in scan.errors)
     files = data_files(manifest)
     n_files = sum(len(f) for f in files.values())
@@ -64,12 +79,12 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
     wanted_stored = {
         (str(e.get("synset", "")), str(e.get("name", ""))) for e in reencoded[:MAX_LISTED_THUMBS]
     }
-    stored = stored_thumbs(layout.root, locate(layout.root, manifest, wanted_stored))
-    samples = output_samples(layout.root, str(manifest.get("implementation", "")), files)
+    stored = stored_thumbs(layout, locate(layout, manifest, wanted_stored))
+    samples = output_samples(layout.store, str(manifest.get("implementation", "")), files)
     # A record that could not be read or parsed has no class: listed as a problem, left out of the grid.
     problems.extend(f"{s.file} record {s.position}: {s.thumb.error}" for s in samples if not s.synset)
     return Page(
-        data_dir=layout.root,
+        data_dir=layout.url,
         manifest=manifest,
         classes=class_stats(manifest),
         image_sizes=scan.sizes,
@@ -83,16 +98,23 @@ def build_page(data_dir: str | os.PathLike[str]) -> Page:
     )
 
 
-def write_report(data_dir: str | os.PathLike[str]) -> Path:
-    """Write (or rewrite) ``data_dir/report/index.html`` for the finished output of ``data_dir``.
+def write_report(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> str:
+    """Write (or rewrite) ``report/index.html`` for the finished output of ``data_dir`` (a local path,
+    an object-store URI, whose connection is ``conn_id`` when it names none, or a :class:`DataDir`);
+    return its path or URI.
 
-    The file is written under a temporary name and renamed, so a reader (the Airflow UI) never sees a
-    half-written report. Raises :class:`ReportError` when ``data_dir`` has no manifest.
+    The page is written with the store's atomic put (locally: a temporary name, then a rename), so a
+    reader (the Airflow UI) never sees a half-written report. Raises :class:`ReportError` when
+    ``data_dir`` has no manifest.
     """
     started = time.monotonic()
-    page = build_page(data_dir)
-    path = report_path(data_dir)
-    path.parent.mkdir(exist_ok=True)
-    atomic_write_text(path, render(page))
-    log.info("report: %s (%d sample records, %.1f s)", path, len(page.samples), time.monotonic() - started)
-    return path
+    layout = _data_dir(data_dir, conn_id)
+    try:
+        page = build_page(layout)
+        layout.store.write_bytes(REPORT_KEY, render(page).encode("utf-8"))
+    finally:
+        if layout is not data_dir:
+            layout.store.close()  # files (or a client) opened for this report only
+    uri = layout.uri(REPORT_KEY)
+    log.info("report: %s (%d sample records, %.1f s)", uri, len(page.samples), time.monotonic() - started)
+    return uri

@@ -32,7 +32,7 @@ MAX_PROBLEMS = 20
 class Page:
     """Everything the page shows, gathered by :func:`airflow_resnet_prep.report.build.write_report`."""
 
-    data_dir: Path
+    data_dir: str  # the path or URI (without its connection)
     manifest: dict[str, Any]
     classes: ClassStats
     image_sizes: dict[str, SizeStats]

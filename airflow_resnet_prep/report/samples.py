@@ -3,19 +3,94 @@
 Choice is deterministic (evenly spaced files and positions, no randomness) and I/O is bounded: a
 TFRecord shard is walked head by head up to the last position wanted (12 bytes per record), a
 ``.rec`` is entered at the offsets its ``.idx`` gives. Neither needs TensorFlow.
+
+Everything is read through the data_dir's :class:`~airflow_resnet_prep.storage.Store`: on a local
+disk every read is one ``pread``; in a bucket, one ranged GET, and a shard's heads are walked through
+blocks of :data:`WALK_BLOCK` bytes (a GET per record head would cost far more than the bytes between).
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import posixpath
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
 from airflow_resnet_prep.formats.tfexample import parse_example
-from airflow_resnet_prep.formats.tfrecord import read_records_at
-from airflow_resnet_prep.report.stats import DataFiles
+from airflow_resnet_prep.formats.tfrecord import (
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    TFRecordError,
+    _data_of,
+    _length_of,
+)
+from airflow_resnet_prep.report.stats import DataFiles, open_text
 from airflow_resnet_prep.report.thumbs import Thumb, make_thumb
+from airflow_resnet_prep.storage import Store
+from airflow_resnet_prep.storage.rangefile import RangeFile
+
+# In a bucket, reading 1 MiB costs about as much time as one more request (see storage.base.MAX_GAP):
+# heads closer together than that are read in one request.
+WALK_BLOCK = 1 << 20
+READ_THREADS = 8  # files read at once (requests in flight, in a bucket)
+
+
+def open_exact(store: Store, key: str, block_size: int = 0) -> BinaryIO:
+    """``key`` as a seekable file whose reads are the store's exact ranged reads (``pread`` locally);
+    with ``block_size``, through a buffer of that size when the store is not a local disk."""
+    raw = RangeFile(
+        functools.partial(store.read_range, key), store.size(key), costly_reads=store.local_path() is None
+    )
+    if block_size and raw.costly_reads:
+        return io.BufferedReader(raw, block_size)  # type: ignore[arg-type]
+    return raw  # type: ignore[return-value]
+
+
+def records_at(store: Store, key: str, positions: Iterable[int]) -> dict[int, bytes]:
+    """The data of the TFRecords at ``positions`` (0-based) of ``key``: the 12-byte heads of the records
+    before the last one wanted are read, and the records wanted (both checksums checked)."""
+    wanted = set(positions)
+    out: dict[int, bytes] = {}
+    if not wanted:
+        return out
+    name = store.uri(key)
+    with open_exact(store, key, WALK_BLOCK) as fh:
+        size = store.size(key)
+        offset = 0
+        for index in range(max(wanted) + 1):
+            fh.seek(offset)
+            length = _length_of(fh.read(HEADER_SIZE), name, offset, True)
+            end = offset + HEADER_SIZE + length + FOOTER_SIZE
+            if end > size:
+                raise TFRecordError(
+                    f"{name}: truncated record at offset {offset}: {length + FOOTER_SIZE} bytes of data "
+                    f"and checksum expected, the file ends after {size - offset - HEADER_SIZE}"
+                )
+            if index in wanted:
+                out[index] = _data_of(fh.read(length + FOOTER_SIZE), length, name, offset, True)
+            offset = end
+    return out
+
+
+def read_many(store: Store, jobs: list[tuple[str, list[int]]]) -> list[dict[int, bytes] | Exception]:
+    """:func:`records_at` of each ``(key, positions)``, several files at once; a file that cannot be
+    read gives its exception instead of its records."""
+
+    def one(job: tuple[str, list[int]]) -> dict[int, bytes] | Exception:
+        try:
+            return records_at(store, *job)
+        except Exception as exc:  # a damaged shard is shown, not fatal to the report
+            return exc
+
+    if len(jobs) <= 1:
+        return [one(job) for job in jobs]
+    with ThreadPoolExecutor(min(READ_THREADS, len(jobs)), thread_name_prefix="report-read") as pool:
+        return list(pool.map(one, jobs))
+
 
 SAMPLES = {"train": 24, "val": 12}
 MAX_FILES = 8  # shards visited per split (reference)
@@ -45,9 +120,9 @@ def _error_sample(split: str, name: str, position: int, error: str) -> Sample:
     return Sample(split, name, position, "", "", "", 0, Thumb(None, error=error))
 
 
-def tfrecord_samples(root: Path, files: DataFiles) -> list[Sample]:
+def tfrecord_samples(store: Store, files: DataFiles) -> list[Sample]:
     """Samples from the TFRecord shards of each split: up to :data:`MAX_FILES` shards, a few records each."""
-    out = []
+    jobs: list[tuple[str, str, list[int]]] = []  # (split, name, positions)
     for split, wanted in SAMPLES.items():
         shards = files.get(split, [])
         chosen = [shards[i] for i in spread(len(shards), MAX_FILES)] if shards else []
@@ -56,13 +131,16 @@ def tfrecord_samples(root: Path, files: DataFiles) -> list[Sample]:
         for name, _size, records in chosen:
             positions = spread(records, min(per_file, budget))
             budget -= len(positions)
-            try:
-                data = read_records_at(root / name, positions)
-            except Exception as exc:  # a damaged shard is shown, not fatal to the report
-                out.append(_error_sample(split, name, positions[0] if positions else 0, str(exc)))
-                continue
-            for pos in positions:
-                out.append(_tf_sample(split, name, pos, data[pos]))
+            jobs.append((split, name, positions))
+    out = []
+    for (split, name, positions), data in zip(
+        jobs, read_many(store, [(name, positions) for _, name, positions in jobs]), strict=True
+    ):
+        if isinstance(data, Exception):
+            out.append(_error_sample(split, name, positions[0] if positions else 0, str(data)))
+            continue
+        for pos in positions:
+            out.append(_tf_sample(split, name, pos, data[pos]))
     return out
 
 
@@ -92,11 +170,11 @@ def _tf_sample(split: str, name: str, position: int, record: bytes) -> Sample:
     )
 
 
-def _idx_offsets(idx_path: Path, positions: list[int]) -> dict[int, int]:
+def _idx_offsets(store: Store, idx_key: str, positions: list[int]) -> dict[int, int]:
     """The ``.rec`` offsets of the records at line ``positions`` of an im2rec ``.idx`` (streamed)."""
     wanted = set(positions)
     found = {}
-    with open(idx_path, encoding="utf-8") as fh:
+    with open_text(store, idx_key) as fh:
         for number, line in enumerate(fh):
             if number in wanted:
                 found[number] = int(line.split("\t")[1])
@@ -105,10 +183,10 @@ def _idx_offsets(idx_path: Path, positions: list[int]) -> dict[int, int]:
     return found
 
 
-def _lst_paths(lst_path: Path, ids: set[int]) -> dict[int, str]:
+def _lst_paths(store: Store, lst_key: str, ids: set[int]) -> dict[int, str]:
     """``id -> relative path`` from an im2rec ``.lst`` (``id<TAB>label<TAB>path``), for the ids wanted."""
     found = {}
-    with open(lst_path, encoding="utf-8") as fh:
+    with open_text(store, lst_key) as fh:
         for line in fh:
             fields = line.rstrip("\n").split("\t")
             if len(fields) >= 3 and fields[0].isdigit() and int(fields[0]) in ids:
@@ -118,22 +196,25 @@ def _lst_paths(lst_path: Path, ids: set[int]) -> dict[int, str]:
     return found
 
 
-def recordio_samples(root: Path, files: DataFiles) -> list[Sample]:
+def _with_suffix(name: str, suffix: str) -> str:
+    return posixpath.splitext(name)[0] + suffix
+
+
+def recordio_samples(store: Store, files: DataFiles) -> list[Sample]:
     """Samples from each split's ``.rec``, entered at offsets read from its ``.idx``."""
     out = []
     for split, wanted in SAMPLES.items():
         for name, _size, records in files.get(split, []):
-            rec = root / name
             positions = spread(records, wanted)
             try:
-                offsets = _idx_offsets(rec.with_suffix(".idx"), positions)
+                offsets = _idx_offsets(store, _with_suffix(name, ".idx"), positions)
                 payloads = {}
-                with open(rec, "rb") as fh:
+                with open_exact(store, name) as fh:
                     for pos in positions:
                         fh.seek(offsets[pos])
                         _, payload = next(iter_records(fh))
                         payloads[pos] = unpack_header(payload)
-                paths = _lst_paths(rec.with_suffix(".lst"), {int(h[2]) for h in payloads.values()})
+                paths = _lst_paths(store, _with_suffix(name, ".lst"), {int(h[2]) for h in payloads.values()})
             except Exception as exc:  # a damaged output is shown, not fatal to the report
                 out.append(_error_sample(split, name, positions[0] if positions else 0, str(exc)))
                 continue
@@ -151,8 +232,8 @@ def recordio_samples(root: Path, files: DataFiles) -> list[Sample]:
     return out
 
 
-def output_samples(root: Path, implementation: str, files: DataFiles) -> list[Sample]:
-    """Samples of the output of ``implementation`` under ``root`` (``data_dir``)."""
+def output_samples(store: Store, implementation: str, files: DataFiles) -> list[Sample]:
+    """Samples of the output of ``implementation`` in the data_dir's ``store``."""
     if implementation == "reference":
-        return tfrecord_samples(root, files)
-    return recordio_samples(root, files)
+        return tfrecord_samples(store, files)
+    return recordio_samples(store, files)

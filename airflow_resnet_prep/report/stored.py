@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_resnet_prep.formats.tfexample import parse_example
-from airflow_resnet_prep.formats.tfrecord import read_records_at
+from airflow_resnet_prep.report.samples import read_many
 from airflow_resnet_prep.report.thumbs import Thumb, make_thumb
+
+if TYPE_CHECKING:
+    from airflow_resnet_prep.layout import DataDir
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (synset, file name)
 
 
-def locate(root: Path, manifest: dict[str, Any], wanted: set[Key]) -> dict[Key, tuple[str, int]]:
-    """``(synset, name) -> (shard relative to root, position)`` for the ``wanted`` images found in the plan.
+def locate(layout: DataDir, manifest: dict[str, Any], wanted: set[Key]) -> dict[Key, tuple[str, int]]:
+    """``(synset, name) -> (shard key in the data_dir, position)`` for the ``wanted`` images found in the
+    plan (read through the data_dir's store).
 
     Empty for ``nvidia`` (it stores images as they are), without a plan, or with a plan that is not the
     one the manifest describes.
@@ -35,10 +38,9 @@ def locate(root: Path, manifest: dict[str, Any], wanted: set[Key]) -> dict[Key, 
         return {}
     # Imported here: the report package stays light to import, and only this path needs the plan.
     from airflow_resnet_prep.converters.base import Plan
-    from airflow_resnet_prep.layout import DataDir
 
     try:
-        plan = Plan.load(DataDir.of(root), "reference")
+        plan = Plan.load(layout, "reference")
     except Exception as exc:  # no plan (cleaned up) or an unreadable one: the source preview stays
         log.info("report: no conversion plan to find re-encoded images in the shards (%s)", exc)
         return {}
@@ -60,18 +62,18 @@ def locate(root: Path, manifest: dict[str, Any], wanted: set[Key]) -> dict[Key, 
     return found
 
 
-def stored_thumbs(root: Path, where: dict[Key, tuple[str, int]]) -> dict[Key, tuple[str, int, Thumb]]:
+def stored_thumbs(layout: DataDir, where: dict[Key, tuple[str, int]]) -> dict[Key, tuple[str, int, Thumb]]:
     """The stored image of each located record, as ``(shard, position, thumbnail)``; records whose
     name or class differ from what the plan said are left out."""
     by_shard: dict[str, dict[int, Key]] = defaultdict(dict)
     for key, (shard, position) in where.items():
         by_shard[shard][position] = key
     out: dict[Key, tuple[str, int, Thumb]] = {}
-    for shard, wanted in sorted(by_shard.items()):
-        try:
-            records = read_records_at(root / shard, wanted)
-        except Exception as exc:  # a damaged shard: the source preview stays
-            log.warning("report: cannot read %s: %s", shard, exc)
+    shards = sorted(by_shard.items())
+    read = read_many(layout.store, [(shard, sorted(wanted)) for shard, wanted in shards])
+    for (shard, wanted), records in zip(shards, read, strict=True):
+        if isinstance(records, Exception):  # a damaged shard: the source preview stays
+            log.warning("report: cannot read %s: %s", shard, records)
             continue
         for position, key in wanted.items():
             try:

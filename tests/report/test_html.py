@@ -528,29 +528,21 @@ def test_samples_read_only_the_records_they_show(converted, monkeypatch) -> None
     implementation, data_dir = converted
     files = data_files(manifest_of(data_dir))
     read = {"bytes": 0}
-    real_pread, real_open = os.pread, open
+    real_pread = os.pread
 
     def pread(fd: int, n: int, offset: int) -> bytes:
         data = real_pread(fd, n, offset)
         read["bytes"] += len(data)
         return data
 
-    class Counting(io.BufferedReader):
-        def read(self, n: int | None = -1) -> bytes:
-            data = super().read(n)
-            read["bytes"] += len(data)
-            return data
-
-    def counting_open(path, mode="r", *args, **kwargs):
-        if mode == "rb":
-            return Counting(real_open(path, "rb", buffering=0))
-        return real_open(path, mode, *args, **kwargs)
-
+    # Every read of an output goes through the store, i.e. one os.pread each on a local disk.
     monkeypatch.setattr(tfrecord_module.os, "pread", pread)
-    monkeypatch.setattr(samples_module, "open", counting_open, raising=False)
     # The sample set has as many train images as the page shows: ask for fewer, so most are not read.
     monkeypatch.setattr(samples_module, "SAMPLES", {"train": 4, "val": 2})
-    shown = samples_module.output_samples(data_dir, implementation, files)
+    from airflow_resnet_prep.storage import LocalStore
+
+    # Read through the data_dir's store, as write_report does: locally every read is one pread.
+    shown = samples_module.output_samples(LocalStore(data_dir), implementation, files)
     assert len(shown) == 6 and all(s.thumb.uri for s in shown)
     records = sum(r for split in files.values() for _, _, r in split)
     output_bytes = sum(size for split in files.values() for _, size, _ in split)
