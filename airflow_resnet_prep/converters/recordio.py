@@ -51,12 +51,13 @@ from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
 from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record_buffers
 from airflow_resnet_prep.layout import RECORDIO, DataDir, work_key
 from airflow_resnet_prep.sources.bucket import is_bucket_uri
-from airflow_resnet_prep.storage import Assembly, Part, StorageError
+from airflow_resnet_prep.storage import Assembly, Part
 
 log = logging.getLogger(__name__)
 
 IM2REC_SHUFFLE_SEED = 100
 UNIT_RECORDS = 5000
+SCRATCH = f"{work_key('nvidia')}/parts"  # where the assemblies of .rec files keep their pieces
 OUTPUT_NAMES = {f"{split}.{ext}" for split in ("train", "val") for ext in ("lst", "rec", "idx")}
 
 
@@ -124,16 +125,16 @@ class RecordIOConverter(Converter):
     def prepare_plan(self, plan: Plan) -> None:
         store = plan.layout.store
         plan.extra["assemblies"] = {
-            split: store.begin_assembly(_rec_key(split), _scratch(plan)).token for split in ("train", "val")
+            split: store.begin_assembly(_rec_key(split), SCRATCH).token for split in ("train", "val")
         }
 
     def discard_plan(self, layout: DataDir, plan: dict[str, Any] | None) -> None:
         for split in ("train", "val"):
-            layout.store.abort_assemblies(_rec_key(split), f"{work_key(self.implementation)}/parts", keep=())
+            layout.store.abort_assemblies(_rec_key(split), SCRATCH, keep=())
 
     def _assembly(self, plan: Plan, split: str) -> Assembly:
         token = plan.extra["assemblies"][split]
-        return plan.layout.store.resume_assembly(_rec_key(split), _scratch(plan), token)
+        return plan.layout.store.resume_assembly(_rec_key(split), SCRATCH, token)
 
     def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
         unit = plan.units[unit_id]
@@ -226,41 +227,39 @@ class RecordIOConverter(Converter):
         # What killed units or a killed finish left: every unit is done and finish holds the data_dir's
         # lock, so no writer is left.
         for split in ("train", "val"):
-            layout.store.abort_assemblies(_rec_key(split), _scratch(plan), keep=())
-        layout.delete_tree(_scratch(plan))
+            layout.store.abort_assemblies(_rec_key(split), SCRATCH, keep=())
+        layout.delete_tree(SCRATCH)
         layout.discard_partial(RECORDIO)
         return outputs
 
     def _complete(self, layout: DataDir, plan: Plan, split: str, parts: list[UnitResult]) -> list[UnitResult]:
-        """Complete the split's assembly from the units' pieces; when it cannot be (its pieces are gone:
-        the final .rec was completed once and since lost, or the units wrote it directly), convert the
-        split's units again into a new assembly, so the rerun heals the output."""
-        pieces = [Part(*r.extra["part"]) for r in parts if "part" in r.extra]
-        if len(pieces) == len(parts):
-            try:
-                self._assembly(plan, split).complete(pieces)
-                return parts
-            except StorageError as exc:
-                log.warning("%s: %s; converting the %s units again", layout.uri(_rec_key(split)), exc, split)
-        else:
+        """Complete the split's assembly from the units' pieces. When its pieces are gone for good (the
+        .rec was completed once and has since been lost or cut short, or the units wrote it directly),
+        convert the split's units again into a new assembly, so the rerun heals the output. Any other
+        failure of ``complete`` (a network error) is raised: the pieces stay, a rerun completes them."""
+        spent = split in plan.extra.get("completed", []) or not all("part" in r.extra for r in parts)
+        if spent:
             log.warning(
                 "%s: missing or cut short; converting the %s units again", layout.uri(_rec_key(split)), split
             )
-        plan.extra["assemblies"][split] = layout.store.begin_assembly(_rec_key(split), _scratch(plan)).token
+            plan.extra["assemblies"][split] = layout.store.begin_assembly(_rec_key(split), SCRATCH).token
+            plan.extra["completed"] = [s for s in plan.extra.get("completed", []) if s != split]
+            self._save(layout, plan)
+            for r in parts:
+                layout.delete(plan.unit_done_key(r.unit))
+            parts = [base.run_unit(self, layout, r.unit) for r in parts]
+        self._assembly(plan, split).complete([Part(*r.extra["part"]) for r in parts])
+        plan.extra.setdefault("completed", []).append(split)
+        self._save(layout, plan)
+        return parts
+
+    @staticmethod
+    def _save(layout: DataDir, plan: Plan) -> None:
         layout.write_json(f"{plan.work_dir}/plan.json", plan.to_dict())
-        for r in parts:
-            layout.delete(plan.unit_done_key(r.unit))
-        redone = [base.run_unit(self, layout, r.unit) for r in parts]
-        self._assembly(plan, split).complete([Part(*r.extra["part"]) for r in redone])
-        return redone
 
 
 def _rec_key(split: str) -> str:
     return f"{RECORDIO}/{split}.rec"
-
-
-def _scratch(plan: Plan) -> str:
-    return f"{plan.work_dir}/parts"
 
 
 def _piece_number(plan: Plan, unit_id: int) -> int:

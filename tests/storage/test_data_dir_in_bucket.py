@@ -329,3 +329,17 @@ def test_local_sources_with_a_data_dir_in_a_bucket(sample, local_runs, s3_prefix
         }
     )
     assert remote_digests(s3_prefix, "nvidia") == local_runs("nvidia")
+
+
+def test_a_lost_rec_in_the_bucket_is_rebuilt_by_a_rerun(bucket, local_runs, s3_prefix) -> None:
+    """The multipart upload that built train.rec is spent once completed: a rerun that finds the object
+    gone converts the split's units again into a new upload, and leaves none open."""
+    from airflow_resnet_prep.pipeline import run
+
+    v = pipeline_values(bucket, s3_prefix, "nvidia")
+    run(v)
+    store = store_for(s3_prefix)
+    store.delete("recordio/train.rec")
+    assert run(v)["cached"] is False
+    assert remote_digests(s3_prefix, "nvidia") == local_runs("nvidia")
+    assert_clean(s3_prefix, "nvidia")
