@@ -4,14 +4,17 @@
   image and which output it goes to, groups outputs into independent *units*, writes each unit's
   item list and then ``plan.json`` (last, atomically) under ``work/<implementation>/``.
 - **unit** (any worker, any order, any number of times): reads its item list, writes its outputs
-  under temporary names, renames them when whole, then writes a done record. A unit whose done
-  record exists is skipped, so a rerun after a crash redoes only what was unfinished.
+  so that they appear whole or not at all (a temporary name renamed; an upload completed), then
+  writes a done record. A unit whose done record exists is skipped, so a rerun after a crash redoes
+  only what was unfinished.
 - **finish** (one process): checks every unit's done record, lets the format join or name its
   outputs, and returns what was written.
 
-Units of one plan never write the same file, so many workers can share a job over a shared file
-system. A plan is identified by a hash of the implementation, its params and the catalogs: a
-different plan meets the outputs of an interrupted one only with ``force``.
+Everything goes through the data_dir's :class:`~airflow_resnet_prep.layout.DataDir` (a local folder or
+a bucket prefix), so units of one plan, which never write the same output, can be shared by workers
+that see the same folder or only the same bucket. A plan is identified by a hash of the
+implementation, its params and the catalogs: a different plan meets the outputs of an interrupted
+one only with ``force``.
 """
 
 from __future__ import annotations
