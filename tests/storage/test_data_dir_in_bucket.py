@@ -94,7 +94,10 @@ def test_dag_with_data_dir_in_a_bucket_matches_a_local_run(
     assert published["manifest"] == f"{shown}/manifest.json"
     assert published["report"] is None  # the HTML report is written for a local data_dir only
     assert_clean(s3_prefix, implementation)
-    manifest = json.loads(store_for(s3_prefix).read_bytes("manifest.json"))
+    text = store_for(s3_prefix).read_bytes("manifest.json").decode()
+    for secret in (bucket.server.secret_key, bucket.server.access_key):
+        assert secret not in text and secret not in json.dumps(published, default=str)
+    manifest = json.loads(text)
     assert set(manifest["outputs"]) == {f"{OUTPUT[implementation]}/{n}" for n in local_runs(implementation)}
     # nothing changed: the rerun reads the manifest from the bucket and reuses the output
     state, states, published = run_dag(dag, conf)
