@@ -9,10 +9,14 @@ Routes (mounted at :data:`~airflow_resnet_prep.plugins.links.URL_PREFIX`, e.g. `
 
 Airflow mounts plugin apps without authentication: every route depends on ``requires_access_dag``
 (read access to the DAG's runs), which refuses a request without a valid token or session cookie
-(401/403). The report folder is found from the run's XComs of task ``publish``: ``report`` (the path of
-``index.html``), else ``manifest`` (``report/`` beside ``manifest.json``); it must be a real folder named
-``report``. A requested path is refused (404) when it has an empty, ``.`` or ``..`` segment, a backslash
-or a NUL, or when its real path (symlinks resolved) is not a regular file inside the real report folder.
+(401/403). The report folder is found from the run's XComs of task ``publish``: ``report`` (the path or
+URI of ``index.html``), else ``manifest`` (``report/`` beside ``manifest.json``); locally it must be a
+real folder named ``report``. A data_dir in a bucket (an ``s3://`` or ``gs://`` URI) is read through its
+store (:class:`~airflow_resnet_prep.layout.DataDir`) with the connection in the XCom ``storage_conn_id``,
+which must be defined on the API server too. A requested path is refused (404) when it has an empty,
+``.`` or ``..`` segment, a backslash or a NUL, or (locally) when its real path (symlinks resolved) is not
+a regular file inside the real report folder. A failed read says so without the error's text (which is
+logged), so no page can show what a storage client put into its message.
 Responses carry a Content-Security-Policy that sandboxes the report (its scripts cannot reach the
 Airflow UI's origin or the network).
 """
@@ -22,10 +26,11 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import logging
 import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
@@ -34,9 +39,15 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
+if TYPE_CHECKING:
+    from airflow_resnet_prep.layout import DataDir
+
+log = logging.getLogger(__name__)
+
 PUBLISH_TASK_ID = "publish"
 REPORT_DIR_NAME = "report"
 INDEX = "index.html"
+REPORT_SUFFIX = f"/{REPORT_DIR_NAME}/{INDEX}"
 
 #: The report may use inline styles, inline SVG, ``data:`` images and inline scripts, and files of its
 #: own folder; nothing else. ``sandbox`` without ``allow-same-origin`` gives it an opaque origin: a
@@ -67,12 +78,18 @@ READ_RUN = Depends(requires_access_dag(method="GET", access_entity=DagAccessEnti
 
 @dataclass
 class Located:
-    """Where a run's report is, or why it has none (``report_dir`` None, ``reason`` set)."""
+    """Where a run's report is: ``report_dir`` (a local folder) or ``bucket`` (a data_dir in object
+    storage whose ``report/index.html`` exists); or why it has none (both None, ``reason`` set)."""
 
     report_dir: Path | None
     title: str = ""
     reason: str = ""
     status_code: int = 404
+    bucket: DataDir | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.report_dir is not None or self.bucket is not None
 
 
 def _xcom_values(session: Any, dag_id: str, run_id: str) -> dict[str, Any]:
@@ -155,6 +172,12 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
     published = _xcom_values(session, dag_id, run_id)
     report = published.get("report")
     manifest = published.get("manifest")
+    where = report if isinstance(report, str) and report else manifest
+    if isinstance(where, str) and where:
+        from airflow_resnet_prep.storage import is_object_uri
+
+        if is_object_uri(where):
+            return _locate_in_bucket(published)
     if isinstance(report, str) and report:
         report_dir = Path(report).parent
     elif isinstance(manifest, str) and manifest:
@@ -198,8 +221,91 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
     )
 
 
-def safe_file(report_dir: Path, relative: str) -> Path | None:
-    """The regular file ``relative`` names inside ``report_dir``, or None if it would leave it."""
+def _rewrite_hint(data_dir: str, conn_id: str | None) -> str:
+    conn = f" --conn-id {conn_id}" if conn_id else ""
+    return (
+        f"`python -m airflow_resnet_prep.report {data_dir} --html{conn}` writes it, or trigger a run "
+        "with force=true."
+    )
+
+
+def _locate_in_bucket(published: dict[str, Any]) -> Located:
+    """The report of a run whose data_dir is in a bucket: ``report/index.html`` under the data_dir the
+    XComs name, read through :class:`~airflow_resnet_prep.layout.DataDir` with the run's connection."""
+    from airflow_resnet_prep.layout import MANIFEST, DataDir
+    from airflow_resnet_prep.report.build import REPORT_KEY
+
+    report, manifest = published.get("report"), published.get("manifest")
+    conn_id = published.get("storage_conn_id")
+    conn_id = conn_id.strip() if isinstance(conn_id, str) and conn_id.strip() else None
+    if isinstance(report, str) and report:
+        if not report.endswith(REPORT_SUFFIX):
+            return Located(None, "No report here", "The run's report XCom does not name a report/index.html.")
+        data_dir = report[: -len(REPORT_SUFFIX)]
+    elif isinstance(manifest, str) and manifest.endswith("/" + MANIFEST):
+        data_dir = manifest[: -len(MANIFEST) - 1]
+    else:
+        return Located(None, "No report here", "The run's manifest XCom does not name a manifest.json.")
+    rewrite = _rewrite_hint(data_dir, conn_id)
+    try:
+        layout = DataDir.of(data_dir, conn_id)
+        exists = layout.exists(REPORT_KEY)
+    except Exception as exc:
+        _log_failure(data_dir, exc)
+        return _unreadable(data_dir, conn_id)
+    if exists:
+        return Located(None, status_code=200, bucket=layout)
+    reused = (
+        f"Nothing had changed since the output in {data_dir} was made, so this run reused it (the "
+        "reuse_existing branch) and converted nothing. "
+        if published.get("cached")
+        else ""
+    )
+    if "report" in published and report is None:
+        return Located(
+            None,
+            "The report could not be written",
+            f"{reused}The output and its manifest.json are complete, but writing the report failed: "
+            f"publish's log has the error. {rewrite}",
+        )
+    if "report" not in published and published.get("cached"):
+        return Located(
+            None,
+            "This run reused an output that has no report",
+            f"{reused}That output has no report: it was made before reports existed. {rewrite}",
+        )
+    return Located(
+        None,
+        "This run's report is missing",
+        f"publish finished, but {layout.uri(REPORT_KEY)} is not there: it was deleted since the run. "
+        f"{rewrite}",
+    )
+
+
+def _log_failure(where: str, exc: BaseException) -> None:
+    """Log a failed read for the operator. The package's errors name URIs, never credentials; another
+    library's message is not trusted that far: only its type is logged."""
+    from airflow_resnet_prep.errors import PrepError
+
+    detail = str(exc) if isinstance(exc, PrepError) else type(exc).__name__
+    log.warning("dataset report: cannot read %s: %s", where, detail)
+
+
+def _unreadable(data_dir: str, conn_id: str | None) -> Located:
+    connection = f"the Airflow connection `{conn_id}`" if conn_id else "the default credentials"
+    return Located(
+        None,
+        "The report could not be read",
+        f"The API server could not read the report of {data_dir} with {connection}: the connection "
+        "must be defined on the API server too (as on the workers) and allowed to read the bucket. "
+        "The API server's log says more.",
+        status_code=502,
+    )
+
+
+def safe_parts(relative: str) -> list[str] | None:
+    """The segments of ``relative`` (a folder's ``index.html`` for a trailing ``/``), or None when it is
+    empty, absolute, or has an empty, ``.`` or ``..`` segment, a backslash or a NUL."""
     if not relative or "\\" in relative or "\x00" in relative or relative.startswith("/"):
         return None
     parts = relative.split("/")
@@ -207,6 +313,14 @@ def safe_file(report_dir: Path, relative: str) -> Path | None:
         return None
     if parts[-1] == "":  # a folder: its index.html
         parts[-1] = INDEX
+    return parts
+
+
+def safe_file(report_dir: Path, relative: str) -> Path | None:
+    """The regular file ``relative`` names inside ``report_dir``, or None if it would leave it."""
+    parts = safe_parts(relative)
+    if parts is None:
+        return None
     try:
         root = report_dir.resolve(strict=True)
         target = report_dir.joinpath(*parts).resolve(strict=True)
@@ -236,14 +350,39 @@ def _reason_html(reason: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
 
 
-def _serve(report_dir: Path, relative: str) -> Response:
-    target = safe_file(report_dir, relative)
-    if target is None:
-        return _page("Not found", "This report has no such file.", 404)
-    media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+def _media_type(name: str) -> str:
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     if media_type.startswith("text/") or media_type in ("image/svg+xml", "application/javascript"):
         media_type += "; charset=utf-8"
-    return FileResponse(target, media_type=media_type, headers=SECURITY_HEADERS)
+    return media_type
+
+
+def _serve(located: Located, relative: str) -> Response:
+    if located.bucket is not None:
+        return _serve_object(located.bucket, relative)
+    assert located.report_dir is not None
+    target = safe_file(located.report_dir, relative)
+    if target is None:
+        return _page("Not found", "This report has no such file.", 404)
+    return FileResponse(target, media_type=_media_type(target.name), headers=SECURITY_HEADERS)
+
+
+def _serve_object(layout: DataDir, relative: str) -> Response:
+    """A file of ``report/`` of a data_dir in a bucket, read whole through its store (the report is one
+    self-contained page of a few MB)."""
+    parts = safe_parts(relative)
+    if parts is None:
+        return _page("Not found", "This report has no such file.", 404)
+    key = "/".join([REPORT_DIR_NAME, *parts])
+    try:
+        data = layout.store.read_bytes(key)
+    except FileNotFoundError:
+        return _page("Not found", "This report has no such file.", 404)
+    except Exception as exc:
+        _log_failure(layout.uri(key), exc)
+        located = _unreadable(layout.url, layout.store.conn_id)
+        return _page(located.title, _reason_html(located.reason), located.status_code)
+    return Response(data, media_type=_media_type(parts[-1]), headers=SECURITY_HEADERS)
 
 
 def create_app() -> FastAPI:
@@ -266,17 +405,17 @@ def create_app() -> FastAPI:
     def report_index(dag_id: str, run_id: str, session: SessionDep) -> Response:
         """The run's ``report/index.html``, or a page saying why the run has none."""
         located = locate_report(session, dag_id, run_id)
-        if located.report_dir is None:
+        if not located.found:
             return _page(located.title, _reason_html(located.reason), located.status_code)
-        return _serve(located.report_dir, INDEX)
+        return _serve(located, INDEX)
 
     @app.get("/dags/{dag_id}/runs/{run_id}/report/{path:path}", dependencies=[READ_RUN])
     def report_file(dag_id: str, run_id: str, path: str, session: SessionDep) -> Response:
         """A file of the run's report folder; nothing outside it."""
         located = locate_report(session, dag_id, run_id)
-        if located.report_dir is None:
+        if not located.found:
             return _page(located.title, _reason_html(located.reason), located.status_code)
-        return _serve(located.report_dir, path)
+        return _serve(located, path)
 
     return app
 
