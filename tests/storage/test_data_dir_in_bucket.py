@@ -65,7 +65,7 @@ def assert_clean(data_dir: str, implementation: str) -> None:
         k
         for k in keys
         if not (
-            k == "manifest.json"
+            k in ("manifest.json", "report/index.html")
             or k.startswith(("catalog/", f"{OUTPUT[implementation]}/"))
             or k.startswith(f"work/{implementation}/units/")
             or (k.startswith(f"work/{implementation}/done/") and k.endswith(".json"))
@@ -92,7 +92,7 @@ def test_dag_with_data_dir_in_a_bucket_matches_a_local_run(
     assert published["data_path"] == shown
     assert published[OUTPUT_KEY[implementation]] == f"{shown}/{OUTPUT[implementation]}"
     assert published["manifest"] == f"{shown}/manifest.json"
-    assert published["report"] is None  # the HTML report is written for a local data_dir only
+    assert published["report"] == f"{shown}/report/index.html"  # written through the bucket's store
     assert_clean(s3_prefix, implementation)
     text = store_for(s3_prefix).read_bytes("manifest.json").decode()
     for secret in (bucket.server.secret_key, bucket.server.access_key):
