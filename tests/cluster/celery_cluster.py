@@ -17,7 +17,9 @@ The shared settings come from :mod:`cluster.settings` (the list ``docker-compose
 against); :data:`TUNING` shortens the scheduler's intervals so that a test sees a dead worker in seconds
 rather than minutes. Workers are told apart by their own logs (``home/logs/worker-<i>.log``): each logs
 ``Executing workload in Celery: ...`` with the task instance it runs, while every task instance reports
-the same host name on one machine.
+the same host name on one machine. Each worker has a HOME and a TMPDIR of its own
+(``<root>/<worker>/home``, ``<root>/<worker>/tmp``), as on machines of their own; they share the Airflow
+home, whose ``logs/`` the API server reads task logs from.
 """
 
 from __future__ import annotations
@@ -216,12 +218,21 @@ class CeleryCluster:
         assert self.airflow is not None
         return self.airflow.logs / f"{name}.log"
 
+    def worker_dirs(self, name: str) -> dict[str, Path]:
+        """The worker's own ``HOME`` and ``TMPDIR`` (created; kept across its restarts)."""
+        dirs = {"HOME": self.root / name / "home", "TMPDIR": self.root / name / "tmp"}
+        for folder in dirs.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return dirs
+
     def start_worker(self, name: str, *, wait: bool = True, timeout: float = 120) -> None:
-        """``airflow celery worker`` named ``name@<host>``, with its own log server port and pid file."""
+        """``airflow celery worker`` named ``name@<host>``, with its own log server port, pid file, HOME and
+        TMPDIR."""
         assert self.airflow is not None
         self._ready_offset = getattr(self, "_ready_offset", {})
         log = self.worker_log(name)
         self._ready_offset[name] = log.stat().st_size if log.exists() else 0
+        own = {variable: str(folder) for variable, folder in self.worker_dirs(name).items()}
         self.airflow.spawn(
             name,
             [
@@ -239,7 +250,10 @@ class CeleryCluster:
                 # reads directly. Each worker still gets a port of its own, as on a shared host.
                 "--skip-serve-logs",
             ],
-            env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port(avoid={self.airflow.port}))},
+            env={
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port(avoid={self.airflow.port})),
+                **own,
+            },
         )
         if wait:
             self.wait_worker(name, timeout=timeout)

