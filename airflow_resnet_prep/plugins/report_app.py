@@ -192,14 +192,26 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
         and (report_dir / INDEX).is_file()
     ):
         return Located(report_dir, status_code=200)
+    return _missing(
+        published,
+        str(data_dir),
+        None,
+        f"{report_dir / INDEX} is not there: it was moved or deleted since the run, or this API server "
+        "does not see data_dir (it must be mounted at the same path as on the workers)",
+    )
+
+
+def _missing(published: dict[str, Any], data_dir: str, conn_id: str | None, gone: str) -> Located:
+    """Why a run that published has no report to show: writing it failed, the reused output predates
+    reports, or (``gone``) it has disappeared since."""
     reused = (
         f"Nothing had changed since the output in {data_dir} was made, so this run reused it (the "
         "reuse_existing branch) and converted nothing. "
         if published.get("cached")
         else ""
     )
-    rewrite = f"`python -m airflow_resnet_prep.report {data_dir} --html` writes it, or trigger a run with force=true."
-    if "report" in published and report is None:
+    rewrite = _rewrite_hint(data_dir, conn_id)
+    if "report" in published and published.get("report") is None:
         return Located(
             None,
             "The report could not be written",
@@ -212,13 +224,7 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
             "This run reused an output that has no report",
             f"{reused}That output has no report: it was made before reports existed. {rewrite}",
         )
-    return Located(
-        None,
-        "This run's report is missing",
-        f"publish finished, but {report_dir / INDEX} is not there: it was moved or deleted since the "
-        "run, or this API server does not see data_dir (it must be mounted at the same path as on the "
-        f"workers). {rewrite}",
-    )
+    return Located(None, "This run's report is missing", f"publish finished, but {gone}. {rewrite}")
 
 
 def _rewrite_hint(data_dir: str, conn_id: str | None) -> str:
@@ -246,7 +252,6 @@ def _locate_in_bucket(published: dict[str, Any]) -> Located:
         data_dir = manifest[: -len(MANIFEST) - 1]
     else:
         return Located(None, "No report here", "The run's manifest XCom does not name a manifest.json.")
-    rewrite = _rewrite_hint(data_dir, conn_id)
     try:
         layout = DataDir.of(data_dir, conn_id)
         exists = layout.exists(REPORT_KEY)
@@ -255,30 +260,8 @@ def _locate_in_bucket(published: dict[str, Any]) -> Located:
         return _unreadable(data_dir, conn_id)
     if exists:
         return Located(None, status_code=200, bucket=layout)
-    reused = (
-        f"Nothing had changed since the output in {data_dir} was made, so this run reused it (the "
-        "reuse_existing branch) and converted nothing. "
-        if published.get("cached")
-        else ""
-    )
-    if "report" in published and report is None:
-        return Located(
-            None,
-            "The report could not be written",
-            f"{reused}The output and its manifest.json are complete, but writing the report failed: "
-            f"publish's log has the error. {rewrite}",
-        )
-    if "report" not in published and published.get("cached"):
-        return Located(
-            None,
-            "This run reused an output that has no report",
-            f"{reused}That output has no report: it was made before reports existed. {rewrite}",
-        )
-    return Located(
-        None,
-        "This run's report is missing",
-        f"publish finished, but {layout.uri(REPORT_KEY)} is not there: it was deleted since the run. "
-        f"{rewrite}",
+    return _missing(
+        published, data_dir, conn_id, f"{layout.uri(REPORT_KEY)} is not there: it was deleted since the run"
     )
 
 

@@ -171,7 +171,7 @@ class GcsStore(ObjectStore):
         try:
             self.fs.rm([self._path(k) for k in keys])
         except FileNotFoundError:
-            pass
+            return  # absent already: what a delete wants
         except OSError as exc:
             raise StorageError(
                 f"{self.uri(keys[0])} (and {len(keys) - 1} more): cannot delete: {exc}"
