@@ -24,7 +24,6 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,21 +33,15 @@ from cluster.celery_cluster import DAG_ID
 from cluster.conftest import S3_CONN_ID, ClusterS3
 from cluster.test_celery_cluster import (  # noqa: F401 (expected is a fixture)
     OUTPUT_DIR,
+    check_consumer_saw,
     conf_for,
-    consumer_events,
     expected,
-    finish,
-    run_report,
-    running_units,
-    trigger,
-    wait_for,
+    run_spread,
 )
 
 pytestmark = pytest.mark.cluster
 
 OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path"}
-# Runs of this module: implementation -> (data_dir URI, run id, the publish task's XCom).
-RUNS: dict[str, tuple[str, str, dict[str, Any]]] = {}
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -124,26 +117,18 @@ def test_dag_with_data_dir_and_sources_in_a_bucket(
 ):
     """fanout=4, data_dir and sources in the bucket: the mapped units run on both workers, the run
     succeeds, the outputs in the bucket are a local run's bytes (nothing more in the output folder), no
-    multipart upload or lease is left, the workers' scratch folders are empty again, and ``publish``
-    shows the URIs without the connection."""
+    multipart upload or lease is left, the workers' scratch folders are empty again, and ``publish`` and
+    the Asset event the consumer DAG receives show the URIs without the connection."""
     files, local_units = expected(implementation)
     data_dir = bucket_uri(cluster_bucket, f"cluster-{implementation}-{secrets.token_hex(3)}")
-    with holding_leases(data_dir, implementation, local_units):
-        run_id = trigger(cluster, conf_for(implementation, data_dir, bucket_sources, fanout=4))
-        # Two units tasks running at once are on two workers (one slot each).
-        wait_for(
-            "two units tasks running",
-            lambda: len(running_units(cluster, DAG_ID, run_id, implementation)) >= 2,
-            cluster,
-        )
-    assert finish(cluster, run_id) == "success", run_report(cluster, DAG_ID, run_id)
+    conf = conf_for(implementation, data_dir, bucket_sources, fanout=4)
+    run_id, mapped = run_spread(
+        cluster, implementation, conf, holding_leases(data_dir, implementation, local_units)
+    )
 
     store = store_for(data_dir)
     units = len(json.loads(store.read_bytes(f"work/{implementation}/plan.json"))["units"])
-    ran = cluster.ran_on(DAG_ID, run_id)
-    mapped = {key: workers for key, workers in ran.items() if key.startswith(f"{implementation}_units[")}
-    assert len(mapped) == min(4, units) >= 2, ran
-    assert {w for workers in mapped.values() for w in workers} == set(cluster.worker_names), ran
+    assert len(mapped) == min(4, units) >= 2, mapped
 
     assert bucket_files(data_dir, implementation) == files
     keys = [o.key for o in store.list()]
@@ -158,20 +143,8 @@ def test_dag_with_data_dir_and_sources_in_a_bucket(
     assert published[OUTPUT_KEY[implementation]] == f"{shown(data_dir)}/{OUTPUT_DIR[implementation]}"
     text = json.dumps(published)
     assert f"{S3_CONN_ID}@" not in text and cluster_bucket.server.secret_key not in text
-    RUNS[implementation] = (data_dir, run_id, published)
-
-
-def test_asset_consumer_got_the_bucket_uris(cluster, cluster_bucket):
-    """The DAG scheduled on the Asset ran after each publish and read the bucket's URIs (without the
-    connection) from the event's extra (checked last, so its runs overlap the DAG runs above)."""
-    if not RUNS:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("no run of this module published")
-    for implementation, (data_dir, run_id, published) in RUNS.items():
-        event = consumer_events(cluster, run_id)[-1]
-        extra = event["extra"]
-        assert event["source_dag_id"] == DAG_ID
-        assert extra["implementation"] == implementation
-        paths = {key: value for key, value in extra.items() if key.endswith("_path")}
-        assert paths and all(published[key] == value for key, value in paths.items()), (paths, published)
-        assert event["data"] == f"{shown(data_dir)}/{OUTPUT_DIR[implementation]}"
-        assert cluster_bucket.server.secret_key not in json.dumps(event)
+    # the DAG scheduled on the Asset got the same URIs, without the connection, from the event
+    events = check_consumer_saw(cluster, DAG_ID, run_id, implementation)
+    assert events[-1]["data"] == f"{shown(data_dir)}/{OUTPUT_DIR[implementation]}"
+    for secret in (f"{S3_CONN_ID}@", cluster_bucket.server.secret_key):
+        assert secret not in json.dumps(events)

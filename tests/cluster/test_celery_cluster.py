@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,10 @@ def consumer_events(cluster: CeleryCluster, run_id: str, timeout: float = 90) ->
     return wait_for(f"the consumer DAG's run for {run_id}", seen, cluster, timeout)
 
 
-def check_consumer_saw(cluster: CeleryCluster, dag_id: str, run_id: str, implementation: str) -> None:
+def check_consumer_saw(
+    cluster: CeleryCluster, dag_id: str, run_id: str, implementation: str
+) -> list[dict[str, Any]]:
+    """The consumer DAG got ``run_id``'s Asset event with publish's paths; its events."""
     published = cluster.airflow.xcom(dag_id, run_id, "publish")
     events = consumer_events(cluster, run_id)
     extra = events[-1]["extra"]
@@ -165,11 +169,11 @@ def check_consumer_saw(cluster: CeleryCluster, dag_id: str, run_id: str, impleme
     for key, value in extra.items():
         if key.endswith("_path"):
             assert published[key] == value, key
-    assert (
-        events[-1]["data"]
-        == published[f"{'tfrecords' if implementation == 'reference' else 'preprocessed'}_path"]
-    )
-    assert events[-1]["data_exists"]
+    data = published[f"{'tfrecords' if implementation == 'reference' else 'preprocessed'}_path"]
+    assert events[-1]["data"] == data
+    if "://" not in data:  # a local folder the consumer can see (a bucket's URI is checked by its test)
+        assert events[-1]["data_exists"]
+    return events
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +217,26 @@ def finish(cluster: CeleryCluster, run_id: str, dag_id: str = DAG_ID, timeout: f
 PUBLISHED: list[tuple[str, str, str]] = []
 
 
+def run_spread(
+    cluster: CeleryCluster, implementation: str, conf: dict[str, Any], held: AbstractContextManager[Any]
+) -> tuple[str, dict[str, list[str]]]:
+    """Trigger ``conf`` while ``held`` (every unit's lock taken here) keeps the mapped units waiting, let
+    them go once two run at once (one per worker: a worker has one slot), and check the run succeeded
+    with mapped units on every worker. Returns the run id and each mapped units task's workers."""
+    with held:
+        run_id = trigger(cluster, conf)
+        wait_for(
+            "two units tasks running",
+            lambda: len(running_units(cluster, DAG_ID, run_id, implementation)) >= 2,
+            cluster,
+        )
+    assert finish(cluster, run_id) == "success", run_report(cluster, DAG_ID, run_id)
+    ran = cluster.ran_on(DAG_ID, run_id)
+    mapped = {key: workers for key, workers in ran.items() if key.startswith(f"{implementation}_units[")}
+    assert {w for workers in mapped.values() for w in workers} == set(cluster.worker_names), ran
+    return run_id, mapped
+
+
 @pytest.mark.parametrize("implementation", ["nvidia", "reference"])
 def test_units_spread_over_both_workers_same_bytes(cluster, cluster_sources, expected, implementation):
     """fanout=4: the mapped units run on both workers; the outputs are those of a local run.
@@ -224,19 +248,9 @@ def test_units_spread_over_both_workers_same_bytes(cluster, cluster_sources, exp
         data_dir = Path(cluster.extra_env["MLPERF_RESNET_PREP_DATA_DIR"])
     else:
         data_dir = cluster.root / f"spread-{implementation}"
-    with holding_units(data_dir, implementation, units):
-        run_id = trigger(cluster, conf_for(implementation, data_dir, cluster_sources, fanout=4))
-        # Two units tasks running at once are on two workers (one slot each).
-        wait_for(
-            "two units tasks running",
-            lambda: len(running_units(cluster, DAG_ID, run_id, implementation)) >= 2,
-            cluster,
-        )
-    assert finish(cluster, run_id) == "success", run_report(cluster, DAG_ID, run_id)
-    ran = cluster.ran_on(DAG_ID, run_id)
-    mapped = {key: workers for key, workers in ran.items() if key.startswith(f"{implementation}_units[")}
+    conf = conf_for(implementation, data_dir, cluster_sources, fanout=4)
+    run_id, mapped = run_spread(cluster, implementation, conf, holding_units(data_dir, implementation, units))
     assert len(mapped) == min(4, units)
-    assert {w for workers in mapped.values() for w in workers} == set(cluster.worker_names), ran
     assert output_files(data_dir, implementation) == files
     PUBLISHED.append((DAG_ID, run_id, implementation))
 
