@@ -244,3 +244,12 @@ def resolved(values: dict[str, Any], base: dict[str, Any] | None = None) -> dict
     if unknown:
         raise ValueError(f"unknown params: {', '.join(unknown)}; known: {', '.join(PARAMS)}")
     return {**(defaults() if base is None else base), **{k: v for k, v in values.items() if v is not None}}
+
+
+def as_declared(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each known string param as a string: a template rendered to a native object
+    turns a string such as ``22.04`` into a number, which would no longer equal the param."""
+    return {
+        k: str(v) if v is not None and k in PARAMS and isinstance(PARAMS[k].default, str) else v
+        for k, v in values.items()
+    }

@@ -22,6 +22,7 @@ from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, DataDir
 from airflow_resnet_prep.manifest import build_manifest, cached_manifest, write_manifest
 from airflow_resnet_prep.params import resolved
+from airflow_resnet_prep.sources.credentials import HttpCredentials
 
 
 def make_converter(implementation: str, params: dict[str, Any]) -> Converter:
@@ -51,9 +52,7 @@ def fingerprints_of(fetched: dict[str, Any], relabelled: dict[str, Any]) -> dict
     return {**fetched["fingerprints"], "labels": relabelled.get("labels_fingerprint")}
 
 
-def run(
-    values: dict[str, Any], *, auth: tuple[str, str] | None = None, headers: dict[str, str] | None = None
-) -> dict[str, Any]:
+def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -> dict[str, Any]:
     """Run the whole pipeline; return the output paths plus ``cached`` and ``manifest``."""
     p = resolved(values)
     layout = DataDir.of(p["data_dir"], p["storage_conn_id"] or None)
@@ -65,8 +64,7 @@ def run(
         p["val_source"],
         train_checksum=p["train_checksum"] or None,
         val_checksum=p["val_checksum"] or None,
-        auth=auth,
-        headers=headers,
+        credentials=credentials,
         extract=p["extract"],
         storage_conn_id=p["storage_conn_id"] or None,
         download_sources=p["download_sources"],
@@ -76,8 +74,7 @@ def run(
     relabelled = relabel(
         p["data_dir"],
         p["labels_source"],
-        auth=auth,
-        headers=headers,
+        credentials=credentials,
         extract=p["extract"],
         storage_conn_id=p["storage_conn_id"] or None,
         download_sources=p["download_sources"],

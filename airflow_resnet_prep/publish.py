@@ -9,7 +9,7 @@ from typing import Any
 from airflow_resnet_prep.layout import MANIFEST, DataDir
 from airflow_resnet_prep.manifest import build_manifest, write_manifest
 from airflow_resnet_prep.pipeline import fingerprints_of, output_paths
-from airflow_resnet_prep.report import REPORT_KEY, write_report
+from airflow_resnet_prep.report import REPORT_KEY, RUN_RECORD_KEY, write_report
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +20,13 @@ def publish_outputs(
     fetched: dict[str, Any],
     relabelled: dict[str, Any],
     summary: dict[str, Any] | None,
+    run: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """With a conversion ``summary``, write the manifest; without one (reused output), read it back.
 
+    ``params`` holds ``data_dir``, ``implementation``, ``storage_conn_id`` (optional) and the output
+    params recorded in the manifest. ``run`` (``dag_id``, ``run_id``: the Airflow run publishing) is
+    written to ``report/run.json``, the record by which the UI's report view knows whose report this is.
     Then writes ``report/index.html`` (always after a conversion; for a reused output only when it is
     missing). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path`` or
     ``preprocessed_path``, plus ``manifest``, ``cached``, ``report`` (the report's path or URI, or None
@@ -52,6 +56,8 @@ def publish_outputs(
         write_manifest(layout, manifest)
     else:
         manifest = layout.read_json(MANIFEST) or {}
+    if run is not None:
+        layout.write_json(RUN_RECORD_KEY, {"dag_id": run["dag_id"], "run_id": run["run_id"]})
     report = _report(layout, rewrite=summary is not None)
     outputs = output_paths(layout, implementation, fetched["imagenet_path"])
     images = manifest.get("images", {})

@@ -27,3 +27,12 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
     from airflow_resnet_prep.sample import generate
 
     return generate(tmp_path_factory.mktemp("sample"), classes=4, train_per_class=6, val_per_class=3, seed=0)
+
+
+@pytest.fixture
+def airflow_db() -> Path:
+    """A fresh metadata DB (SQLite under the temporary AIRFLOW_HOME above); returns AIRFLOW_HOME."""
+    from airflow.utils import db
+
+    db.resetdb()
+    return _AIRFLOW_HOME

@@ -19,6 +19,10 @@ ETag (hash of its bytes) and a Last-Modified date, and ``Range``/``If-Range`` ar
 * ``stall``: send ``after`` body bytes, then go silent for ``seconds`` and close;
 * ``garbage``: send random bytes of the right length instead of the file;
 * ``status``: answer with ``status`` (e.g. 404, 500) and a small body.
+
+``redirects`` maps a file name to a URL answered with ``302 Location: <url>`` (once the request passed
+the ``auth`` and ``required_headers`` checks). ``requests`` records every request with its headers, so a
+test can check what reached which server.
 """
 
 from __future__ import annotations
@@ -69,8 +73,10 @@ class FileServer:
         auth: tuple[str, str] | None = None,
         ranges: bool = True,
         required_headers: dict[str, str] | None = None,
+        redirects: dict[str, str] | None = None,
     ) -> None:
         self.files: dict[str, bytes] = dict(files or {})
+        self.redirects: dict[str, str] = dict(redirects or {})
         self.folder = Path(folder) if folder is not None else None
         self.auth = auth
         self.ranges = ranges
@@ -206,6 +212,9 @@ class _Handler(BaseHTTPRequestHandler):
             if self.headers.get(k) != v:
                 self._plain(403, f"missing header {k}")
                 return
+        if name in srv.redirects:  # after the credentials were checked, as a real mirror would
+            self._plain(302, "moved", {"Location": srv.redirects[name]})
+            return
         fault = None if head else srv._take_fault(name)
         if fault is not None and fault.kind == "status":
             self._plain(fault.status, f"scripted {fault.status}")

@@ -28,6 +28,7 @@ from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepE
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
 from airflow_resnet_prep.fsutil import read_json
 from airflow_resnet_prep.sample import SampleSet, generate
+from airflow_resnet_prep.sources.credentials import HttpCredentials, origin_of
 
 IMPLEMENTATIONS = ("nvidia", "reference")
 OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords"}
@@ -341,7 +342,10 @@ def test_secrets_never_reach_logs_outputs_or_errors(small, locked_mirror, tmp_pa
         "val_source": srv.url(small.val_tar.name),
         "labels_source": srv.url(small.labels.name),
     }
-    result = pipeline.run(values_for(data_dir, "nvidia", sources), auth=(USER, SECRET), headers=headers)
+    origin = origin_of(srv.url(""))
+    result = pipeline.run(
+        values_for(data_dir, "nvidia", sources), credentials=HttpCredentials(origin, (USER, SECRET), headers)
+    )
     assert read_json(data_dir / "manifest.json")["sources"]["train"]["source"].endswith("token=***")
     assert all(r.headers.get("X-Api-Key") == HEADER_SECRET for r in srv.gets())  # the secrets were used
 
@@ -354,7 +358,8 @@ def test_secrets_never_reach_logs_outputs_or_errors(small, locked_mirror, tmp_pa
     ]
     for i, (bad_sources, auth) in enumerate(bad_runs):
         with pytest.raises(SourceError) as info:
-            pipeline.run(values_for(tmp_path / f"bad{i}", "nvidia", bad_sources), auth=auth, headers=headers)
+            credentials = HttpCredentials(origin, auth, headers)
+            pipeline.run(values_for(tmp_path / f"bad{i}", "nvidia", bad_sources), credentials=credentials)
         failures.append(exception_text(info.value))
     assert "md5 mismatch" in failures[0] and "404" in failures[1] and "401" in failures[2]
 
@@ -376,7 +381,14 @@ def test_operator_failure_with_a_connection_shows_no_secret(
     monkeypatch.setenv(
         "AIRFLOW_CONN_LOCKED_MIRROR",
         json.dumps(
-            {"conn_type": "http", "login": USER, "password": SECRET, "extra": {"X-Api-Key": HEADER_SECRET}}
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": locked_mirror.port,
+                "login": USER,
+                "password": SECRET,
+                "extra": {"X-Api-Key": HEADER_SECRET},
+            }
         ),
     )
     op = FetchImagenetOperator(
@@ -394,15 +406,6 @@ def test_operator_failure_with_a_connection_shows_no_secret(
     assert_no_secret(everything_written(tmp_path / "data"), "data_dir")
 
 
-@pytest.fixture
-def airflow_db():
-    """A fresh metadata DB (SQLite under the temporary AIRFLOW_HOME of conftest.py)."""
-    from airflow.utils import db
-
-    db.resetdb()
-    return Path(os.environ["AIRFLOW_HOME"])
-
-
 def test_dag_run_with_a_connection_leaks_no_secret(
     small, locked_mirror, tmp_path, caplog, capfd, monkeypatch, airflow_db
 ):
@@ -416,9 +419,18 @@ def test_dag_run_with_a_connection_leaks_no_secret(
     monkeypatch.setenv(
         "AIRFLOW_CONN_LOCKED_MIRROR",
         json.dumps(
-            {"conn_type": "http", "login": USER, "password": SECRET, "extra": {"X-Api-Key": HEADER_SECRET}}
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": locked_mirror.port,
+                "login": USER,
+                "password": SECRET,
+                "extra": {"X-Api-Key": HEADER_SECRET},
+            }
         ),
     )
+    # The DAG's defaults name no connection: the deployment allows this one.
+    monkeypatch.setenv("AIRFLOW__RESNET_PREP__ALLOWED_CONN_IDS", "locked_mirror")
     dag = DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags")).get_dag(
         "mlperf_resnet_prep"
     )

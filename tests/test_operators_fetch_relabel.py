@@ -38,7 +38,15 @@ def mirror(sample, monkeypatch):
     with FileServer(files=files, auth=("mlperf", SECRET)) as server:
         monkeypatch.setenv(
             "AIRFLOW_CONN_IMAGENET_MIRROR",
-            json.dumps({"conn_type": "http", "login": "mlperf", "password": SECRET}),
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "login": "mlperf",
+                    "password": SECRET,
+                }
+            ),
         )
         yield server
 

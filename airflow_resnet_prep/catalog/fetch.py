@@ -20,6 +20,7 @@ from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import FETCH_RECORD, DataDir, catalog_key
 from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri
+from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import resolve_source
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,7 @@ def fetch(
     *,
     train_checksum: str | None = None,
     val_checksum: str | None = None,
-    auth: tuple[str, str] | None = None,
-    headers: dict[str, str] | None = None,
+    credentials: HttpCredentials | None = None,
     extract: bool = False,
     storage_conn_id: str | None = None,
     download_sources: bool = False,
@@ -85,11 +85,9 @@ def fetch(
         bucket = {"storage_conn_id": storage_conn_id or None, "download": bool(download_sources)}
         downloads = layout.local_downloads
         train = resolve_source(
-            train_source, downloads, checksum=train_checksum, auth=auth, headers=headers, **bucket
+            train_source, downloads, checksum=train_checksum, credentials=credentials, **bucket
         )
-        val = resolve_source(
-            val_source, downloads, checksum=val_checksum, auth=auth, headers=headers, **bucket
-        )
+        val = resolve_source(val_source, downloads, checksum=val_checksum, credentials=credentials, **bucket)
         fingerprints = {"train": train.fingerprint, "val": val.fingerprint}
         # Where the catalogs read from: the same object read in place or from its downloaded copy has
         # one fingerprint (same output), but a catalog of the other is not reused.

@@ -19,6 +19,7 @@ from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import LabelsError, SourceError
 from airflow_resnet_prep.layout import DataDir, catalog_key
 from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri, read_source_bytes
+from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import resolve_source
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,7 @@ def relabel(
     data_dir: str | os.PathLike[str],
     labels_source: str,
     *,
-    auth: tuple[str, str] | None = None,
-    headers: dict[str, str] | None = None,
+    credentials: HttpCredentials | None = None,
     extract: bool = False,
     storage_conn_id: str | None = None,
     download_sources: bool = False,
@@ -158,8 +158,7 @@ def relabel(
         fetched = resolve_source(
             labels_source,
             layout.local_downloads,
-            auth=auth,
-            headers=headers,
+            credentials=credentials,
             storage_conn_id=storage_conn_id or None,
             download=bool(download_sources),
         )

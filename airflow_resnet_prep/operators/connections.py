@@ -14,19 +14,28 @@ do not need a connection never pay for the import.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.sources.credentials import HttpCredentials, origin_of
+
+#: Connection types whose login, password and headers are meant for an HTTP server.
+HTTP_CONN_TYPES = ("http", "https")
 
 
-def http_auth_from_connection(conn_id: str | None) -> tuple[tuple[str, str] | None, dict[str, str]]:
-    """``(basic auth, headers)`` for downloads from the connection ``conn_id``; ``(None, {})`` without one.
+def http_credentials_from_connection(conn_id: str | None) -> HttpCredentials | None:
+    """The download credentials of the connection ``conn_id``, bound to its origin; None without one.
 
-    Basic auth comes from the login and password (``None`` when there is no login). Headers come from the
-    extra: ``{"headers": {...}}`` when it has that key, else the extra's top-level string values (the
-    form the HTTP provider's connections use). Raises :class:`SourceError` naming ``conn_id`` (and no
-    secret) when the connection is not defined.
+    The connection must be of type ``http`` (or ``https``) and name its server: ``host`` as
+    ``mirror.example`` or ``https://mirror.example``, with ``schema`` (``http``/``https``, as the HTTP
+    provider reads it; default ``http``) and ``port``. Basic auth comes from the login and password
+    (none without a login). Headers come from the extra: ``{"headers": {...}}`` when it has that key,
+    else the extra's top-level string values (the form the HTTP provider's connections use). Raises
+    :class:`SourceError` naming ``conn_id`` (and no secret) when it is not defined, not an http
+    connection or names no host.
     """
     if not conn_id or not conn_id.strip():
-        return None, {}
+        return None
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -39,6 +48,17 @@ def http_auth_from_connection(conn_id: str | None) -> tuple[tuple[str, str] | No
             f"`airflow connections add {conn_id} ...`, or as the environment variable "
             f"AIRFLOW_CONN_{conn_id.upper()}"
         ) from None
+    if (conn.conn_type or "").lower() not in HTTP_CONN_TYPES:
+        raise SourceError(
+            f"http_conn_id {conn_id!r} is a {conn.conn_type or 'typeless'} connection; downloads take an "
+            "http connection whose host is the download server"
+        )
+    origin = _connection_origin(conn)
+    if origin is None:
+        raise SourceError(
+            f"http_conn_id {conn_id!r} names no host: set its host (and schema, port) to the download "
+            "server; its credentials are sent there and nowhere else"
+        )
     auth = (conn.login, conn.password or "") if conn.login else None
     extra = conn.extra_dejson
     if isinstance(extra.get("headers"), dict):
@@ -46,4 +66,24 @@ def http_auth_from_connection(conn_id: str | None) -> tuple[tuple[str, str] | No
     else:
         # Top-level form: only string values are headers (numbers/booleans are other settings).
         headers = {str(k): v for k, v in extra.items() if isinstance(v, str)}
-    return auth, headers
+    return HttpCredentials(origin, auth, headers, owner=f"the connection {conn_id!r}")
+
+
+def _connection_origin(conn) -> str | None:
+    """The origin an http connection names, read as the HTTP provider's hook builds its base URL."""
+    host = (conn.host or "").strip()
+    if not host:
+        return None
+    if "://" not in host:
+        schema = (conn.schema or "").strip().lower()
+        scheme = schema if schema in HTTP_CONN_TYPES else ("https" if conn.conn_type == "https" else "http")
+        host = f"{scheme}://{host}"
+    try:
+        parts = urlsplit(host)
+        port = conn.port or parts.port
+    except ValueError:
+        return None
+    hostname = parts.hostname or ""
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    return origin_of(f"{parts.scheme}://{hostname}{f':{port}' if port else ''}/")

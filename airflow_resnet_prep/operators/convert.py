@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+
+from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 STEPS = ("all", "plan", "units", "finish")
 
@@ -21,7 +23,9 @@ class ConvertOperatorBase(BaseOperator):
     - ``step="finish"``: check every unit is done and put the outputs under their final names.
 
     ``data_dir`` is a local path or an ``s3://`` / ``gs://`` URI, whose connection is the URI's own
-    (``s3://conn_id@bucket/prefix``) or ``storage_conn_id``.
+    (``s3://conn_id@bucket/prefix``) or ``storage_conn_id``. That connection must be allowed (in
+    ``[resnet_prep] allowed_conn_ids``, ``allowed_conn_ids`` or given literally) and ``data_dir`` must lie
+    under ``[resnet_prep] allowed_data_roots`` when it is set; see :mod:`airflow_resnet_prep.policy`.
 
     Steps ``all`` and ``finish`` push the output folder under :attr:`output_key` and return the
     conversion summary. A concrete operator sets :attr:`output_key` and defines ``make_converter()``,
@@ -50,6 +54,7 @@ class ConvertOperatorBase(BaseOperator):
         force: bool | str = False,
         on_bad_image: str = "fail",
         storage_conn_id: str | None = None,
+        allowed_conn_ids: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,12 +68,18 @@ class ConvertOperatorBase(BaseOperator):
         self.force = force
         self.on_bad_image = on_bad_image
         self.storage_conn_id = storage_conn_id
+        self.allowed_conn_ids = dag_conn_ids(
+            allowed_conn_ids, conns=(storage_conn_id,), locations=(data_dir,)
+        )
 
     def execute(self, context: Context) -> Any:
         from airflow_resnet_prep.converters import base, local
         from airflow_resnet_prep.layout import DataDir
         from airflow_resnet_prep.operators.values import as_bool, as_int
 
+        Policy.load(self.allowed_conn_ids).check_run(
+            data_dir=self.data_dir, conns={"storage_conn_id": self.storage_conn_id}
+        )
         converter = self.make_converter()  # type: ignore[attr-defined]
         workers = as_int(self.workers, "workers")
         layout = DataDir.of(self.data_dir, self.storage_conn_id or None)

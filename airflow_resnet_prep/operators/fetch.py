@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+
+from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 
 class FetchImagenetOperator(BaseOperator):
@@ -30,6 +32,10 @@ class FetchImagenetOperator(BaseOperator):
         sources given as ``s3://`` or ``gs://`` URIs that name none. (templated)
     :param download_sources: Copy sources in a bucket to ``data_dir/downloads/`` first, instead of
         reading them in place. (templated)
+    :param allowed_conn_ids: Connections this task may use besides those in ``[resnet_prep]
+        allowed_conn_ids``; connection ids given here literally (not templated) are allowed too. Any
+        other connection named by ``http_conn_id``, ``storage_conn_id`` or a ``conn_id@`` URI is refused
+        before any request, and ``data_dir`` must lie under ``[resnet_prep] allowed_data_roots``.
     """
 
     template_fields: Sequence[str] = (
@@ -57,6 +63,7 @@ class FetchImagenetOperator(BaseOperator):
         extract: bool | str = False,
         storage_conn_id: str | None = None,
         download_sources: bool | str = False,
+        allowed_conn_ids: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -69,21 +76,30 @@ class FetchImagenetOperator(BaseOperator):
         self.extract = extract
         self.storage_conn_id = storage_conn_id
         self.download_sources = download_sources
+        self.allowed_conn_ids = dag_conn_ids(
+            allowed_conn_ids,
+            conns=(http_conn_id, storage_conn_id),
+            locations=(data_dir, train_source, val_source),
+        )
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.fetch import fetch
-        from airflow_resnet_prep.operators.connections import http_auth_from_connection
+        from airflow_resnet_prep.operators.connections import http_credentials_from_connection
         from airflow_resnet_prep.operators.values import as_bool
 
-        auth, headers = http_auth_from_connection(self.http_conn_id)
+        Policy.load(self.allowed_conn_ids).check_run(
+            data_dir=self.data_dir,
+            conns={"http_conn_id": self.http_conn_id, "storage_conn_id": self.storage_conn_id},
+            sources={"train_source": self.train_source, "val_source": self.val_source},
+        )
+        credentials = http_credentials_from_connection(self.http_conn_id)
         result = fetch(
             self.data_dir,
             self.train_source,
             self.val_source,
             train_checksum=self.train_checksum or None,
             val_checksum=self.val_checksum or None,
-            auth=auth,
-            headers=headers,
+            credentials=credentials,
             extract=as_bool(self.extract),
             storage_conn_id=(self.storage_conn_id or "").strip() or None,
             download_sources=as_bool(self.download_sources),

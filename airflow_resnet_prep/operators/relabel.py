@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+
+from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 
 class RelabelValOperator(BaseOperator):
@@ -25,6 +27,8 @@ class RelabelValOperator(BaseOperator):
     :param storage_conn_id: Optional Airflow connection for a labels file given as an ``s3://`` or
         ``gs://`` URI that names none. (templated)
     :param download_sources: Copy a labels file in a bucket to ``data_dir/downloads/`` first. (templated)
+    :param allowed_conn_ids: Connections this task may use besides ``[resnet_prep] allowed_conn_ids``
+        and those given here literally; see :class:`~.fetch.FetchImagenetOperator`.
     """
 
     template_fields: Sequence[str] = (
@@ -46,6 +50,7 @@ class RelabelValOperator(BaseOperator):
         extract: bool | str = False,
         storage_conn_id: str | None = None,
         download_sources: bool | str = False,
+        allowed_conn_ids: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -55,18 +60,25 @@ class RelabelValOperator(BaseOperator):
         self.extract = extract
         self.storage_conn_id = storage_conn_id
         self.download_sources = download_sources
+        self.allowed_conn_ids = dag_conn_ids(
+            allowed_conn_ids, conns=(http_conn_id, storage_conn_id), locations=(data_dir, labels_source)
+        )
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.relabel import relabel
-        from airflow_resnet_prep.operators.connections import http_auth_from_connection
+        from airflow_resnet_prep.operators.connections import http_credentials_from_connection
         from airflow_resnet_prep.operators.values import as_bool
 
-        auth, headers = http_auth_from_connection(self.http_conn_id)
+        Policy.load(self.allowed_conn_ids).check_run(
+            data_dir=self.data_dir,
+            conns={"http_conn_id": self.http_conn_id, "storage_conn_id": self.storage_conn_id},
+            sources={"labels_source": self.labels_source},
+        )
+        credentials = http_credentials_from_connection(self.http_conn_id)
         result = relabel(
             self.data_dir,
             self.labels_source,
-            auth=auth,
-            headers=headers,
+            credentials=credentials,
             extract=as_bool(self.extract),
             storage_conn_id=(self.storage_conn_id or "").strip() or None,
             download_sources=as_bool(self.download_sources),

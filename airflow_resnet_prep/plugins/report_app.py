@@ -9,16 +9,25 @@ Routes (mounted at :data:`~airflow_resnet_prep.plugins.links.URL_PREFIX`, e.g. `
 
 Airflow mounts plugin apps without authentication: every route depends on ``requires_access_dag``
 (read access to the DAG's runs), which refuses a request without a valid token or session cookie
-(401/403). The report folder is found from the run's XComs of task ``publish``: ``report`` (the path or
-URI of ``index.html``), else ``manifest`` (``report/`` beside ``manifest.json``); locally it must be a
-real folder named ``report``. A data_dir in a bucket (an ``s3://`` or ``gs://`` URI) is read through its
-store (:class:`~airflow_resnet_prep.layout.DataDir`) with the connection in the XCom ``storage_conn_id``,
-which must be defined on the API server too. A requested path is refused (404) when it has an empty,
-``.`` or ``..`` segment, a backslash or a NUL, or (locally) when its real path (symlinks resolved) is not
-a regular file inside the real report folder. A failed read says so without the error's text (which is
-logged), so no page can show what a storage client put into its message.
-Responses carry a Content-Security-Policy that sandboxes the report (its scripts cannot reach the
-Airflow UI's origin or the network).
+(401/403).
+
+Where the report is comes from the run's XComs (``report``, else ``manifest``; pushed by a
+:class:`~airflow_resnet_prep.operators.publish.PublishOperator`, whatever its task id). Whoever may edit
+XComs through Airflow's API could repoint those, so they are only a hint, checked before anything is
+served:
+
+- the place must lie under ``[resnet_prep] allowed_data_roots`` (when set), and a bucket is read only
+  with a connection listed in ``[resnet_prep] allowed_conn_ids`` (or the API server's default
+  credentials when the run used none);
+- ``report/run.json``, which the run's own publish task wrote beside the report, must name this DAG
+  and this run: another DAG's report, another run's, or a folder that merely looks like a report is
+  not served.
+
+A requested path is refused (404) when it has an empty, ``.`` or ``..`` segment, a backslash or a NUL,
+or (locally) when its real path (symlinks resolved) is not a regular file inside the real report folder.
+Files are streamed in bounded chunks. A failed read says so without the error's text (which is logged),
+so no page can show what a storage client put into its message. Every answer, redirects and errors
+included, carries the security headers below and must not be stored by a cache.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import html
 import json
 import logging
 import mimetypes
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
 from airflow.api_fastapi.core_api.security import requires_access_dag
-from fastapi import Depends, FastAPI
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 if TYPE_CHECKING:
@@ -44,10 +54,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PUBLISH_TASK_ID = "publish"
+PUBLISH_OPERATOR = "PublishOperator"
 REPORT_DIR_NAME = "report"
 INDEX = "index.html"
 REPORT_SUFFIX = f"/{REPORT_DIR_NAME}/{INDEX}"
+#: The publish XComs the view reads (any task id: the operator may be used in any DAG).
+PUBLISHED_KEYS = ("report", "manifest", "cached", "storage_conn_id")
+#: Bucket files are streamed in pieces of this size: the API server holds one at a time per request.
+STREAM_CHUNK = 1024 * 1024
 
 #: The report may use inline styles, inline SVG, ``data:`` images and inline scripts, and files of its
 #: own folder; nothing else. ``sandbox`` without ``allow-same-origin`` gives it an opaque origin: a
@@ -69,8 +83,10 @@ CONTENT_SECURITY_POLICY = "; ".join(
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-cache",
+    "X-Frame-Options": "SAMEORIGIN",
+    "Referrer-Policy": "no-referrer",
+    # A report can hold what only some users may see: no shared or private cache keeps it.
+    "Cache-Control": "no-store, private",
 }
 
 READ_RUN = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
@@ -92,46 +108,66 @@ class Located:
         return self.report_dir is not None or self.bucket is not None
 
 
+def _decoded(row: Any) -> Any:
+    from airflow.models.xcom import XComModel
+
+    try:
+        value = XComModel.deserialize_value(row)
+    except Exception:
+        value = row.value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # a JSON-encoded string, as some backends store it
+            decoded = json.loads(value)
+            value = decoded if isinstance(decoded, str) else value
+    return value
+
+
 def _xcom_values(session: Any, dag_id: str, run_id: str) -> dict[str, Any]:
-    """The XComs of ``publish`` (map index -1) in this run, deserialized."""
+    """The publish XComs of this run (map index -1), deserialized: those of the task that pushed a
+    ``manifest`` (the newest, should the DAG have several)."""
     from airflow.models.xcom import XComModel
 
     rows = session.scalars(
-        XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=PUBLISH_TASK_ID, map_indexes=-1)
+        XComModel.get_many(run_id=run_id, dag_ids=dag_id, key=None, map_indexes=-1).where(
+            XComModel.key.in_(PUBLISHED_KEYS)
+        )
     ).all()
-    values = {}
+    by_task: dict[str, dict[str, Any]] = {}
+    newest: dict[str, Any] = {}
     for row in rows:
-        try:
-            value = XComModel.deserialize_value(row)
-        except Exception:
-            value = row.value
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):  # a JSON-encoded string, as some backends store it
-                decoded = json.loads(value)
-                value = decoded if isinstance(decoded, str) else value
-        values[row.key] = value
-    return values
+        by_task.setdefault(row.task_id, {})[row.key] = _decoded(row)
+        if row.key == "manifest" and (row.task_id not in newest or row.timestamp > newest[row.task_id]):
+            newest[row.task_id] = row.timestamp
+    if not newest:
+        return {}
+    return by_task[max(newest, key=lambda task_id: newest[task_id])]
+
+
+def _state(value: Any) -> str:
+    return str(value.value if hasattr(value, "value") else value)
 
 
 def _why_no_publish(session: Any, dag_run: Any) -> Located:
-    """The reason a run has no ``publish`` XCom, from the run's and its tasks' states."""
+    """The reason a run has no publish XCom, from the run's and its tasks' states."""
     from airflow.models.taskinstance import TaskInstance
 
-    state = str(dag_run.state.value if hasattr(dag_run.state, "value") else dag_run.state)
+    state = _state(dag_run.state)
     tis = session.scalars(
         select(TaskInstance).where(
             TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
         )
     ).all()
-    ti_states = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state) for ti in tis}
+    ti_states = {ti.task_id: _state(ti.state) for ti in tis}
+    publishers = sorted(ti.task_id for ti in tis if getattr(ti, "operator", None) == PUBLISH_OPERATOR)
     failed = sorted({ti.task_id for ti in tis if ti_states[ti.task_id] == "failed"})
-    if ti_states and PUBLISH_TASK_ID not in ti_states:
+    if ti_states and not publishers:
         # external_views put the tab on every DAG's runs: say plainly that this DAG has no report.
         return Located(
             None,
             "No dataset report for this DAG",
-            "This tab comes with the airflow-resnet-prep provider: it shows the report that the publish "
-            f"task of mlperf_resnet_prep writes. DAG {dag_run.dag_id} has no task named publish.",
+            "This tab comes with the airflow-resnet-prep provider: it shows the report that a "
+            f"{PUBLISH_OPERATOR} task writes. DAG {dag_run.dag_id} has no such task. (The tab can be "
+            "turned off with `[resnet_prep] report_view = false`.)",
         )
     if state in ("queued", "running"):
         return Located(
@@ -152,52 +188,143 @@ def _why_no_publish(session: Any, dag_run: Any) -> Located:
             f"{named} failed, so publish did not run and no report was written. The failed task's log "
             "says why; fix that, then clear the failed task (finished work is kept) or trigger a new run.",
         )
-    publish_state = ti_states.get(PUBLISH_TASK_ID)
+    publish_state = ti_states.get(publishers[0]) if publishers else None
     return Located(
         None,
         "This run has no report",
-        f"The run ended {state} but publish "
+        f"The run ended {state} but {publishers[0] if publishers else 'publish'} "
         + ("did not run" if publish_state in (None, "None") else f"ended {publish_state}")
         + " and pushed no manifest, so there is no report to show.",
     )
 
 
 def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
-    """Find the report folder of one run from its ``publish`` XComs, or say why there is none."""
+    """Find the report folder of one run from its publish XComs, check it is this run's, or say why
+    there is none."""
     from airflow.models.dagrun import DagRun
 
     dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     if dag_run is None:
         return Located(None, "No such run", f"DAG {dag_id} has no run {run_id}.")
     published = _xcom_values(session, dag_id, run_id)
-    report = published.get("report")
-    manifest = published.get("manifest")
-    where = report if isinstance(report, str) and report else manifest
-    if isinstance(where, str) and where:
-        from airflow_resnet_prep.storage import is_object_uri
+    report, manifest = published.get("report"), published.get("manifest")
+    from airflow_resnet_prep.layout import MANIFEST
 
-        if is_object_uri(where):
-            return _locate_in_bucket(published)
     if isinstance(report, str) and report:
-        report_dir = Path(report).parent
+        if not report.endswith(REPORT_SUFFIX):
+            return Located(None, "No report here", "The run's report XCom does not name a report/index.html.")
+        data_dir = report[: -len(REPORT_SUFFIX)]
     elif isinstance(manifest, str) and manifest:
-        report_dir = Path(manifest).parent / REPORT_DIR_NAME
+        if not manifest.endswith("/" + MANIFEST):
+            return Located(None, "No report here", "The run's manifest XCom does not name a manifest.json.")
+        data_dir = manifest[: -len(MANIFEST) - 1]
     else:
         return _why_no_publish(session, dag_run)
-    data_dir = report_dir.parent
-    if (
-        report_dir.name == REPORT_DIR_NAME
-        and report_dir.is_absolute()
-        and not report_dir.is_symlink()
-        and (report_dir / INDEX).is_file()
-    ):
-        return Located(report_dir, status_code=200)
+    conn_id = published.get("storage_conn_id")
+    conn_id = conn_id.strip() if isinstance(conn_id, str) and conn_id.strip() else None
+    refused = _refused(data_dir, conn_id)
+    if refused is not None:
+        return refused
+    from airflow_resnet_prep.layout import DataDir
+
+    try:
+        layout = DataDir.of(data_dir, conn_id)
+    except Exception as exc:
+        _log_failure(data_dir, exc)
+        return Located(None, "No report here", "The run's XComs do not name a usable data_dir.")
+    if layout.is_local:
+        return _locate_on_disk(published, layout, dag_id, run_id)
+    return _locate_in_bucket(published, layout, dag_id, run_id)
+
+
+def _refused(data_dir: str, conn_id: str | None) -> Located | None:
+    """Why the API server will not read ``data_dir`` with ``conn_id``: a place outside the allowed
+    roots, or a connection the deployment did not list; None when it may."""
+    from airflow_resnet_prep.policy import NotAllowedError, Policy
+
+    try:
+        policy = Policy.load()
+        policy.check_conn(conn_id, "the run's storage connection")
+        policy.check_location(data_dir, "the run's data_dir")
+        allowed = policy.place_allowed(data_dir)
+    except NotAllowedError as exc:
+        log.warning("dataset report of %s refused: %s", data_dir, exc)
+        return Located(
+            None,
+            "This report cannot be shown here",
+            "The run names a connection that this Airflow does not allow the report view to use "
+            "(`[resnet_prep] allowed_conn_ids`).",
+            status_code=403,
+        )
+    if not allowed:
+        return Located(
+            None,
+            "This report cannot be shown here",
+            "The run's data_dir is outside the places this Airflow allows (`[resnet_prep] allowed_data_roots`).",
+            status_code=403,
+        )
+    return None
+
+
+def _owner_mismatch(layout: DataDir, dag_id: str, run_id: str) -> Located | None:
+    """None when ``report/run.json`` names this run; else why the report is not served."""
+    from airflow_resnet_prep.report.build import RUN_RECORD_KEY
+
+    record = layout.read_json(RUN_RECORD_KEY)
+    if isinstance(record, dict) and record.get("dag_id") == dag_id and record.get("run_id") == run_id:
+        return None
+    if isinstance(record, dict) and record.get("dag_id") == dag_id:
+        return Located(
+            None,
+            "A later run published this report",
+            f"The output in {layout.url} was published again by a later run of {dag_id}; its report is "
+            "shown on that run's tab.",
+        )
+    return Located(
+        None,
+        "This run's report is not there",
+        "The place this run's XComs name holds no report published by this run (its report/run.json "
+        f"names another run, or none). Trigger a new run of {dag_id}: an unchanged output is reused and "
+        "its report published for that run.",
+    )
+
+
+def _locate_on_disk(published: dict[str, Any], layout: DataDir, dag_id: str, run_id: str) -> Located:
+    report_dir = layout.path(REPORT_DIR_NAME)
+    if report_dir.is_dir() and not report_dir.is_symlink():
+        mismatch = _owner_mismatch(layout, dag_id, run_id)
+        if mismatch is not None:
+            return mismatch
+        if (report_dir / INDEX).is_file():
+            return Located(report_dir, status_code=200)
     return _missing(
         published,
-        str(data_dir),
+        layout.url,
         None,
         f"{report_dir / INDEX} is not there: it was moved or deleted since the run, or this API server "
         "does not see data_dir (it must be mounted at the same path as on the workers)",
+    )
+
+
+def _locate_in_bucket(published: dict[str, Any], layout: DataDir, dag_id: str, run_id: str) -> Located:
+    """The report of a run whose data_dir is in a bucket, read through its store."""
+    from airflow_resnet_prep.report.build import REPORT_KEY
+
+    try:
+        mismatch = _owner_mismatch(layout, dag_id, run_id)
+        exists = mismatch is None and layout.exists(REPORT_KEY)
+    except Exception as exc:
+        _log_failure(layout.url, exc)
+        return _unreadable(layout.url, layout.store.conn_id)
+    if mismatch is not None:
+        return mismatch
+    if exists:
+        return Located(None, status_code=200, bucket=layout)
+    return _missing(
+        published,
+        layout.url,
+        layout.store.conn_id,
+        f"{layout.uri(REPORT_KEY)} is not there: it was deleted since the run",
     )
 
 
@@ -232,36 +359,6 @@ def _rewrite_hint(data_dir: str, conn_id: str | None) -> str:
     return (
         f"`python -m airflow_resnet_prep.report {data_dir} --html{conn}` writes it, or trigger a run "
         "with force=true."
-    )
-
-
-def _locate_in_bucket(published: dict[str, Any]) -> Located:
-    """The report of a run whose data_dir is in a bucket: ``report/index.html`` under the data_dir the
-    XComs name, read through :class:`~airflow_resnet_prep.layout.DataDir` with the run's connection."""
-    from airflow_resnet_prep.layout import MANIFEST, DataDir
-    from airflow_resnet_prep.report.build import REPORT_KEY
-
-    report, manifest = published.get("report"), published.get("manifest")
-    conn_id = published.get("storage_conn_id")
-    conn_id = conn_id.strip() if isinstance(conn_id, str) and conn_id.strip() else None
-    if isinstance(report, str) and report:
-        if not report.endswith(REPORT_SUFFIX):
-            return Located(None, "No report here", "The run's report XCom does not name a report/index.html.")
-        data_dir = report[: -len(REPORT_SUFFIX)]
-    elif isinstance(manifest, str) and manifest.endswith("/" + MANIFEST):
-        data_dir = manifest[: -len(MANIFEST) - 1]
-    else:
-        return Located(None, "No report here", "The run's manifest XCom does not name a manifest.json.")
-    try:
-        layout = DataDir.of(data_dir, conn_id)
-        exists = layout.exists(REPORT_KEY)
-    except Exception as exc:
-        _log_failure(data_dir, exc)
-        return _unreadable(data_dir, conn_id)
-    if exists:
-        return Located(None, status_code=200, bucket=layout)
-    return _missing(
-        published, data_dir, conn_id, f"{layout.uri(REPORT_KEY)} is not there: it was deleted since the run"
     )
 
 
@@ -324,7 +421,7 @@ h1 {{ font-size: 1.3rem; }} code {{ background: #edf2f7; padding: 0 .25em; borde
 </style></head>
 <body><h1>{html.escape(title)}</h1><p>{body}</p></body></html>
 """
-    return HTMLResponse(text, status_code=status_code, headers=SECURITY_HEADERS)
+    return HTMLResponse(text, status_code=status_code)
 
 
 def _reason_html(reason: str) -> str:
@@ -347,25 +444,37 @@ def _serve(located: Located, relative: str) -> Response:
     target = safe_file(located.report_dir, relative)
     if target is None:
         return _page("Not found", "This report has no such file.", 404)
-    return FileResponse(target, media_type=_media_type(target.name), headers=SECURITY_HEADERS)
+    return FileResponse(target, media_type=_media_type(target.name))
 
 
 def _serve_object(layout: DataDir, relative: str) -> Response:
-    """A file of ``report/`` of a data_dir in a bucket, read whole through its store (the report is one
-    self-contained page of a few MB)."""
+    """A file of ``report/`` of a data_dir in a bucket, streamed through its store in
+    :data:`STREAM_CHUNK` pieces (memory stays bounded whatever the file's size)."""
     parts = safe_parts(relative)
     if parts is None:
         return _page("Not found", "This report has no such file.", 404)
     key = "/".join([REPORT_DIR_NAME, *parts])
     try:
-        data = layout.store.read_bytes(key)
+        size = layout.store.size(key)
     except FileNotFoundError:
         return _page("Not found", "This report has no such file.", 404)
     except Exception as exc:
         _log_failure(layout.uri(key), exc)
         located = _unreadable(layout.url, layout.store.conn_id)
         return _page(located.title, _reason_html(located.reason), located.status_code)
-    return Response(data, media_type=_media_type(parts[-1]), headers=SECURITY_HEADERS)
+    return StreamingResponse(
+        _chunks(layout, key, size),
+        media_type=_media_type(parts[-1]),
+        headers={"Content-Length": str(size)},
+    )
+
+
+def _chunks(layout: DataDir, key: str, size: int) -> Iterator[bytes]:
+    offset = 0
+    while offset < size:
+        piece = layout.store.read_range(key, offset, min(STREAM_CHUNK, size - offset))
+        offset += len(piece)
+        yield piece
 
 
 def create_app() -> FastAPI:
@@ -376,6 +485,13 @@ def create_app() -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        """Every answer (pages, files, the redirect, 401/403/404 and errors) gets the same headers."""
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.get("/dags/{dag_id}/runs/{run_id}/report", dependencies=[READ_RUN], include_in_schema=False)
     def report_folder(dag_id: str, run_id: str) -> RedirectResponse:

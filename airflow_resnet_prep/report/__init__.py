@@ -10,6 +10,7 @@ from __future__ import annotations
 from airflow_resnet_prep.report.build import (
     REPORT_DIR,
     REPORT_KEY,
+    RUN_RECORD_KEY,
     ReportError,
     report_path,
     report_uri,
@@ -20,6 +21,7 @@ from airflow_resnet_prep.report.summary import summary
 __all__ = [
     "REPORT_DIR",
     "REPORT_KEY",
+    "RUN_RECORD_KEY",
     "ReportError",
     "report_path",
     "report_uri",

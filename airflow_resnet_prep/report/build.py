@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
 REPORT_KEY = f"{REPORT_DIR}/{REPORT_FILE}"  # relative to data_dir
+# Which Airflow run published the report (dag_id, run_id): the UI's report view serves a report only to
+# the run this record names, whatever an (editable) XCom claims.
+RUN_RECORD_KEY = f"{REPORT_DIR}/run.json"
 # Up to this many output files get a bar each; more (TFRecord shards) get a size histogram.
 MAX_FILE_BARS = 16
 

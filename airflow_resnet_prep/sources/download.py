@@ -17,7 +17,8 @@ Downloads (into ``downloads_dir``):
 
 Local paths and ``file://`` URLs are used where they are, never copied or modified.
 
-Credentials (``user:pass@`` in the URL, ``auth``, ``headers``) never appear in logs, errors,
+Credentials (``user:pass@`` in the URL, an ``http_conn_id``'s login, password and headers) go only to
+their own origin, redirects included (:mod:`.credentials`), and never appear in logs, errors,
 fingerprints or sidecars: URLs are shown through :func:`redact_url`.
 """
 
@@ -30,7 +31,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import requests
@@ -52,6 +53,7 @@ from airflow_resnet_prep.sources.checksum import (
     remember_digest,
     verify_file,
 )
+from airflow_resnet_prep.sources.credentials import HttpCredentials, origin_of
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +160,7 @@ def resolve_source(
     downloads_dir: Path,
     *,
     checksum: str | None = None,
-    auth: tuple[str, str] | None = None,
-    headers: dict[str, str] | None = None,
+    credentials: HttpCredentials | None = None,
     retries: int = 5,
     backoff_s: float = 1.0,
     timeout_s: float = 60.0,
@@ -172,8 +173,10 @@ def resolve_source(
     the URI, else ``storage_conn_id``; with ``download`` it is copied to ``downloads_dir`` first
     (see :mod:`.bucket`).
 
-    ``timeout_s`` bounds connecting and each wait for more bytes; ``retries`` and ``backoff_s`` are
-    explained in the module docstring. Raises :class:`SourceError` naming the source and the problem.
+    ``credentials`` (from ``http_conn_id``) are sent only to their own origin: an http(s) source on
+    another origin is refused before any request. ``timeout_s`` bounds connecting and each wait for more
+    bytes; ``retries`` and ``backoff_s`` are explained in the module docstring. Raises
+    :class:`SourceError` naming the source and the problem.
     """
     source = (source or "").strip()
     if not source:
@@ -186,7 +189,13 @@ def resolve_source(
             source, downloads_dir, checksum=checksum, conn_id=storage_conn_id or None, download=download
         )
     if scheme in ("http", "https"):
-        return _download(source, downloads_dir, checksum, auth, headers or {}, retries, backoff_s, timeout_s)
+        if credentials is not None and origin_of(source) != credentials.origin:
+            raise SourceError(
+                f"{redact_url(source)}: {credentials.owner} is for {credentials.origin} only, and its "
+                "credentials are never sent elsewhere; give a source on that server, a local path, or "
+                "leave http_conn_id empty for a public download"
+            )
+        return _download(source, downloads_dir, checksum, credentials, retries, backoff_s, timeout_s)
     if scheme == "file":
         parts = urlsplit(source)
         if parts.netloc not in ("", "localhost"):
@@ -283,8 +292,7 @@ def _download(
     url: str,
     downloads_dir: Path,
     checksum: str | None,
-    auth: tuple[str, str] | None,
-    headers: dict[str, str],
+    credentials: HttpCredentials | None,
     retries: int,
     backoff_s: float,
     timeout_s: float,
@@ -293,9 +301,13 @@ def _download(
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         # Credentials go in the Authorization header, never in the URL that requests logs and reports.
-        if auth is None:
-            auth = (unquote(parts.username or ""), unquote(parts.password or ""))
         url = urlunsplit((parts.scheme, urlsplit(shown).netloc, parts.path, parts.query, parts.fragment))
+        if credentials is None or credentials.auth is None:
+            auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+            headers = credentials.headers if credentials else {}
+            credentials = HttpCredentials(
+                origin_of(url) or "", auth, headers, owner="the URL's user:password"
+            )
     name = _file_name(parts.path, shown)
     downloads_dir.mkdir(parents=True, exist_ok=True)
     final = downloads_dir / name
@@ -306,13 +318,12 @@ def _download(
     with exclusive_lock(downloads_dir / f".{name}.lock"):
         reused = _reuse(final, sidecar, part_meta, shown, checksum, downloads_dir)
         if reused is not None and (
-            checksum or not _changed_on_server(url, shown, reused, auth, headers, timeout_s)
+            checksum or not _changed_on_server(url, shown, reused, credentials, timeout_s)
         ):
             return reused
         with requests.Session() as session:
-            session.auth = auth
-            session.headers.update(headers)
-            meta = _transfer(session, url, shown, part, part_meta, retries, backoff_s, timeout_s)
+            fetch = _Fetcher(session, credentials, timeout_s)
+            meta = _transfer(fetch, url, shown, part, part_meta, retries, backoff_s)
 
         fingerprint: dict[str, object] = {
             "kind": "url",
@@ -348,8 +359,7 @@ def _changed_on_server(
     url: str,
     shown: str,
     reused: Fetched,
-    auth: tuple[str, str] | None,
-    headers: dict[str, str],
+    credentials: HttpCredentials | None,
     timeout_s: float,
 ) -> bool:
     """Whether the file behind ``url`` differs from the earlier download, by size, ETag and
@@ -357,8 +367,10 @@ def _changed_on_server(
     same URL. A pinned checksum makes the check unnecessary. When the server cannot be asked, the
     earlier download is kept (a rerun works offline)."""
     try:
-        answer = requests.head(url, auth=auth, headers=headers, timeout=timeout_s, allow_redirects=True)
-    except requests.RequestException as exc:
+        with requests.Session() as session:
+            answer = _Fetcher(session, credentials, timeout_s).request("HEAD", url, shown)
+            answer.close()
+    except (requests.RequestException, SourceError) as exc:
         log.warning(
             "%s: cannot check for a newer file (%s); keeping the earlier download", shown, type(exc).__name__
         )
@@ -427,15 +439,48 @@ def _reuse(
     return Fetched(final, fingerprint)
 
 
+MAX_REDIRECTS = 10
+
+
+class _Fetcher:
+    """HTTP requests that follow redirects one hop at a time, each hop carrying the credentials only
+    when it stays on their origin (a redirect to a CDN or a mirror gets none, and https to http, another
+    origin, gets none either)."""
+
+    def __init__(self, session: requests.Session, credentials: HttpCredentials | None, timeout_s: float):
+        self.session, self.credentials, self.timeout_s = session, credentials, timeout_s
+
+    def request(
+        self, method: str, url: str, shown: str, headers: dict[str, str] | None = None, stream: bool = False
+    ) -> requests.Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            auth, secret_headers = self.credentials.for_url(url) if self.credentials else (None, {})
+            resp = self.session.request(
+                method,
+                url,
+                headers={**(headers or {}), **secret_headers},
+                auth=auth,
+                stream=stream,
+                timeout=(self.timeout_s, self.timeout_s),
+                allow_redirects=False,
+            )
+            if not resp.is_redirect:
+                return resp
+            url = urljoin(url, resp.headers["Location"])
+            resp.close()
+            if origin_of(url) is None:
+                raise SourceError(f"{shown}: redirected to something that is not an http(s) URL")
+        raise SourceError(f"{shown}: more than {MAX_REDIRECTS} redirects")
+
+
 def _transfer(
-    session: requests.Session,
+    fetch: _Fetcher,
     url: str,
     shown: str,
     part: Path,
     part_meta: Path,
     retries: int,
     backoff_s: float,
-    timeout_s: float,
 ) -> dict:
     """Fill ``part`` with the whole body of ``url``; return the server's validators (see module doc)."""
     meta = _read_json(part_meta) or {}
@@ -448,7 +493,7 @@ def _transfer(
     best = part.stat().st_size if part.exists() else 0
     while True:
         try:
-            if _attempt(session, url, shown, part, part_meta, meta, timeout_s):
+            if _attempt(fetch, url, shown, part, part_meta, meta):
                 return meta
             reason = "restarting from the first byte"
         except _Retry as exc:
@@ -478,9 +523,7 @@ def _transfer(
         time.sleep(delay)
 
 
-def _attempt(
-    session: requests.Session, url: str, shown: str, part: Path, part_meta: Path, meta: dict, timeout_s: float
-) -> bool:
+def _attempt(fetch: _Fetcher, url: str, shown: str, part: Path, part_meta: Path, meta: dict) -> bool:
     """One GET. True when ``part`` is complete; False to restart at once; raises :class:`_Retry`."""
     offset = part.stat().st_size if part.exists() else 0
     # identity: the byte counts (Content-Length, Range) must be those of the file we save.
@@ -494,7 +537,7 @@ def _attempt(
         log.info("%s: resuming at byte %s", shown, f"{offset:,}")
     else:
         log.info("%s: downloading to %s", shown, part)
-    with session.get(url, headers=req_headers, stream=True, timeout=(timeout_s, timeout_s)) as resp:
+    with fetch.request("GET", url, shown, headers=req_headers, stream=True) as resp:
         status = resp.status_code
         if status == 416 and offset:
             m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())

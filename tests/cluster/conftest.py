@@ -93,7 +93,11 @@ class ClusterS3:
         """What every Airflow process of the cluster gets: the connection, as ``AIRFLOW_CONN_<ID>``."""
         if self.server is None:
             return {}
-        return {f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": self.server.connection_json()}
+        return {
+            f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": self.server.connection_json(),
+            # the deployment allows runs to use it
+            "AIRFLOW__RESNET_PREP__ALLOWED_CONN_IDS": S3_CONN_ID,
+        }
 
 
 @pytest.fixture(scope="session")

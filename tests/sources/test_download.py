@@ -15,6 +15,7 @@ import pytest
 from httpserver import FileServer
 
 from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import Fetched, redact_url, resolve_source
 
 MiB = 1024 * 1024
@@ -295,7 +296,7 @@ def airflow_sdk():
 def test_basic_auth_through_airflow_connection(
     airflow_sdk, dl: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from airflow_resnet_prep.operators.connections import http_auth_from_connection
+    from airflow_resnet_prep.operators.connections import http_credentials_from_connection
 
     secret = "pa:ss/w@rd-0x5ecre7"
     conn = {
@@ -304,15 +305,17 @@ def test_basic_auth_through_airflow_connection(
         "password": secret,
         "extra": {"headers": {"X-Mirror": "eu"}},
     }
-    monkeypatch.setenv("AIRFLOW_CONN_IMAGENET_MIRROR", json.dumps(conn))
     caplog.set_level(logging.DEBUG)
     with FileServer(
         files={"train.tar": DATA}, auth=("alice", secret), required_headers={"X-Mirror": "eu"}
     ) as srv:
-        auth, headers = http_auth_from_connection("imagenet_mirror")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_IMAGENET_MIRROR", json.dumps({**conn, "host": "127.0.0.1", "port": srv.port})
+        )
+        credentials = http_credentials_from_connection("imagenet_mirror")
         srv.fault("cut", after=3 * MiB)
         fetched = resolve_source(
-            srv.url("train.tar"), dl, checksum=f"md5:{MD5}", auth=auth, headers=headers, **FAST
+            srv.url("train.tar"), dl, checksum=f"md5:{MD5}", credentials=credentials, **FAST
         )
         _assert_finished(fetched, dl)
         assert all(r.headers.get("Authorization", "").startswith("Basic ") for r in srv.gets())
@@ -321,7 +324,8 @@ def test_basic_auth_through_airflow_connection(
 
         # Wrong password: fails at once, naming the URL, without the secret in the message.
         with pytest.raises(SourceError) as err:
-            resolve_source(srv.url("other.tar"), dl, auth=("alice", "wrong-" + secret), **FAST)
+            wrong = HttpCredentials(credentials.origin, ("alice", "wrong-" + secret))
+            resolve_source(srv.url("other.tar"), dl, credentials=wrong, **FAST)
         assert "401" in str(err.value) and srv.url("other.tar") in str(err.value)
         assert secret not in str(err.value)
 

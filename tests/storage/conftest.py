@@ -12,6 +12,7 @@ Under CI (``CI=true``) a missing server or client package fails the tests instea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -39,6 +40,7 @@ from seaweed import (  # tests/storage/ is on sys.path (pytest's default import 
 from airflow_resnet_prep.storage import Store, store_for
 
 CONN_ID = "seaweed_test"
+ALLOWED_CONN_IDS_ENV = "AIRFLOW__RESNET_PREP__ALLOWED_CONN_IDS"
 GCS_CONN_ID = "fake_gcs_test"
 BUCKET = "prep-tests"
 
@@ -60,6 +62,21 @@ def _have(module: str) -> bool:
 _die_with_parent, _stop, _answers = die_with_parent, stop, answers
 
 
+@contextlib.contextmanager
+def allowed_connection(conn_id: str) -> Iterator[None]:
+    """The deployment allows runs to use ``conn_id`` (``[resnet_prep] allowed_conn_ids``), as a real one
+    serving a test bucket would; restored afterwards."""
+    before = os.environ.get(ALLOWED_CONN_IDS_ENV)
+    os.environ[ALLOWED_CONN_IDS_ENV] = ",".join(filter(None, [before, conn_id]))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ALLOWED_CONN_IDS_ENV, None)
+        else:
+            os.environ[ALLOWED_CONN_IDS_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     binary = weed_binary()
@@ -77,7 +94,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     old_env = os.environ.get(env_name)
     try:
         os.environ[env_name] = server.connection_json()
-        yield server
+        with allowed_connection(CONN_ID):
+            yield server
     finally:
         if old_env is None:
             os.environ.pop(env_name, None)
@@ -164,7 +182,8 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
                 "extra": {"endpoint_url": endpoint, "project": "test"},
             }
         )
-        yield GcsServer(endpoint, BUCKET, GCS_CONN_ID)
+        with allowed_connection(GCS_CONN_ID):
+            yield GcsServer(endpoint, BUCKET, GCS_CONN_ID)
     finally:
         os.environ.pop(env_name, None)
         _stop(proc)

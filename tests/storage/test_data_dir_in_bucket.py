@@ -65,7 +65,7 @@ def assert_clean(data_dir: str, implementation: str) -> None:
         k
         for k in keys
         if not (
-            k in ("manifest.json", "report/index.html")
+            k in ("manifest.json", "report/index.html", "report/run.json")
             or k.startswith(("catalog/", f"{OUTPUT[implementation]}/"))
             or k.startswith(f"work/{implementation}/units/")
             or (k.startswith(f"work/{implementation}/done/") and k.endswith(".json"))

@@ -61,7 +61,11 @@ def both(request, sample, s3_prefix, tmp_path) -> SimpleNamespace:
     write_report(local)
     params = resolved(values(s3_prefix, sample, implementation))
     published = publish_outputs(
-        params, fetched={"imagenet_path": str(sample.train_tar)}, relabelled={}, summary=None
+        params,
+        fetched={"imagenet_path": str(sample.train_tar)},
+        relabelled={},
+        summary=None,
+        run={"dag_id": "d", "run_id": RUN_ID},
     )
     return SimpleNamespace(implementation=implementation, bucket=s3_prefix, local=local, published=published)
 
@@ -119,15 +123,17 @@ class FakeSession:
 
 
 @pytest.fixture
-def client(monkeypatch):
+def client(monkeypatch, s3_server):
     """The plugin's app with the access check and the database session stubbed; returns
-    ``(client, xcoms)``: set the XComs of publish in ``xcoms``."""
+    ``(client, xcoms)``: set the XComs of publish in ``xcoms``. The deployment allows the report view
+    the test bucket's connection."""
     from airflow.api_fastapi.common.db.common import _get_session
     from fastapi.testclient import TestClient
 
     from airflow_resnet_prep.plugins import report_app
 
     xcoms: dict[str, Any] = {}
+    monkeypatch.setenv("AIRFLOW__RESNET_PREP__ALLOWED_CONN_IDS", f"{s3_server.conn_id},not_defined_here")
     monkeypatch.setattr(report_app, "_xcom_values", lambda session, dag_id, run_id: xcoms)
     app = report_app.create_app()
     app.dependency_overrides[report_app.READ_RUN.dependency] = lambda: None
