@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["get_provider_info", "mlperf_resnet_prep_dag"]
+
+
+def __getattr__(name: str) -> Any:
+    # The factory imports Airflow's DAG machinery: only when asked for, so that the command-line tools
+    # and worker processes that import this package do not pay for it.
+    if name == "mlperf_resnet_prep_dag":
+        from airflow_resnet_prep.factory import mlperf_resnet_prep_dag
+
+        return mlperf_resnet_prep_dag
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_provider_info() -> dict:

@@ -1,0 +1,221 @@
+"""The pipeline as a DAG: :func:`mlperf_resnet_prep_dag` builds it, so that a deployment can ship it with
+a few lines and run several side by side (other ids, defaults, schedules, Assets).
+
+fetch -> relabel_val -> choose_implementation -> {nvidia|reference}_plan -> *_units (mapped) -> *_finish -> publish
+                                              \\-> reuse_existing (manifest says the output is up to date) -/
+
+Building it imports no TensorFlow and reads no data: the heavy work is imported inside tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+
+from airflow_resnet_prep import config
+from airflow_resnet_prep.operators.fetch import FetchImagenetOperator
+from airflow_resnet_prep.operators.nvidia import NvidiaPrepOperator
+from airflow_resnet_prep.operators.publish import PublishOperator
+from airflow_resnet_prep.operators.relabel import RelabelValOperator
+from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
+from airflow_resnet_prep.params import PARAMS
+from airflow_resnet_prep.policy import dag_conn_ids
+
+DEFAULT_DAG_ID = "mlperf_resnet_prep"
+#: The shipped DAG's Asset keeps the name its consumers already schedule on.
+DEFAULT_ASSET_NAME = "mlperf_resnet_prepared"
+
+
+def deployment_defaults() -> dict[str, Any]:
+    """Param defaults the deployment set in ``[resnet_prep]`` (or ``MLPERF_RESNET_PREP_<PARAM>``): any
+    string param, and ``workers``. An empty value is no default (docker compose passes unset variables
+    as empty)."""
+    found: dict[str, Any] = {}
+    for name, spec in PARAMS.items():
+        if isinstance(spec.default, str) or name == "workers":
+            value = config.lookup(name)
+            if value:
+                found[name] = int(value) if name == "workers" else value
+    return found
+
+
+def _param(name: str, default: Any) -> Param:
+    """One field of the trigger form: required params first, optional ones (which admit null) in sections."""
+    spec = PARAMS[name]
+    # The form shows `description_md` only when `description` is None.
+    description = None if spec.description_md else spec.description
+    extra = {"description_md": spec.description_md} if spec.description_md else {}
+    shown = default if default != spec.default else spec.form_default
+    return Param(shown, description=description, title=name, **spec.form_schema(), **extra)
+
+
+def _asset(dag_id: str, data_dir: str) -> Asset:
+    """The Asset a run updates: named after the DAG; its URI is the default data_dir when there is one
+    (where the data is), else a URI naming the DAG (each event's extra carries the run's own paths)."""
+    name = DEFAULT_ASSET_NAME if dag_id == DEFAULT_DAG_ID else f"{dag_id}_prepared"
+    if data_dir.startswith(("s3://", "gs://")):
+        uri = data_dir.split("://", 1)[0] + "://" + data_dir.split("://", 1)[1].rpartition("@")[2]
+    elif data_dir.startswith("/"):
+        uri = f"file://{data_dir.rstrip('/')}"
+    else:
+        uri = f"file:///mlperf-resnet-prep/{'prepared' if dag_id == DEFAULT_DAG_ID else dag_id}"
+    return Asset(name=name, uri=uri)
+
+
+def mlperf_resnet_prep_dag(
+    dag_id: str = DEFAULT_DAG_ID,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    schedule: Any = ...,
+    asset: Asset | None = None,
+    allowed_conn_ids: Collection[str] = (),
+    start_date: pendulum.DateTime | None = None,
+    tags: Collection[str] = ("mlperf", "imagenet", "resnet"),
+    **dag_kwargs: Any,
+) -> DAG:
+    """The MLPerf ResNet-50 data preparation DAG.
+
+    :param dag_id: The DAG's id.
+    :param defaults: Param defaults of this DAG, e.g. ``{"data_dir": "/data/prep", "implementation":
+        "reference"}``; they win over the deployment's ``[resnet_prep]`` defaults, which win over the
+        built-in ones. What a run leaves empty takes these.
+    :param schedule: Airflow schedule; default ``[resnet_prep] schedule`` (none: triggered by hand).
+    :param asset: The Asset ``publish`` updates; default: see :func:`_asset`.
+    :param allowed_conn_ids: Connections runs of this DAG may name, besides ``[resnet_prep]
+        allowed_conn_ids``; the connections the defaults name are always allowed.
+    :param start_date: Default 2024-01-01 (no catch-up).
+    :param tags: The DAG's tags.
+    :param dag_kwargs: Anything else :class:`airflow.sdk.DAG` takes (``description``, ``default_args``...).
+    """
+    unknown = sorted(set(defaults or {}) - set(PARAMS))
+    if unknown:
+        raise ValueError(f"unknown params in defaults: {', '.join(unknown)}; known: {', '.join(PARAMS)}")
+    resolved_defaults = {
+        **{name: spec.default for name, spec in PARAMS.items()},
+        **deployment_defaults(),
+        **(defaults or {}),
+    }
+    dag_conns = dag_conn_ids(
+        allowed_conn_ids,
+        conns=(resolved_defaults["http_conn_id"], resolved_defaults["storage_conn_id"]),
+        locations=[resolved_defaults[n] for n in ("data_dir", "train_source", "val_source", "labels_source")],
+    )
+    if asset is None:
+        asset = _asset(dag_id, resolved_defaults["data_dir"])
+    if schedule is ...:
+        schedule = config.get("schedule") or None
+
+    def or_default(value: Any, name: str) -> Any:
+        """Jinja filter: a param left empty in the form (null) takes its default."""
+        return resolved_defaults[name] if value is None else value
+
+    def p(name: str) -> str:
+        return "{{ params." + name + " | or_default('" + name + "') }}"
+
+    dag = DAG(
+        dag_id=dag_id,
+        description=dag_kwargs.pop(
+            "description", "Prepare ImageNet for MLPerf ResNet-50 training (MXNet RecordIO or TFRecords)."
+        ),
+        schedule=schedule,
+        start_date=start_date or pendulum.datetime(2024, 1, 1, tz="UTC"),
+        catchup=dag_kwargs.pop("catchup", False),
+        max_active_runs=dag_kwargs.pop("max_active_runs", 1),  # the data_dir lock also guards across DAGs
+        params={name: _param(name, resolved_defaults[name]) for name in PARAMS},
+        render_template_as_native_obj=True,
+        user_defined_filters={"or_default": or_default},
+        default_args=dag_kwargs.pop(
+            "default_args", {"retries": 1, "retry_delay": pendulum.duration(seconds=10)}
+        ),
+        tags=list(tags),
+        doc_md=dag_kwargs.pop("doc_md", __doc__),
+        **dag_kwargs,
+    )
+    with dag:
+        sources = {
+            "data_dir": p("data_dir"),
+            "http_conn_id": p("http_conn_id"),
+            "extract": p("extract"),
+            "storage_conn_id": p("storage_conn_id"),
+            "download_sources": p("download_sources"),
+            "allowed_conn_ids": dag_conns,
+        }
+        fetch = FetchImagenetOperator(
+            task_id="fetch",
+            train_source=p("train_source"),
+            val_source=p("val_source"),
+            train_checksum=p("train_checksum"),
+            val_checksum=p("val_checksum"),
+            **sources,
+        )
+        relabel = RelabelValOperator(task_id="relabel_val", labels_source=p("labels_source"), **sources)
+
+        @task.branch(task_id="choose_implementation")
+        def choose_implementation(params: dict, ti=None) -> str:
+            """The converter of ``implementation``, or ``reuse_existing`` when the manifest is up to date."""
+            from airflow_resnet_prep.layout import DataDir
+            from airflow_resnet_prep.manifest import cached_manifest
+            from airflow_resnet_prep.params import resolved
+            from airflow_resnet_prep.pipeline import fingerprints_of
+
+            params = resolved({k: v for k, v in params.items() if k in PARAMS}, resolved_defaults)
+            fingerprints = fingerprints_of(
+                ti.xcom_pull(task_ids="fetch"), ti.xcom_pull(task_ids="relabel_val")
+            )
+            if not params["force"] and cached_manifest(
+                DataDir.of(params["data_dir"], params["storage_conn_id"] or None),
+                params["implementation"],
+                params,
+                fingerprints,
+            ):
+                return "reuse_existing"
+            return f"{params['implementation']}_plan"
+
+        branch = choose_implementation()
+        reuse = EmptyOperator(task_id="reuse_existing")
+        common = {
+            "data_dir": p("data_dir"),
+            "on_bad_image": p("on_bad_image"),
+            "workers": p("workers"),
+            "storage_conn_id": p("storage_conn_id"),
+            "allowed_conn_ids": dag_conns,
+        }
+        options = {
+            "reference": {
+                name: p(name) for name in ("train_shards", "val_shards", "shuffle_seed", "dali_index")
+            },
+            "nvidia": {name: p(name) for name in ("resize", "quality", "mxnet_version")},
+        }
+        finishes = []
+        for name, operator in (("reference", ConvertTFRecordOperator), ("nvidia", NvidiaPrepOperator)):
+            kwargs = {**options[name], **common}
+            plan = operator(
+                task_id=f"{name}_plan", step="plan", fanout=p("fanout"), force=p("force"), **kwargs
+            )
+            units = operator.partial(task_id=f"{name}_units", step="units", retries=2, **kwargs).expand(
+                unit_ids=plan.output
+            )
+            finish = operator(task_id=f"{name}_finish", step="finish", **kwargs)
+            branch >> plan >> units >> finish
+            finishes.append(finish)
+
+        # Writes manifest.json (last), pushes the output paths and updates the Asset; its extra link
+        # opens the run's Dataset report tab.
+        publish = PublishOperator(
+            task_id="publish",
+            data_dir=p("data_dir"),
+            implementation=p("implementation"),
+            storage_conn_id=p("storage_conn_id"),
+            manifest_params={"mxnet_version": p("mxnet_version")},
+            allowed_conn_ids=dag_conns,
+            asset=asset,
+            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+        )
+
+        fetch >> relabel >> branch >> reuse
+        [reuse, *finishes] >> publish
+    return dag
