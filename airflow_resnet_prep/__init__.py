@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["get_provider_info", "mlperf_resnet_prep_dag"]
 
 
@@ -19,15 +19,25 @@ def __getattr__(name: str) -> Any:
 
 
 def get_provider_info() -> dict:
-    """Describe the provider to Airflow (``airflow providers list`` reads this)."""
+    """Describe the provider to Airflow (``airflow providers list`` and ``airflow config list`` read this)."""
+    from airflow_resnet_prep.config import provider_config
+
+    integration = "MLPerf ResNet-50 data preparation"
     return {
         "package-name": "airflow-resnet-prep",
         "name": "MLPerf ResNet data preparation",
         "description": "Turns the raw ImageNet download into MXNet RecordIO or TFRecord training inputs.",
         "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": integration,
+                "external-doc-url": "https://github.com/mlcommons/training",
+                "tags": ["software"],
+            }
+        ],
         "operators": [
             {
-                "integration-name": "MLPerf ResNet data preparation",
+                "integration-name": integration,
                 "python-modules": [
                     "airflow_resnet_prep.operators.fetch",
                     "airflow_resnet_prep.operators.relabel",
@@ -37,6 +47,7 @@ def get_provider_info() -> dict:
                 ],
             }
         ],
+        "config": provider_config(),
         # The Dataset report tab and its app load through the `airflow.plugins` entry point instead:
         # provider-info plugins load only with eager provider discovery, which is not the default.
     }

@@ -61,7 +61,7 @@ REPORT_SUFFIX = f"/{REPORT_DIR_NAME}/{INDEX}"
 #: The publish XComs the view reads (any task id: the operator may be used in any DAG).
 PUBLISHED_KEYS = ("report", "manifest", "cached", "storage_conn_id")
 #: Bucket files are streamed in pieces of this size: the API server holds one at a time per request.
-STREAM_CHUNK = 1024 * 1024
+STREAM_CHUNK = 4 * 1024 * 1024
 
 #: The report may use inline styles, inline SVG, ``data:`` images and inline scripts, and files of its
 #: own folder; nothing else. ``sandbox`` without ``allow-same-origin`` gives it an opaque origin: a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_resnet_prep import config
 from airflow_resnet_prep.plugins.links import URL_PREFIX, URL_ROUTE, VIEW_NAME, base_path
 
 
@@ -41,17 +42,23 @@ def _fastapi_app() -> dict:
     return {"app": ReportApp(), "url_prefix": URL_PREFIX, "name": "MLPerf ResNet prep dataset reports"}
 
 
+def _run_tab() -> dict:
+    return {
+        "name": VIEW_NAME,
+        # {DAG_ID} and {RUN_ID} are substituted (URL-encoded) by the UI; the tab renders it in an iframe.
+        "href": f"{base_path()}{URL_PREFIX}/dags/{{DAG_ID}}/runs/{{RUN_ID}}/report/",
+        "destination": "dag_run",
+        "url_route": URL_ROUTE,
+    }
+
+
 class DatasetReportPlugin(AirflowPlugin):
-    """Serves each DAG run's ``data_dir/report/`` (see :mod:`.report_app`) and shows it as a tab."""
+    """Serves each DAG run's ``data_dir/report/`` (see :mod:`.report_app`) and shows it as a tab.
+
+    Airflow shows a plugin's run tab on every DAG's runs (runs of DAGs without a PublishOperator say so
+    in it); ``[resnet_prep] report_view = false`` hides it. The app stays, for the extra link.
+    """
 
     name = "airflow_resnet_prep"
     fastapi_apps = [_fastapi_app()]
-    external_views = [
-        {
-            "name": VIEW_NAME,
-            # {DAG_ID} and {RUN_ID} are substituted (URL-encoded) by the UI; the tab renders it in an iframe.
-            "href": f"{base_path()}{URL_PREFIX}/dags/{{DAG_ID}}/runs/{{RUN_ID}}/report/",
-            "destination": "dag_run",
-            "url_route": URL_ROUTE,
-        }
-    ]
+    external_views = [_run_tab()] if config.get_bool("report_view") else []
