@@ -23,4 +23,6 @@ class ScopedAuthManager(SimpleAuthManager):
         scope = _scopes().get(user.username)
         if scope is not None and (details is None or details.id not in scope):
             return False
-        return super().is_authorized_dag(method=method, user=user, access_entity=access_entity, details=details)
+        return super().is_authorized_dag(
+            method=method, user=user, access_entity=access_entity, details=details
+        )

@@ -114,9 +114,13 @@ def site(tmp_path_factory, s3, capture, sample):
                 },
             )
         for dag_id, run_id in runs.items():
-            assert airflow.wait_run(dag_id, run_id, timeout=300) == "success", airflow.task_states(dag_id, run_id)
+            assert airflow.wait_run(dag_id, run_id, timeout=300) == "success", airflow.task_states(
+                dag_id, run_id
+            )
         token = requests.post(
-            f"{airflow.base_url}/auth/token", json={"username": ALICE, "password": passwords[ALICE]}, timeout=30
+            f"{airflow.base_url}/auth/token",
+            json={"username": ALICE, "password": passwords[ALICE]},
+            timeout=30,
         )
         token.raise_for_status()
         yield airflow, runs, token.json()["access_token"], home
@@ -255,7 +259,9 @@ def test_a_large_bucket_file_is_streamed_with_bounded_memory(site, s3) -> None:
             for chunk in response.iter_content(1024 * 1024):
                 received += len(chunk)
         grown = _peak_rss(api_pid) - before
-        print(f"1 GiB served in {time.monotonic() - started:.1f} s; API server peak RSS grew {grown / 1e6:.1f} MB")
+        print(
+            f"1 GiB served in {time.monotonic() - started:.1f} s; API server peak RSS grew {grown / 1e6:.1f} MB"
+        )
         assert received == BIG
         assert grown < 100e6, f"the API server's peak memory grew by {grown / 1e6:.0f} MB"
     finally:
