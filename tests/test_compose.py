@@ -1,9 +1,10 @@
-"""docker-compose.yaml and Dockerfile, checked by parsing (no Docker engine runs here).
+"""docker-compose.yaml and Dockerfile, checked by parsing (``tests/compose`` also starts them for real).
 
 The stack must be Airflow 3's official layout (Postgres, Redis, API server, scheduler, DAG processor,
 Celery worker, triggerer, init, sharing an ``x-airflow-common`` anchor), built from the local
 Dockerfile that installs this package, with ``dags/`` and one shared data volume mounted on every
-Airflow container at the same path.
+Airflow container at the same path; images are variables with the official images as defaults, and
+nothing depends on the official image's entrypoint beyond running ``airflow <command>``.
 """
 
 from __future__ import annotations
@@ -57,14 +58,51 @@ def airflow_version_of_makefile() -> str:
 def test_services_of_the_official_layout(compose):
     services = compose["services"]
     assert {"postgres", "redis", *AIRFLOW_SERVICES} <= set(services)
-    assert services["postgres"]["image"].startswith("postgres:")
-    assert services["redis"]["image"].startswith("redis:")
     for name, command in AIRFLOW_SERVICES.items():
         if command is not None:
             assert services[name]["command"] == command, name
-    assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
-    init_env = services["airflow-init"]["environment"]
-    assert init_env["_AIRFLOW_DB_MIGRATE"] == "true"
+    # Published on this machine only (the admin's password is in the file), port variable, 8080 inside.
+    assert services["airflow-apiserver"]["ports"] == ["127.0.0.1:${AIRFLOW_API_PORT:-8080}:8080"]
+
+
+def test_images_are_variables_with_the_official_defaults(compose):
+    services = compose["services"]
+    assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16}"
+    assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7.2-bookworm}"
+    version = airflow_version_of_makefile()
+    base = compose["x-airflow-common"]["build"]["args"]["AIRFLOW_BASE_IMAGE"]
+    assert base == f"${{AIRFLOW_BASE_IMAGE:-apache/airflow:{version}}}"
+    # The Dockerfile's own default is the same image.
+    assert f"ARG AIRFLOW_BASE_IMAGE=apache/airflow:{version}" in DOCKERFILE.read_text().splitlines()
+    # The test's stand-in for the official image installs the same Airflow (tests/compose).
+    requirements = (REPO / "tests" / "compose" / "images" / "airflow" / "requirements.txt").read_text()
+    assert f"apache-airflow=={version}" in requirements.splitlines()
+
+
+def test_init_uses_plain_commands_not_entrypoint_features(compose):
+    """Migration and the admin user are commands of airflow-init, which runs under /bin/bash; none of the
+    official entrypoint's switches (``_AIRFLOW_DB_MIGRATE``, ``_AIRFLOW_WWW_USER_CREATE``, ``/entrypoint``)."""
+    init = compose["services"]["airflow-init"]
+    assert init["entrypoint"] == "/bin/bash"
+    script = init["command"][-1]
+    assert "airflow db migrate" in script
+    assert "airflow users create --role Admin" in script
+    text = COMPOSE.read_text(encoding="utf-8")
+    for feature in (
+        "_AIRFLOW_DB_MIGRATE",
+        "_AIRFLOW_WWW_USER_CREATE",
+        "_PIP_ADDITIONAL_REQUIREMENTS",
+        "/entrypoint",
+    ):
+        assert feature not in text.split("---", 1)[1], feature
+
+
+def test_worker_slots_do_not_oversubscribe_a_laptop(compose):
+    """Each conversion task runs ``workers`` processes (default 0: one per core), so a worker container
+    runs one task at a time by default: slots x cores processes would oversubscribe the machine."""
+    assert PARAMS["workers"].default == 0
+    env = compose["x-airflow-common"]["environment"]
+    assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "${AIRFLOW_WORKER_CONCURRENCY:-1}"
 
 
 def test_celery_executor_with_redis_and_postgres(compose):
@@ -97,29 +135,37 @@ def test_image_is_built_from_the_local_dockerfile(compose):
     images = set()
     for name in AIRFLOW_SERVICES:
         service = compose["services"][name]
-        assert service["build"] == ".", name
+        assert service["build"]["context"] == ".", name
         images.add(service["image"])
     assert len(images) == 1
     assert not next(iter(images)).endswith("apache/airflow:3.3.2"), "the stock image lacks this package"
     assert "_PIP_ADDITIONAL_REQUIREMENTS" not in COMPOSE.read_text(encoding="utf-8").split("---", 1)[1]
 
 
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined."""
+    text = "\n".join(
+        line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+    return [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip()]
+
+
 def test_dockerfile_installs_this_package_with_airflow_pinned():
     version = airflow_version_of_makefile()
-    lines = [
-        line.strip() for line in DOCKERFILE.read_text().splitlines() if line and not line.startswith("#")
-    ]
-    assert lines[0] == f"FROM apache/airflow:{version}"
+    lines = dockerfile_instructions()
+    assert lines[:2] == [f"ARG AIRFLOW_BASE_IMAGE=apache/airflow:{version}", "FROM ${AIRFLOW_BASE_IMAGE}"]
     copies = [line.split()[1:] for line in lines if line.startswith("COPY")]
     copied = {arg for args in copies for arg in args[:-1] if not arg.startswith("--")}
-    assert {"pyproject.toml", "airflow_resnet_prep"} <= copied
+    assert {"pyproject.toml", "README.md", "airflow_resnet_prep"} <= copied
     for path in copied:
         assert (REPO / path).exists(), f"Dockerfile copies {path}, which is not in the repo"
-    runs = [line for line in lines if line.startswith("RUN") and "pip install" in line]
-    assert len(runs) == 1
-    assert f'"apache-airflow=={version}"' in runs[0]
-    assert "/opt/airflow-resnet-prep" in runs[0]
     assert all(args[-1].startswith("/opt/airflow-resnet-prep") for args in copies)
+    runs = [line for line in lines if line.startswith("RUN") and "pip install" in line]
+    # Dependencies (from pyproject.toml alone), then the package; Airflow pinned to the base's own version.
+    assert len(runs) == 2
+    for run in runs:
+        assert '"apache-airflow==${AIRFLOW_VERSION}"' in run and "/opt/airflow-resnet-prep" in run, run
+        assert 'version("apache-airflow")' in run, run
 
 
 def test_dags_and_one_shared_data_volume_on_every_airflow_container(compose):
