@@ -7,12 +7,13 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
+from airflow_resnet_prep.operators.lineage import LineageMixin
 from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 STEPS = ("all", "plan", "units", "finish")
 
 
-class ConvertOperatorBase(BaseOperator):
+class ConvertOperatorBase(LineageMixin, BaseOperator):
     """Run one step of a conversion (see :mod:`airflow_resnet_prep.converters.base`).
 
     - ``step="all"`` (default): plan, run every unit with ``workers`` processes, finish; one task.
@@ -101,6 +102,7 @@ class ConvertOperatorBase(BaseOperator):
         else:
             summary = local.convert(converter, layout, workers=workers, force=as_bool(self.force))
         out_dir = layout.uri(converter.output_key)
+        self.record_lineage([layout.url + "/catalog"], [layout.url + "/" + converter.output_key])
         context["ti"].xcom_push(key=self.output_key, value=out_dir)
         self.log.info("%s: %s", self.output_key, out_dir)
         return summary

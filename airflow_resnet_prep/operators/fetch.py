@@ -7,10 +7,11 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
+from airflow_resnet_prep.operators.lineage import LineageMixin
 from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 
-class FetchImagenetOperator(BaseOperator):
+class FetchImagenetOperator(LineageMixin, BaseOperator):
     """Download (or use in place) the train and validation sources and build their catalogs.
 
     The work is :func:`airflow_resnet_prep.catalog.fetch.fetch`; this operator maps arguments and XCom
@@ -110,4 +111,5 @@ class FetchImagenetOperator(BaseOperator):
             f"{result.counts['val']:,}",
             " (reused)" if result.reused else "",
         )
+        self.record_lineage([self.train_source, self.val_source], [f"{self.data_dir.rstrip('/')}/catalog"])
         return result.to_dict()

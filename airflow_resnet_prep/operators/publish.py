@@ -7,11 +7,12 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseOperator, Context
 
+from airflow_resnet_prep.operators.lineage import LineageMixin
 from airflow_resnet_prep.plugins.links import DatasetReportLink
 from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 
-class PublishOperator(BaseOperator):
+class PublishOperator(LineageMixin, BaseOperator):
     """Write ``manifest.json`` (last, atomically), push the output paths and update an Asset.
 
     The work is :func:`airflow_resnet_prep.publish.publish_outputs`, given this task's arguments and the
@@ -74,6 +75,7 @@ class PublishOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.params import as_declared
+        from airflow_resnet_prep.pipeline import fingerprints_of
         from airflow_resnet_prep.publish import publish_outputs
 
         Policy.load(self.allowed_conn_ids).check_run(
@@ -81,6 +83,8 @@ class PublishOperator(BaseOperator):
         )
         ti = context["ti"]
         implementation = self.implementation
+        fetched = ti.xcom_pull(task_ids=self.fetch_task_id)
+        relabelled = ti.xcom_pull(task_ids=self.relabel_task_id)
         summary = ti.xcom_pull(task_ids=self.finish_task_id.format(implementation=implementation))
         params = {
             **(summary or {}).get("params", {}),
@@ -91,13 +95,19 @@ class PublishOperator(BaseOperator):
         }
         outputs = publish_outputs(
             params,
-            fetched=ti.xcom_pull(task_ids=self.fetch_task_id),
-            relabelled=ti.xcom_pull(task_ids=self.relabel_task_id),
+            fetched=fetched,
+            relabelled=relabelled,
             summary=summary,
             run={"dag_id": ti.dag_id, "run_id": ti.run_id},
         )
         for key, value in outputs.items():
             ti.xcom_push(key=key, value=value)
+        # The pipeline as a whole: the three sources in, the training files (and the manifest) out.
+        fingerprints = fingerprints_of(fetched, relabelled)
+        self.record_lineage(
+            [(fp or {}).get("source") for fp in fingerprints.values()],
+            [v for k, v in outputs.items() if k in ("tfrecords_path", "preprocessed_path", "manifest")],
+        )
         if self.asset is not None:
             # Every successful run updates the Asset; ``cached`` tells consumers whether the data changed.
             context["outlet_events"][self.asset].extra = {

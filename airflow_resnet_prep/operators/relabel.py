@@ -7,10 +7,11 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
+from airflow_resnet_prep.operators.lineage import LineageMixin
 from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 
-class RelabelValOperator(BaseOperator):
+class RelabelValOperator(LineageMixin, BaseOperator):
     """Check the labels file against the catalogs, then assign each validation image its synset.
 
     The work is :func:`airflow_resnet_prep.catalog.relabel.relabel`. The line count must equal the
@@ -83,4 +84,5 @@ class RelabelValOperator(BaseOperator):
             storage_conn_id=(self.storage_conn_id or "").strip() or None,
             download_sources=as_bool(self.download_sources),
         )
+        self.record_lineage([self.labels_source], [f"{self.data_dir.rstrip('/')}/catalog"])
         return result.to_dict()
