@@ -38,7 +38,6 @@ def test_locations_become_datasets_by_openlineage_naming(location, expected) -> 
 
 
 def test_a_dag_run_emits_sources_in_and_outputs_out(sample, tmp_path: Path) -> None:
-    pytest.importorskip("airflow.providers.openlineage", reason="the [openlineage] extra is not installed")
     events_file = tmp_path / "lineage.jsonl"
     data_dir = tmp_path / "data"
     env = {
