@@ -17,9 +17,15 @@ from airflow_resnet_prep.layout import MANIFEST, DataDir, catalog_key
 MANIFEST_VERSION = 1
 # Params that change what is written; the rest (workers, force, ...) change only how.
 OUTPUT_PARAMS = {
-    "reference": ("train_shards", "val_shards", "shuffle_seed", "on_bad_image", "dali_index"),
-    "nvidia": ("resize", "quality", "on_bad_image", "mxnet_version"),
+    "reference": ("train_shards", "val_shards", "shuffle_seed", "on_bad_image", "dali_index", "decode_check"),
+    "nvidia": ("resize", "quality", "on_bad_image", "mxnet_version", "decode_check"),
 }
+# Recorded only when on, so that an output written before the check existed (or with it off) is
+# still reused as it is; turning it on converts again (images may be left out).
+_ONLY_WHEN_ON = ("decode_check",)
+# What the decode check writes as a left-out image's reason (formats/tfdecode.py): how the manifest
+# and the report tell decode failures from other bad images.
+DECODE_FAILURE = "TensorFlow cannot decode it"
 
 
 def _version(dist: str) -> str | None:
@@ -30,7 +36,22 @@ def _version(dist: str) -> str | None:
 
 
 def output_params(implementation: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {k: params[k] for k in OUTPUT_PARAMS[implementation] if k in params}
+    return {
+        k: params[k]
+        for k in OUTPUT_PARAMS[implementation]
+        if k in params and (k not in _ONLY_WHEN_ON or params[k])
+    }
+
+
+def checks_of(params: dict[str, Any], outputs: dict[str, dict[str, Any]], skipped: list[dict]) -> dict:
+    """What was checked while writing (SPEC §11), for the report and for ``verify``: whether every
+    output file has a CRC-32C, whether each image was decoded with TensorFlow before it was written,
+    and how many images that decoding refused (listed, with reasons, under ``skipped``)."""
+    return {
+        "crc32c": bool(outputs) and all("crc32c" in stats for stats in outputs.values()),
+        "decode_check": bool(params.get("decode_check")),
+        "decode_failures": sum(1 for s in skipped if str(s.get("reason", "")).startswith(DECODE_FAILURE)),
+    }
 
 
 def build_manifest(
@@ -57,6 +78,7 @@ def build_manifest(
         "outputs": conversion["outputs"],
         "reencoded": conversion["reencoded"],
         "skipped": conversion["skipped"],
+        "checks": checks_of(params, conversion["outputs"], conversion["skipped"]),
         "conversion": {k: conversion[k] for k in ("plan_id", "units", "splits") if k in conversion},
         "steps": steps,
         "versions": {

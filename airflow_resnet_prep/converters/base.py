@@ -428,7 +428,10 @@ def bad_image(exc: BadImageError, item: WorkItem, on_bad_image: str, result: Uni
     if on_bad_image != "skip":
         raise exc
     log.warning("leaving out %s: %s", exc.name, exc.reason)
-    result.skipped.append({"name": item.name, "synset": item.synset, "reason": exc.reason})
+    # The split too: verify compares per-class counts per split, and a val file name may repeat a train one.
+    result.skipped.append(
+        {"name": item.name, "synset": item.synset, "split": result.split, "reason": exc.reason}
+    )
     return None
 
 

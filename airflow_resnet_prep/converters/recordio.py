@@ -44,9 +44,11 @@ from airflow_resnet_prep.converters.base import (
     read_or_report,
     record_source_reads,
 )
+from airflow_resnet_prep.converters.decodecheck import decode_check_param, make_decoder, prepare_decoder
 from airflow_resnet_prep.converters.recordio_direct import write_direct
 from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
+from airflow_resnet_prep.formats.crc32c import ChecksumWriter, combine_all, crc32c, from_hex, to_hex
 from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
 from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record_buffers
 from airflow_resnet_prep.layout import RECORDIO, DataDir, work_key
@@ -87,12 +89,15 @@ def lst_line(index: int, label: float, relpath: str) -> str:
 
 class RecordIOConverter(Converter):
     """Write ``recordio/{train,val}.{lst,rec,idx}``. Params: ``resize`` (short side, 0 = pass-through),
-    ``quality`` (JPEG quality when resizing), ``on_bad_image`` ("fail" | "skip")."""
+    ``quality`` (JPEG quality when resizing), ``on_bad_image`` ("fail" | "skip"), ``decode_check``
+    (decode every image with TensorFlow before writing it; see :mod:`.decodecheck`)."""
 
     implementation: ClassVar[str] = "nvidia"
     output_key: ClassVar[str] = RECORDIO
 
-    def __init__(self, resize: int = 0, quality: int = 95, on_bad_image: str = "fail") -> None:
+    def __init__(
+        self, resize: int = 0, quality: int = 95, on_bad_image: str = "fail", decode_check: bool = False
+    ) -> None:
         if int(resize) < 0:
             raise ValueError(
                 f"resize must be 0 (keep the images as they are) or a short side >= 1, got {resize}"
@@ -100,11 +105,19 @@ class RecordIOConverter(Converter):
         if not 1 <= int(quality) <= 100:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")
         super().__init__(
-            {"resize": int(resize), "quality": int(quality), "on_bad_image": check_on_bad_image(on_bad_image)}
+            {
+                "resize": int(resize),
+                "quality": int(quality),
+                "on_bad_image": check_on_bad_image(on_bad_image),
+                **decode_check_param(decode_check),
+            }
         )
 
     def is_output_name(self, name: str) -> bool:
         return name in OUTPUT_NAMES
+
+    def prepare_process(self) -> None:
+        prepare_decoder(self.params)
 
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
         check_class_folders(split, catalog, classes)
@@ -149,17 +162,22 @@ class RecordIOConverter(Converter):
             contextlib.closing(reader.iter_read(items)) as reads,
             self._assembly(plan, split).piece_writer(_piece_number(plan, unit_id)) as out,
         ):
+            summed = ChecksumWriter(out)  # the piece's CRC-32C; finish combines the pieces'
             for item, data in reads:
                 buffers = self.frame_item(reader, sources, item, result, data)
                 if buffers is None:
                     continue
-                out.writelines(buffers)
+                summed.writelines(buffers)
                 offsets.append([item.index, position])
                 position += sum(len(b) for b in buffers)
                 if result.records == half:
                     failpoint("unit-half")
             record_source_reads(reader, result)
-        result.outputs[unit["outputs"][0]] = {"size": position, "records": result.records}
+        result.outputs[unit["outputs"][0]] = {
+            "size": position,
+            "records": result.records,
+            "crc32c": summed.hex,
+        }
         result.extra["offsets"] = offsets
         result.extra["part"] = list(out.part)
         return result
@@ -183,6 +201,9 @@ class RecordIOConverter(Converter):
             probe(data, where)  # validates (truncation, unknown format) without decoding pixels
             if resize:
                 data = resize_short_side(data, where, resize, quality)[0]
+            decoder = make_decoder(self.params)
+            if decoder is not None:
+                decoder.check(data, where)
         except BadImageError as exc:
             return bad_image(exc, item, on_bad, result)
         if len(data) + 24 > MAX_RECORD:
@@ -205,25 +226,23 @@ class RecordIOConverter(Converter):
             if not rec_done:
                 parts = self._complete(layout, plan, split, parts)
                 failpoint("finish")
+            # .idx and .lst are made in memory (their CRC-32C from the same bytes), written when needed.
+            idx_text = _idx_text(parts)
             if not rec_done or not layout.exists(idx):
-                idx_lines, start = [], 0  # start: where the unit's part begins in the joined file
-                for r in parts:
-                    idx_lines.extend(f"{index}\t{start + off}\n" for index, off in r.extra["offsets"])
-                    start += _parts_size([r])
-                layout.write_text(idx, "".join(idx_lines))
+                layout.write_text(idx, idx_text)
+            lst_text = _lst_text(plan, parts)
             if not rec_done or not layout.exists(lst):
-                # Skipped images are keyed per split: a val folder source may reuse a train file name.
-                skipped = {(s["synset"], s["name"]) for r in parts for s in r.skipped}
-                lst_lines = [
-                    lst_line(item.index, float(item.label), f"{item.synset}/{item.name}")
-                    for r in parts
-                    for item in plan.load_items(r.unit)
-                    if (item.synset, item.name) not in skipped
-                ]
-                layout.write_text(lst, "".join(lst_lines))
+                layout.write_text(lst, lst_text)
             records = sum(r.records for r in parts)
+            checksums = {
+                lst: to_hex(crc32c(lst_text.encode())),
+                rec: _joined_crc(parts),
+                idx: to_hex(crc32c(idx_text.encode())),
+            }
             for key in (lst, rec, idx):
                 outputs[key] = {"size": layout.store.size(key), "records": records}
+                if checksums[key] is not None:
+                    outputs[key]["crc32c"] = checksums[key]
         # What killed units or a killed finish left: every unit is done and finish holds the data_dir's
         # lock, so no writer is left.
         for split in ("train", "val"):
@@ -256,6 +275,34 @@ class RecordIOConverter(Converter):
     @staticmethod
     def _save(layout: DataDir, plan: Plan) -> None:
         layout.write_json(f"{plan.work_dir}/plan.json", plan.to_dict())
+
+
+def _idx_text(parts: list[UnitResult]) -> str:
+    lines, start = [], 0  # start: where the unit's part begins in the joined file
+    for r in parts:
+        lines.extend(f"{index}\t{start + off}\n" for index, off in r.extra["offsets"])
+        start += _parts_size([r])
+    return "".join(lines)
+
+
+def _lst_text(plan: Plan, parts: list[UnitResult]) -> str:
+    # Skipped images are keyed per split: a val folder source may reuse a train file name.
+    skipped = {(s["synset"], s["name"]) for r in parts for s in r.skipped}
+    return "".join(
+        lst_line(item.index, float(item.label), f"{item.synset}/{item.name}")
+        for r in parts
+        for item in plan.load_items(r.unit)
+        if (item.synset, item.name) not in skipped
+    )
+
+
+def _joined_crc(parts: list[UnitResult]) -> str | None:
+    """The joined .rec's CRC-32C from its pieces' (in unit order), with no read of the file; None when
+    a unit was done by a version that recorded none (a conversion resumed across an upgrade)."""
+    pieces = [stats for r in parts for stats in r.outputs.values()]
+    if not all("crc32c" in p for p in pieces):
+        return None
+    return to_hex(combine_all((from_hex(p["crc32c"]), p["size"]) for p in pieces))
 
 
 def _rec_key(split: str) -> str:
@@ -309,5 +356,5 @@ def check_class_folders(split: str, catalog: SplitCatalog, classes: list[str]) -
 
 
 def params_from(values: dict[str, Any]) -> dict[str, Any]:
-    keys = ("resize", "quality", "on_bad_image")
+    keys = ("resize", "quality", "on_bad_image", "decode_check")
     return {k: values[k] for k in keys if k in values}

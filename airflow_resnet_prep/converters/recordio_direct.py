@@ -29,6 +29,7 @@ from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem
 from airflow_resnet_prep.converters.pool import die_with_parent, fork_context, portable_error, resolve_workers
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
+from airflow_resnet_prep.formats.crc32c import combine_all, crc32c_of, to_hex
 from airflow_resnet_prep.fsutil import (
     disk_full_as_error,
     fsync_dir,
@@ -67,6 +68,7 @@ class _Framed:
     chunk: int
     size: int = 0
     offsets: list[list[int]] = field(default_factory=list)  # [index, offset within the chunk]
+    crc: int = 0  # CRC-32C of the chunk's bytes, computed by the process that framed them
     seconds: float = 0.0  # reading, framing and writing the chunk: its share of the units' time
     result: UnitResult | None = None
 
@@ -162,6 +164,9 @@ def _frame_chunk(
             framed.offsets.append([item.index, framed.size])
             framed.size += sum(len(b) for b in record)
             buffers.extend(record)
+    # Summed here, in the process that framed the chunk, from the buffers about to be written: the
+    # parent joins the chunks' CRCs into the unit's (and finish the units' into the file's).
+    framed.crc = crc32c_of(buffers)
     after = reader.stats()
     if after["requests"] > before["requests"]:  # from a bucket: what the chunk cost
         result.extra["source_reads"] = {k: after[k] - before[k] for k in ("requests", "bytes_read")}
@@ -310,6 +315,7 @@ def _write_done_records(
         result = UnitResult(unit=unit["id"], split=split)
         offset = 0
         offsets: list[list[int]] = []
+        crc = combine_all((f.crc, f.size) for f in by_unit.get(position, []))
         for f in by_unit.get(position, []):
             offsets.extend([index, offset + off] for index, off in f.offsets)
             offset += f.size
@@ -324,7 +330,11 @@ def _write_done_records(
                 total = result.extra.setdefault("source_reads", {"requests": 0, "bytes_read": 0})
                 for k in total:
                     total[k] += reads[k]
-        result.outputs[unit["outputs"][0]] = {"size": offset, "records": result.records}
+        result.outputs[unit["outputs"][0]] = {
+            "size": offset,
+            "records": result.records,
+            "crc32c": to_hex(crc),
+        }
         result.extra["offsets"] = offsets
         result.seconds = round(result.seconds, 3)
         result.extra["written"] = "direct"

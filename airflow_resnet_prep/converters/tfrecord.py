@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
 from airflow_resnet_prep.converters.base import (
@@ -33,13 +33,18 @@ from airflow_resnet_prep.converters.base import (
     read_or_report,
     record_source_reads,
 )
+from airflow_resnet_prep.converters.decodecheck import decode_check_param, make_decoder, prepare_decoder
 from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
+from airflow_resnet_prep.formats.crc32c import ChecksumWriter, crc32c, to_hex
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import encode_example
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
 from airflow_resnet_prep.layout import TFRECORDS, DataDir
+
+if TYPE_CHECKING:
+    from airflow_resnet_prep.formats.tfdecode import JpegDecoder
 
 SHARD_PREFIX = {"train": "train", "val": "validation"}
 # %05d prints more digits past 99,999 shards.
@@ -59,7 +64,8 @@ def shard_name(split: str, shard: int, shards: int) -> str:
 
 class TFRecordConverter(Converter):
     """Write TFRecord shards. Params: ``train_shards``, ``val_shards``, ``shuffle_seed``,
-    ``on_bad_image`` ("fail" | "skip"), ``dali_index`` (write ``<shard>.idx`` for NVIDIA DALI)."""
+    ``on_bad_image`` ("fail" | "skip"), ``dali_index`` (write ``<shard>.idx`` for NVIDIA DALI),
+    ``decode_check`` (decode every image with TensorFlow before writing it; see :mod:`.decodecheck`)."""
 
     implementation: ClassVar[str] = "reference"
     output_key: ClassVar[str] = TFRECORDS
@@ -71,6 +77,7 @@ class TFRecordConverter(Converter):
         shuffle_seed: int = 0,
         on_bad_image: str = "fail",
         dali_index: bool = False,
+        decode_check: bool = False,
     ) -> None:
         for name, value in (("train_shards", train_shards), ("val_shards", val_shards)):
             if int(value) < 1:
@@ -82,11 +89,15 @@ class TFRecordConverter(Converter):
                 "shuffle_seed": int(shuffle_seed),
                 "on_bad_image": check_on_bad_image(on_bad_image),
                 "dali_index": bool(dali_index),
+                **decode_check_param(decode_check),
             }
         )
 
     def is_output_name(self, name: str) -> bool:
         return _OUTPUT_NAME.fullmatch(name) is not None
+
+    def prepare_process(self) -> None:
+        prepare_decoder(self.params)
 
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
         shards = self.params["train_shards" if split == "train" else "val_shards"]
@@ -127,6 +138,7 @@ class TFRecordConverter(Converter):
             # What a killed run of this unit left (the caller holds the unit's lock: no live writer).
             layout.discard_partial(f"{TFRECORDS}/{name}")
         sources = plan.split_sources(unit["split"])
+        decoder = make_decoder(self.params)
         # Every image of the unit in the order written, read ahead (from a bucket: close ones coalesced
         # into large requests, several in flight; from a local disk: one pread each, as it is consumed).
         ordered = [item for index in range(len(unit["outputs"])) for item in by_output.get(index, [])]
@@ -135,10 +147,12 @@ class TFRecordConverter(Converter):
                 key = f"{TFRECORDS}/{name}"
                 sizes: list[int] = []
                 with layout.store.writer(key) as fh:
-                    writer = TFRecordWriter(fh)
+                    # The shard's CRC-32C for the manifest, from the buffers on their way out.
+                    summed = ChecksumWriter(fh)
+                    writer = TFRecordWriter(summed)
                     for item in by_output.get(index, []):
                         _, data = next(reads)
-                        record = self._example(data, sources, item, on_bad, result)
+                        record = self._example(data, sources, item, on_bad, result, decoder)
                         if record is None:
                             continue
                         writer.write(record)
@@ -151,7 +165,7 @@ class TFRecordConverter(Converter):
                             f"{layout.uri(key)}: every image of this shard was left out; refusing an empty shard"
                         )
                 size = sum(sizes) + TFRECORD_OVERHEAD * len(sizes)
-                result.outputs[name] = {"size": size, "records": len(sizes)}
+                result.outputs[name] = {"size": size, "records": len(sizes), "crc32c": summed.hex}
                 result.records += len(sizes)
                 if self.params["dali_index"]:
                     lines, offset = [], 0
@@ -160,12 +174,24 @@ class TFRecordConverter(Converter):
                         offset += size + TFRECORD_OVERHEAD
                     text = "".join(lines)
                     layout.write_text(f"{key}.idx", text)
-                    result.outputs[f"{name}.idx"] = {"size": len(text.encode()), "records": len(sizes)}
+                    raw = text.encode()
+                    result.outputs[f"{name}.idx"] = {
+                        "size": len(raw),
+                        "records": len(sizes),
+                        "crc32c": to_hex(crc32c(raw)),
+                    }
             record_source_reads(reader, result)
         return result
 
     @staticmethod
-    def _example(data: bytes, sources: list, item: WorkItem, on_bad: str, result: UnitResult) -> bytes | None:
+    def _example(
+        data: bytes,
+        sources: list,
+        item: WorkItem,
+        on_bad: str,
+        result: UnitResult,
+        decoder: JpegDecoder | None = None,
+    ) -> bytes | None:
         where = sources[item.src].describe(item.ref)
         data = read_or_report(None, item, where, on_bad, result, data)
         if data is None:
@@ -178,6 +204,8 @@ class TFRecordConverter(Converter):
                 result.reencoded.append(
                     {"name": item.name, "synset": item.synset, "reason": info.reencode_reason}
                 )
+            if decoder is not None:
+                decoder.check(data, where)
         except BadImageError as exc:
             return bad_image(exc, item, on_bad, result)
         return encode_example(
@@ -201,5 +229,5 @@ class TFRecordConverter(Converter):
 
 def params_from(values: dict[str, Any]) -> dict[str, Any]:
     """Pick this converter's params out of the DAG's params."""
-    keys = ("train_shards", "val_shards", "shuffle_seed", "on_bad_image", "dali_index")
+    keys = ("train_shards", "val_shards", "shuffle_seed", "on_bad_image", "dali_index", "decode_check")
     return {k: values[k] for k in keys if k in values}
