@@ -1,0 +1,268 @@
+"""One segment of one output file, read once: its CRC-32C, its records, and (``--decode``) its images.
+
+A *segment* is a byte range ``[start, end)`` of a file that starts at a record boundary: a whole
+TFRecord shard, or a run of records of a large ``.rec`` cut at offsets its ``.idx`` gives (checked to
+hold a record head first). Segments of one file are scanned by different processes; the CRC-32C of
+the file is then joined from the segments' CRCs (:func:`~airflow_resnet_prep.formats.crc32c.combine`),
+so every byte is read once whichever way the work is spread.
+
+What a segment reports is compact (arrays of offsets, labels and ids; per-class counts), so the parent
+can check 1.28 M records against the ``.lst`` and ``.idx`` without holding their images.
+"""
+
+from __future__ import annotations
+
+import io
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_resnet_prep.errors import BadImageError, PrepError
+from airflow_resnet_prep.formats import recordio, tfrecord
+from airflow_resnet_prep.formats.crc32c import crc32c
+from airflow_resnet_prep.formats.tfexample import parse_example
+from airflow_resnet_prep.storage.base import Store
+
+READ_BYTES = 8 << 20  # one request (or pread) per 8 MiB; a bucket keeps several in flight
+REFERENCE, NVIDIA = "reference", "nvidia"
+# The features SPEC §3 promises in every reference record, with their kind (b: bytes, i: int64).
+FEATURES = {
+    "image/encoded": "b",
+    "image/format": "b",
+    "image/filename": "b",
+    "image/class/label": "i",
+    "image/class/synset": "b",
+    "image/height": "i",
+    "image/width": "i",
+    "image/colorspace": "b",
+    "image/channels": "i",
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str  # the file, relative to the data_dir
+    start: int
+    end: int
+    kind: str  # REFERENCE (TFRecord) or NVIDIA (RecordIO)
+    number: int = 0  # position of the segment within its file
+
+
+@dataclass
+class Finding:
+    """One thing wrong, as the parent reports it: file, where in it, which image, why."""
+
+    key: str
+    reason: str
+    record: int | None = None  # position of the record in its file (0-based), when known
+    offset: int | None = None  # byte offset of the record in its file
+    image: str | None = None  # the image's name (synset/name for nvidia, file name for reference)
+
+    def __str__(self) -> str:
+        where = []
+        if self.record is not None:
+            where.append(f"record {self.record:,}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset:,}")
+        if self.image:
+            where.append(self.image)
+        place = f" ({', '.join(where)})" if where else ""
+        return f"{self.key}{place}: {self.reason}"
+
+
+@dataclass
+class SegmentResult:
+    segment: Segment
+    crc: int = 0
+    size: int = 0  # bytes read (the segment's length unless the file ended early)
+    offsets: array = field(default_factory=lambda: array("q"))  # of each record, in the file
+    sizes: array = field(default_factory=lambda: array("q"))  # framed size of each record (reference)
+    ids: array = field(default_factory=lambda: array("q"))  # nvidia: the header's id (the .lst index)
+    labels: array = field(default_factory=lambda: array("d"))  # the record's label
+    classes: Counter = field(default_factory=Counter)  # reference: synset -> records
+    findings: list[Finding] = field(default_factory=list)
+    decoded: int = 0
+    # (offset, position in the file (reference) or header id (nvidia), reason, image name when known)
+    decode_failures: list[tuple[int, int, str, str | None]] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return len(self.offsets)
+
+
+class RangeReader(io.RawIOBase):
+    """A read-only stream over ``[start, end)`` of a stored file, summing the CRC-32C of every byte it
+    hands out. ``tell`` is the position in the file, so parsers name real offsets."""
+
+    def __init__(self, store: Store, key: str, start: int, end: int) -> None:
+        self.crc, self.pos, self._buf = 0, start, b""
+        ranges = [(o, min(READ_BYTES, end - o)) for o in range(start, end, READ_BYTES)]
+        self._pieces: Iterator[bytes] = store.iter_ranges(key, ranges, concurrency=4)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True  # for tell(); seeking is not supported
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        out = []
+        want = n if n >= 0 else 1 << 62
+        while want > 0:
+            if not self._buf:
+                piece = next(self._pieces, b"")
+                if not piece:
+                    break
+                self.crc = crc32c(piece, self.crc)
+                self._buf = piece
+            take = self._buf[:want]
+            self._buf = self._buf[len(take) :]
+            out.append(take)
+            want -= len(take)
+            self.pos += len(take)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def drain(self) -> None:
+        """Read (and sum) what is left, after a parse error stopped the reading early."""
+        while self.read(READ_BYTES):
+            pass
+
+
+class _Decoder:
+    """TensorFlow's JPEG decoder, made on first use in this process (``--decode`` only)."""
+
+    _decoder: Any = None
+
+    @classmethod
+    def check(cls, data: bytes, where: str) -> None:
+        if cls._decoder is None:
+            from airflow_resnet_prep.formats.tfdecode import JpegDecoder
+
+            cls._decoder = JpegDecoder()
+        cls._decoder.check(data, where)
+
+
+def scan(store: Store, segment: Segment, classes: list[str], decode: bool) -> SegmentResult:
+    """Read ``segment`` once: CRC, records, record-level findings, and decode failures (``decode``)."""
+    result = SegmentResult(segment)
+    reader = RangeReader(store, segment.key, segment.start, segment.end)
+    try:
+        if segment.kind == REFERENCE:
+            _scan_tfrecords(reader, store.uri(segment.key), segment, classes, decode, result)
+        else:
+            _scan_recordio(reader, store.uri(segment.key), segment, decode, result)
+    except (tfrecord.TFRecordError, recordio.RecordIOError) as exc:
+        # The framing is broken from here on: nothing after this point can be found as records.
+        result.findings.append(Finding(segment.key, _without_name(str(exc), store.uri(segment.key))))
+    reader.drain()
+    result.crc, result.size = reader.crc, reader.pos - segment.start
+    return result
+
+
+def _without_name(message: str, name: str) -> str:
+    return message.removeprefix(f"{name}: ")
+
+
+def _scan_tfrecords(
+    reader: RangeReader, name: str, segment: Segment, classes: list[str], decode: bool, result: SegmentResult
+) -> None:
+    label_of = {synset: i + 1 for i, synset in enumerate(classes)}
+    offset = segment.start
+    for position, data in enumerate(tfrecord.iter_records(reader, name, verify=True)):
+        size = len(data) + tfrecord.OVERHEAD
+        result.offsets.append(offset)
+        result.sizes.append(size)
+        try:
+            features = parse_example(data)
+        except PrepError as exc:
+            result.findings.append(Finding(segment.key, f"not a tf.train.Example: {exc}", position, offset))
+            result.labels.append(-1)
+            offset += size
+            continue
+        filename = _first(features.get("image/filename"), b"?").decode("utf-8", "replace")
+        problems = [k for k, kind in FEATURES.items() if not _has(features.get(k), kind)]
+        if problems:
+            result.findings.append(
+                Finding(
+                    segment.key,
+                    f"missing or mistyped features: {', '.join(problems)}",
+                    position,
+                    offset,
+                    filename,
+                )
+            )
+        label = _first(features.get("image/class/label"), -1)
+        synset = _first(features.get("image/class/synset"), b"").decode("utf-8", "replace")
+        result.labels.append(float(label) if isinstance(label, int) else -1.0)
+        expected = label_of.get(synset)
+        if expected is None:
+            result.findings.append(
+                Finding(
+                    segment.key,
+                    f"class {synset!r} is not one of the manifest's classes",
+                    position,
+                    offset,
+                    filename,
+                )
+            )
+        elif label != expected:
+            result.findings.append(
+                Finding(
+                    segment.key,
+                    f"label {label} for class {synset}, expected {expected} (1 + its index among the "
+                    f"{len(classes)} classes)",
+                    position,
+                    offset,
+                    filename,
+                )
+            )
+        result.classes[synset] += 1
+        if decode:
+            encoded = _first(features.get("image/encoded"), b"")
+            try:
+                _Decoder.check(encoded, filename)
+                result.decoded += 1
+            except BadImageError as exc:
+                result.decode_failures.append((offset, position, exc.reason, filename))
+        offset += size
+
+
+def _scan_recordio(
+    reader: RangeReader, name: str, segment: Segment, decode: bool, result: SegmentResult
+) -> None:
+    for offset, payload in recordio._iter_records(reader, name):
+        result.offsets.append(offset)
+        try:
+            flag, label, index, _, image = recordio.unpack_header(payload)
+        except recordio.RecordIOError as exc:
+            result.findings.append(Finding(segment.key, str(exc), None, offset))
+            result.ids.append(-1)
+            result.labels.append(-1.0)
+            continue
+        result.ids.append(index)
+        result.labels.append(label)
+        if flag != 0:
+            result.findings.append(
+                Finding(segment.key, f"image header flag {flag}, expected 0 (one float label)", None, offset)
+            )
+        if decode:
+            try:
+                _Decoder.check(image, f"id {index}")
+                result.decoded += 1
+            except BadImageError as exc:
+                result.decode_failures.append((offset, index, exc.reason, None))
+
+
+def _first(values: Any, default: Any) -> Any:
+    return values[0] if values else default
+
+
+def _has(values: Any, kind: str) -> bool:
+    if not values or len(values) != 1:
+        return False
+    return isinstance(values[0], bytes) if kind == "b" else isinstance(values[0], int)
