@@ -100,7 +100,12 @@ def stack(tmp_path_factory, docker_images) -> Iterator[ComposeStack]:
                 )
             except RuntimeError as exc:
                 raise AssertionError(f"{exc}\n--- service logs:\n{stack.service_logs()}") from None
+            stack.log += stack.startup_timeline()
             yield stack
         finally:
             stack.down()
-            print("\n".join(["", "compose test:", *stack.log]))
+            report = "\n".join([f"compose test, {time.strftime('%Y-%m-%d %H:%M:%S')}:", *stack.log])
+            print("\n" + report)
+            # The timings of the last runs on this machine (docs/compose.md quotes them).
+            with open(images.cache_dir() / "timings.log", "a") as out:
+                out.write(report + "\n\n")

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import requests
+
 from compose import images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,6 +120,36 @@ class ComposeStack:
     def service_logs(self, *services: str, tail: int = 200) -> str:
         result = self.compose("logs", "--no-color", "--tail", str(tail), *services, timeout=120, check=False)
         return result.stdout + result.stderr
+
+    def startup_timeline(self) -> list[str]:
+        """When each container started and became healthy (or exited), in seconds after the first start:
+        where ``up --wait`` spends its time."""
+
+        def seconds(stamp: str) -> float:
+            # Docker's timestamps have nanoseconds: keep microseconds for fromisoformat.
+            stamp = re.sub(r"(\.\d{6})\d*", r"\1", stamp.replace("Z", "+00:00"))
+            return datetime.fromisoformat(stamp).timestamp()
+
+        rows = []
+        for c in self.containers():
+            state = c["State"]
+            name = c["Name"].lstrip("/").removeprefix(self.project + "-")
+            started = seconds(state["StartedAt"])
+            if state["Status"] == "exited":
+                rows.append((started, name, f"exited {state['ExitCode']} at", seconds(state["FinishedAt"])))
+            else:
+                # Docker keeps the last 5 checks: with 5, the first healthy one may be older.
+                checks = (state.get("Health") or {}).get("Log", [])
+                healthy = [seconds(h["End"]) for h in checks if h["ExitCode"] == 0]
+                what = "healthy by" if len(checks) >= 5 else "healthy at"
+                rows.append((started, name, what, min(healthy) if healthy else float("nan")))
+        if not rows:
+            return []
+        zero = min(r[0] for r in rows)
+        return [
+            f"  {name}: started {s - zero:.0f} s, {what} {t - zero:.0f} s"
+            for s, name, what, t in sorted(rows)
+        ]
 
     def down(self) -> None:
         self.timed("compose down -v", "down", "-v", "--remove-orphans", "--timeout", "30", timeout=300)
