@@ -1,7 +1,7 @@
-"""Where everything lives under ``data_dir`` (SPEC §2). One place, so no step guesses another's paths.
+"""Where everything lives under ``data_dir`` (docs/formats.md, Layout under data_dir). One place, so no step guesses another's paths.
 
 ``data_dir`` is an absolute local path or an object-store prefix (``s3://[conn_id@]bucket/prefix``,
-``gs://...``, SPEC §7). Either way it holds the same layout, addressed by *keys* relative to its root
+``gs://...``, docs/object-storage.md). Either way it holds the same layout, addressed by *keys* relative to its root
 (``"catalog/train.tsv"``) and read and written through its :class:`~airflow_resnet_prep.storage.Store`,
 so no step branches on where the data_dir is. The ``Path`` properties (``catalog_file`` ...) are the
 local view, for the one-machine fast paths and for tests: on an object store they raise.

@@ -1,4 +1,4 @@
-"""``manifest.json``: written last, atomically; its presence means the output is complete (SPEC §6).
+"""``manifest.json``: written last, atomically; its presence means the output is complete (docs/formats.md, manifest.json).
 
 It also makes reruns cheap: when the recorded implementation, params and source fingerprints equal
 the current ones and every output file still has its recorded size, the output is reused as it is.
@@ -44,7 +44,7 @@ def output_params(implementation: str, params: dict[str, Any]) -> dict[str, Any]
 
 
 def checks_of(params: dict[str, Any], outputs: dict[str, dict[str, Any]], skipped: list[dict]) -> dict:
-    """What was checked while writing (SPEC §11), for the report and for ``verify``: whether every
+    """What was checked while writing (docs/formats.md, Checks), for the report and for ``verify``: whether every
     output file has a CRC-32C, whether each image was decoded with TensorFlow before it was written,
     and how many images that decoding refused (listed, with reasons, under ``skipped``)."""
     return {

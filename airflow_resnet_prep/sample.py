@@ -3,7 +3,7 @@
 ``generate`` writes, under ``out``:
 
 - ``ILSVRC2012_img_train.tar``: a tar of per-synset tars ``nXXXXXXXX.tar``, each holding
-  ``nXXXXXXXX_<n>.JPEG`` (as the real download, SPEC section 1);
+  ``nXXXXXXXX_<n>.JPEG`` (as the real download, docs/formats.md, Inputs);
 - ``ILSVRC2012_img_val.tar``: flat ``ILSVRC2012_val_%08d.JPEG`` numbered from 1, classes interleaved in a
   seeded order;
 - ``imagenet_2012_validation_synset_labels.txt``: line *i* is the synset of validation image *i*;
@@ -59,7 +59,7 @@ GENERATOR_VERSION = 1
 MTIME = 1_341_100_800
 JPEG_QUALITY = 90
 
-# Real-set frequencies (SPEC section 1): 22 CMYK files in 1,281,167, a few thousand grayscale files.
+# Real-set frequencies (docs/formats.md, Quirks of the real set): 22 CMYK files in 1,281,167, a few thousand grayscale files.
 CMYK_RATE = 22 / 1_281_167
 GRAYSCALE_RATE = 0.003
 PROGRESSIVE_RATE = 0.001

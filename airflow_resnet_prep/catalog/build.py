@@ -1,6 +1,6 @@
 """Build a split's catalog from any accepted source: a tar (nested or flat) or a folder.
 
-Accepted layouts (SPEC §1):
+Accepted layouts (docs/formats.md, Inputs):
 - train tar: one tar per class (``n01440764.tar`` holding ``n01440764_10026.JPEG``), or members ``<synset>/<image>``;
 - val tar: flat ``ILSVRC2012_val_%08d.JPEG`` (classes come later from the labels file), or ``<synset>/<image>``;
 - a folder laid out as ``<synset>/<image>``, or (val only) a flat folder of images.

@@ -143,7 +143,7 @@ def relabel(
     storage_conn_id: str | None = None,
     download_sources: bool = False,
 ) -> RelabelResult:
-    """The relabel step: check the labels file against the catalogs, then assign classes (SPEC §2).
+    """The relabel step: check the labels file against the catalogs, then assign classes (docs/formats.md, Relabelling).
     A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``."""
     layout = DataDir.of(data_dir, storage_conn_id)
     val_key = catalog_key("val")

@@ -1,4 +1,4 @@
-"""The conversion's opt-in decode check (param ``decode_check``, SPEC §11), shared by both formats.
+"""The conversion's opt-in decode check (param ``decode_check``, docs/formats.md, Checks), shared by both formats.
 
 With the check on, each unit decodes every image it is about to write with TensorFlow's JPEG decoder
 (:class:`~airflow_resnet_prep.formats.tfdecode.JpegDecoder`, what the reference trainer decodes with),

@@ -1,4 +1,4 @@
-"""``nvidia``: MXNet RecordIO as ``im2rec.py --list --recursive`` then ``--pass-through`` write it (SPEC §4).
+"""``nvidia``: MXNet RecordIO as ``im2rec.py --list --recursive`` then ``--pass-through`` write it (docs/formats.md, RecordIO).
 
 Listing: synset folders in sorted order, files sorted within each; ``index`` counts in that walk
 from 0; ``label`` is the 0-based index of the folder among the split's folders holding images; then

@@ -1,4 +1,4 @@
-"""``reference``: TFRecord shards as the MLPerf reference TensorFlow ResNet reads them (SPEC §3).
+"""``reference``: TFRecord shards as the MLPerf reference TensorFlow ResNet reads them (docs/formats.md, TFRecords).
 
 Differences from upstream ``imagenet_to_gcs.py``, on purpose:
 - JPEGs in RGB or grayscale are stored byte for byte; their size comes from the header. Only images

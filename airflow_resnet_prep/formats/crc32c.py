@@ -1,4 +1,4 @@
-"""CRC-32C (Castagnoli) of whole output files, computed while they are written (SPEC §11).
+"""CRC-32C (Castagnoli) of whole output files, computed while they are written (docs/formats.md, Checks).
 
 The manifest records each output file's CRC-32C, the checksum Google Cloud Storage keeps for every
 object (``gcloud storage hash`` prints it base64-encoded, big-endian; we write 8 hex digits) and S3

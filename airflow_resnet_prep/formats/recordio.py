@@ -9,7 +9,7 @@ The reader (and dmlc's splitter, which jumps into the middle of a file and looks
 finds records by the magic at 4-aligned positions, so the writer escapes every copy of the magic that
 sits at a 4-aligned offset of the payload: it ends the current part there (cflag 1 for the first part,
 2 for the later ones), drops the 4 magic bytes (the reader puts them back between parts) and goes on;
-the last part of a split record has cflag 3, an unsplit record cflag 0. See SPEC §4.
+the last part of a split record has cflag 3, an unsplit record cflag 0. See docs/formats.md, RecordIO.
 
 This is the hot path of the ``nvidia`` converter (1.28 M records), so the work per record is a C-speed
 scan of the image for the magic plus a handful of small buffers handed to ``writelines``; the image

@@ -1,4 +1,4 @@
-"""Decoding an image as the trainer does: ``tf.io.decode_jpeg(data, channels=3)`` (SPEC §11).
+"""Decoding an image as the trainer does: ``tf.io.decode_jpeg(data, channels=3)`` (docs/formats.md, Checks).
 
 The conversion copies JPEG bytes without decoding them (the header probe, :func:`.jpeg.probe`, checks
 structure and completeness only). An image whose header parses but whose entropy-coded data the

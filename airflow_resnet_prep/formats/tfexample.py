@@ -1,4 +1,4 @@
-"""A ``tf.train.Example`` for one ImageNet image, serialised by hand (SPEC §3), without TensorFlow.
+"""A ``tf.train.Example`` for one ImageNet image, serialised by hand (docs/formats.md, TFRecords), without TensorFlow.
 
 Workers that write TFRecords must not pay TensorFlow's import (seconds, hundreds of MB) nor build a
 proto object per image, so the protobuf wire format is written directly::
@@ -89,7 +89,7 @@ def _wrap_entry(prefix: bytes, feature: bytes) -> bytes:
 def encode_example(
     *, encoded: bytes, filename: str, label: int, synset: str, height: int, width: int
 ) -> bytes:
-    """Serialise the SPEC §3 ``tf.train.Example`` of one image.
+    """Serialise the ``tf.train.Example`` of one image (docs/formats.md, TFRecords).
 
     ``encoded`` is the JPEG, ``filename`` its base name, ``label`` the 1-based class, ``synset`` the
     class's WordNet id, ``height``/``width`` the stored JPEG's size. Image/format, colorspace and

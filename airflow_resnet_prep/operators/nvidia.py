@@ -9,7 +9,7 @@ from airflow_resnet_prep.operators.convert import ConvertOperatorBase
 
 class NvidiaPrepOperator(ConvertOperatorBase):
     """Write ``recordio/{train,val}.{lst,rec,idx}`` as ``im2rec.py --list --recursive`` then
-    ``--pass-through`` would (SPEC §4), without MXNet, a container or an extracted copy.
+    ``--pass-through`` would (docs/formats.md, RecordIO), without MXNet, a container or an extracted copy.
 
     The work is :class:`airflow_resnet_prep.converters.recordio.RecordIOConverter`; see
     :class:`~airflow_resnet_prep.operators.convert.ConvertOperatorBase` for ``step``. Pushes

@@ -8,7 +8,7 @@ from airflow_resnet_prep.operators.convert import ConvertOperatorBase
 
 
 class ConvertTFRecordOperator(ConvertOperatorBase):
-    """Write ``tfrecords/train-%05d-of-%05d`` and ``validation-%05d-of-%05d`` (SPEC §3).
+    """Write ``tfrecords/train-%05d-of-%05d`` and ``validation-%05d-of-%05d`` (docs/formats.md, TFRecords).
 
     The work is :class:`airflow_resnet_prep.converters.tfrecord.TFRecordConverter`; see
     :class:`~airflow_resnet_prep.operators.convert.ConvertOperatorBase` for ``step``. Pushes

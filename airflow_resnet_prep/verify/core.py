@@ -1,4 +1,4 @@
-"""Check a prepared data set against its ``manifest.json`` (SPEC §11): the work behind ``verify``.
+"""Check a prepared data set against its ``manifest.json`` (docs/formats.md, Checks): the work behind ``verify``.
 
 Meant for a copy (the training nodes' NVMe after ``cp -r``, another bucket, a download of the prefix):
 it needs nothing but the data_dir's ``manifest.json`` and output folder, no sources, no catalog, no
@@ -7,7 +7,7 @@ work state. Every output byte is read once, spread over processes by segments
 
 - every file the manifest lists is there, with its size, its CRC-32C and its record count;
 - no other file that looks like an output sits in the folder (readers glob ``train-*``);
-- TFRecords: both framing CRCs of every record, the features SPEC §3 promises, labels = 1 + the class's
+- TFRecords: both framing CRCs of every record, the features docs/formats.md (TFRecords) lists, labels = 1 + the class's
   index, and the DALI ``.idx`` lines equal to the records' offsets and sizes;
 - RecordIO: valid framing, ``.lst`` line *i* equal to record *i*'s id and label, ``.idx`` line *i*
   equal to its id and offset, labels = the 0-based index of the class named by the ``.lst`` path;

@@ -27,7 +27,7 @@ from airflow_resnet_prep.storage.base import Store
 
 READ_BYTES = 8 << 20  # one request (or pread) per 8 MiB; a bucket keeps several in flight
 REFERENCE, NVIDIA = "reference", "nvidia"
-# The features SPEC §3 promises in every reference record, with their kind (b: bytes, i: int64).
+# The features docs/formats.md (TFRecords) lists for every reference record, with their kind (b: bytes, i: int64).
 FEATURES = {
     "image/encoded": "b",
     "image/format": "b",
