@@ -1,4 +1,4 @@
-"""``verify`` (issue 20, SPEC §11): checksums in the manifest and a check of copies against it.
+"""``verify`` (issue 20): checksums in the manifest and a check of copies against it.
 
 Real outputs of the sample set (both implementations, the CLI's pipeline), copied as a user would
 (``shutil.copytree`` = ``cp -r``) and then damaged in the ways a copy goes wrong: a flipped byte, a file

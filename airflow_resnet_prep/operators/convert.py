@@ -39,6 +39,7 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
         "workers",
         "force",
         "on_bad_image",
+        "decode_check",
         "unit_ids",
         "fanout",
         "storage_conn_id",
@@ -54,6 +55,7 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
         workers: int | str = 0,
         force: bool | str = False,
         on_bad_image: str = "fail",
+        decode_check: bool | str = False,
         storage_conn_id: str | None = None,
         allowed_conn_ids: Collection[str] | None = None,
         **kwargs: Any,
@@ -68,6 +70,7 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
         self.workers = workers
         self.force = force
         self.on_bad_image = on_bad_image
+        self.decode_check = decode_check
         self.storage_conn_id = storage_conn_id
         self.allowed_conn_ids = dag_conn_ids(
             allowed_conn_ids, conns=(storage_conn_id,), locations=(data_dir,)

@@ -21,6 +21,8 @@ class NvidiaPrepOperator(ConvertOperatorBase):
     :param mxnet_version: The NVIDIA MXNet container the data is meant for; recorded in the manifest
         by the DAG, it does not change the bytes. (templated)
     :param on_bad_image: ``"fail"`` (default) or ``"skip"`` (left out of .lst, .rec and .idx alike). (templated)
+    :param decode_check: Decode every image with TensorFlow's JPEG decoder before writing it; one that
+        fails follows ``on_bad_image``. Needs the ``tensorflow`` extra. Default off. (templated)
     :param workers: Processes used by this task (0 = all cores). (templated)
     :param force: Replace an unfinished conversion with different params. (templated)
     :param step: ``"all"``, ``"plan"``, ``"units"`` or ``"finish"``.
@@ -48,10 +50,11 @@ class NvidiaPrepOperator(ConvertOperatorBase):
 
     def make_converter(self):
         from airflow_resnet_prep.converters.recordio import RecordIOConverter
-        from airflow_resnet_prep.operators.values import as_int
+        from airflow_resnet_prep.operators.values import as_bool, as_int
 
         return RecordIOConverter(
             resize=as_int(self.resize, "resize"),
             quality=as_int(self.quality, "quality"),
             on_bad_image=self.on_bad_image,
+            decode_check=as_bool(self.decode_check),
         )

@@ -20,6 +20,8 @@ class ConvertTFRecordOperator(ConvertOperatorBase):
     :param shuffle_seed: Seed of the train order's shuffle (default 0). (templated)
     :param on_bad_image: ``"fail"`` (default) names an unreadable image and fails; ``"skip"`` leaves it
         out and lists it in the manifest. (templated)
+    :param decode_check: Decode every image with TensorFlow's JPEG decoder before writing it; one that
+        fails follows ``on_bad_image``. Needs the ``tensorflow`` extra. Default off. (templated)
     :param dali_index: Also write ``<shard>.idx`` (``offset size`` per record) for NVIDIA DALI. (templated)
     :param workers: Processes used by this task (0 = all cores). (templated)
     :param force: Replace an unfinished conversion with different params. (templated)
@@ -64,4 +66,5 @@ class ConvertTFRecordOperator(ConvertOperatorBase):
             shuffle_seed=as_int(self.shuffle_seed, "shuffle_seed"),
             on_bad_image=self.on_bad_image,
             dali_index=as_bool(self.dali_index),
+            decode_check=as_bool(self.decode_check),
         )

@@ -158,3 +158,17 @@ def test_a_missing_tensorflow_is_named_with_the_extra(sample, bad_tree, tmp_path
     assert verify(tmp_path / "plain").ok
     with pytest.raises(PrepError, match=r"pip install 'airflow-resnet-prep\[tensorflow\]'"):
         verify(tmp_path / "plain", decode=True)
+
+
+@pytest.mark.parametrize("impl", ["reference", "nvidia"])
+def test_the_operators_pass_a_templated_decode_check_to_their_converter(impl: str) -> None:
+    from airflow_resnet_prep.operators.nvidia import NvidiaPrepOperator
+    from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
+
+    cls = ConvertTFRecordOperator if impl == "reference" else NvidiaPrepOperator
+    op = cls(task_id="convert", data_dir="/data", decode_check="{{ params.decode_check }}")
+    for value, expected in ((True, {"decode_check": True}), (False, {})):
+        op.decode_check = "{{ params.decode_check }}"
+        op.render_template_fields({"params": {"decode_check": value}})
+        params = op.make_converter().params
+        assert {k: v for k, v in params.items() if k == "decode_check"} == expected
