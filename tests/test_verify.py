@@ -71,9 +71,14 @@ def test_manifest_records_the_crc32c_of_every_file_as_written(outputs, impl: str
         assert stats["size"] == len(data)
 
 
-def test_unit_by_unit_conversion_records_the_same_crc32c(outputs, sample, tmp_path: Path) -> None:
+def test_unit_by_unit_conversion_records_the_same_crc32c(
+    outputs, sample, tmp_path: Path, monkeypatch
+) -> None:
     """The path mapped Airflow tasks take (units write pieces, finish joins them and their CRCs) gives
-    the CRCs the one-machine direct path gave."""
+    the CRCs the one-machine direct path gave; units of 5 records, so each .rec has several pieces."""
+    from airflow_resnet_prep.converters import recordio
+
+    monkeypatch.setattr(recordio, "UNIT_RECORDS", 5)
     data_dir = tmp_path / "units"
     run(
         {
@@ -87,7 +92,7 @@ def test_unit_by_unit_conversion_records_the_same_crc32c(outputs, sample, tmp_pa
     )
     converter = make_converter("nvidia", {})
     layout = DataDir.of(str(data_dir))
-    base.plan(converter, layout, force=True)
+    assert len(base.plan(converter, layout, force=True).units) == 5 + 3  # 24 train, 12 val images
     local.run_units(converter, layout, workers=1)  # unit by unit: pieces of an assembly, then finish
     summary = base.finish(converter, layout)
     assert sum(1 for u in summary["outputs"]) == 6
