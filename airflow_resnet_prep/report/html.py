@@ -126,6 +126,7 @@ def _nav() -> str:
         ("samples", "Samples"),
         ("sizes", "Sizes"),
         ("listed", "Re-encoded &amp; left out"),
+        ("checks", "Checks"),
         ("steps", "Steps"),
         ("run", "Params &amp; sources"),
     ]
@@ -311,6 +312,65 @@ def _listed_section(page: Page) -> str:
     return _section("listed", "Re-encoded and left-out images", body, lead)
 
 
+def _checks(page: Page) -> str:
+    """What was checked while writing (checksums, decode check) and how to check a copy later."""
+    m = page.manifest
+    outputs = m.get("outputs", {})
+    checks = m.get("checks", {})
+    summed = sum(1 for o in outputs.values() if isinstance(o, dict) and o.get("crc32c"))
+    decode_on = bool(checks.get("decode_check"))
+    failures = int(checks.get("decode_failures", 0) or 0)
+    if summed == len(outputs) and outputs:
+        crc = f'<span class="good">recorded for all {len(outputs):,} files</span>, computed while writing'
+    elif summed:
+        crc = f'<span class="far">recorded for {summed:,} of {len(outputs):,} files</span>'
+    else:
+        crc = '<span class="far">not recorded</span> (written by a version without checksums)'
+    if decode_on:
+        decode = (
+            '<span class="good">on</span>: every image was decoded with TensorFlow\'s '
+            "<code>tf.io.decode_jpeg</code> before it was written; "
+            + (
+                f'<span class="far">{failures:,} failed</span> (listed under Left out, with the reason)'
+                if failures
+                else "none failed"
+            )
+        )
+    else:
+        decode = (
+            '<span class="muted">off</span>: images were checked by their header (structure, size, '
+            "completeness), not decoded; <code>verify --decode</code> decodes them"
+        )
+    rows = [
+        ["<strong>CRC-32C per output file</strong>", crc],
+        ["<strong>decode check</strong>", decode],
+        [
+            "<strong>check a copy</strong>",
+            f"<code>python -m airflow_resnet_prep.verify {esc(page.data_dir)} [--decode]</code> (or the "
+            "path of a copy): files, sizes, checksums, records, labels, per-class counts, index files",
+        ],
+    ]
+    files = [
+        [
+            f"<code>{esc(name)}</code>",
+            human_bytes(int(st.get("size", 0))),
+            f"{int(st.get('records', 0)):,}",
+            f"<code>{esc(st.get('crc32c', '-'))}</code>",
+        ]
+        for name, st in sorted(outputs.items())[:MAX_TABLE_ROWS]
+        if isinstance(st, dict)
+    ]
+    more = len(outputs) - MAX_TABLE_ROWS
+    tail = f'<p class="muted">and {more:,} more files (all in manifest.json).</p>' if more > 0 else ""
+    body = (
+        _table(["check", "result"], rows, "checks")
+        + "<h3>Output files</h3>"
+        + _table(["file", "size", "records", "CRC-32C"], files, "files")
+        + tail
+    )
+    return _section("checks", "Checks", body)
+
+
 TIME_KEYS = ("seconds", "total_s", "unit_seconds")
 STEP_ORDER = ("fetch", "relabel", "plan", "convert", "finish", "publish")
 
@@ -431,6 +491,7 @@ def render(page: Page) -> str:
         + _samples(page)
         + _sizes(page)
         + _listed_section(page)
+        + _checks(page)
         + _steps(page)
         + _run(page)
         + "</main><footer>Written by airflow-resnet-prep "
