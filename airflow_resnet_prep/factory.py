@@ -180,6 +180,7 @@ def mlperf_resnet_prep_dag(
         common = {
             "data_dir": p("data_dir"),
             "on_bad_image": p("on_bad_image"),
+            "decode_check": p("decode_check"),
             "workers": p("workers"),
             "storage_conn_id": p("storage_conn_id"),
             "allowed_conn_ids": dag_conns,

@@ -1,6 +1,6 @@
 """A real Airflow (API server, scheduler, DAG processor, ...) started for a test, on 127.0.0.1.
 
-Each component runs as its own process (its own process group) from the project's ``.venv/bin/airflow``,
+Each component runs as its own process (its own process group) from the ``airflow`` of the venv running the tests,
 with its output in ``home/logs/<name>.log``; ``stop()`` ends them all, is always safe to call, and also
 runs when the test process exits::
 
@@ -68,8 +68,9 @@ def free_port(avoid: Iterable[int] = ()) -> int:
 
 
 def airflow_executable() -> str:
-    """The project's ``.venv/bin/airflow``, else the one beside this Python, else the one on PATH."""
-    for candidate in (REPO / ".venv" / "bin" / "airflow", Path(sys.executable).parent / "airflow"):
+    """The ``airflow`` beside this Python (the venv running the tests: the latest or the floor Airflow),
+    else the project's ``.venv/bin/airflow``, else the one on PATH."""
+    for candidate in (Path(sys.executable).parent / "airflow", REPO / ".venv" / "bin" / "airflow"):
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     found = shutil.which("airflow")

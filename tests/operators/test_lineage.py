@@ -5,12 +5,10 @@ credential shows in them."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from airflow_cli import dags_test
 
 from airflow_resnet_prep.operators.lineage import dataset_name
 
@@ -40,18 +38,6 @@ def test_locations_become_datasets_by_openlineage_naming(location, expected) -> 
 def test_a_dag_run_emits_sources_in_and_outputs_out(sample, tmp_path: Path) -> None:
     events_file = tmp_path / "lineage.jsonl"
     data_dir = tmp_path / "data"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))},
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__OPENLINEAGE__NAMESPACE": "resnet-prep-test",
-        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
-            {"type": "file", "log_file_path": str(events_file), "append": True}
-        ),
-    }
-    airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     conf = {
         "implementation": "reference",
         "data_dir": str(data_dir),
@@ -62,12 +48,17 @@ def test_a_dag_run_emits_sources_in_and_outputs_out(sample, tmp_path: Path) -> N
         "val_shards": 1,
         "workers": 1,
     }
-    run = subprocess.run(
-        [airflow, "dags", "test", "mlperf_resnet_prep", "-c", json.dumps(conf)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run = dags_test(
+        "mlperf_resnet_prep",
+        conf,
+        home=tmp_path / "airflow",
+        dags_folder=REPO / "dags",
+        env={
+            "AIRFLOW__OPENLINEAGE__NAMESPACE": "resnet-prep-test",
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                {"type": "file", "log_file_path": str(events_file), "append": True}
+            ),
+        },
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]

@@ -232,19 +232,30 @@ def _peak_rss(pid: int) -> int:
 def test_a_large_bucket_file_is_streamed_with_bounded_memory(site, s3) -> None:
     """A data_dir in the bucket whose report/ holds a 1 GiB file: served whole, while the API server's
     peak memory grows by well under 100 MB (a whole-file read would add at least 1 GiB)."""
-    from airflow_resnet_prep.storage import store_for
-
     airflow, runs, _, _ = site
     run_id = runs["dag_a"]
-    os.environ[f"AIRFLOW_CONN_{S3_CONN.upper()}"] = s3.connection_json()
-    prefix = f"s3://{S3_CONN}@{s3.bucket}/big"
-    store = store_for(prefix)
-    store.write_bytes("report/run.json", json.dumps({"dag_id": "dag_a", "run_id": run_id}).encode())
-    store.write_bytes("report/index.html", b"<h1>big</h1>")
+    # Laid out with a plain S3 client (not the code under test), as a run of dag_a would have left it.
+    client = s3.client()
+    client.put_object(
+        Bucket=s3.bucket,
+        Key="big/report/run.json",
+        Body=json.dumps({"dag_id": "dag_a", "run_id": run_id}).encode(),
+    )
+    client.put_object(Bucket=s3.bucket, Key="big/report/index.html", Body=b"<h1>big</h1>")
     block = os.urandom(8 * 1024 * 1024)
-    with store.writer("report/big.bin") as fh:
-        for _ in range(BIG // len(block)):
-            fh.write(block)
+    upload = client.create_multipart_upload(Bucket=s3.bucket, Key="big/report/big.bin")["UploadId"]
+    parts = [
+        {
+            "PartNumber": n,
+            "ETag": client.upload_part(
+                Bucket=s3.bucket, Key="big/report/big.bin", UploadId=upload, PartNumber=n, Body=block
+            )["ETag"],
+        }
+        for n in range(1, BIG // len(block) + 1)
+    ]
+    client.complete_multipart_upload(
+        Bucket=s3.bucket, Key="big/report/big.bin", UploadId=upload, MultipartUpload={"Parts": parts}
+    )
     original = airflow.xcom("dag_a", run_id, "publish", "report")
     api_pid = airflow.processes["api-server"].pid
     try:
@@ -267,4 +278,4 @@ def test_a_large_bucket_file_is_streamed_with_bounded_memory(site, s3) -> None:
     finally:
         edit_xcom(site, "storage_conn_id", None)
         edit_xcom(site, "report", original)
-        store.delete("report/big.bin")
+        client.delete_object(Bucket=s3.bucket, Key="big/report/big.bin")
