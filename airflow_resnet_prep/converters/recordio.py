@@ -213,6 +213,7 @@ class RecordIOConverter(Converter):
         return record_buffers(pack_header(float(item.label), item.index), data)
 
     def run_local(self, layout: DataDir, plan: Plan, workers: int) -> bool:
+        self.prepare_process()  # the direct path forks its writers too: load TensorFlow once, before
         return write_direct(self, layout, plan, workers)
 
     def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:

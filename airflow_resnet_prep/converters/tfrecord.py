@@ -36,7 +36,7 @@ from airflow_resnet_prep.converters.base import (
 from airflow_resnet_prep.converters.decodecheck import decode_check_param, make_decoder, prepare_decoder
 from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.formats.crc32c import ChecksumWriter, crc32c, to_hex
+from airflow_resnet_prep.formats.crc32c import crc32c, to_hex
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import encode_example
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
@@ -147,9 +147,7 @@ class TFRecordConverter(Converter):
                 key = f"{TFRECORDS}/{name}"
                 sizes: list[int] = []
                 with layout.store.writer(key) as fh:
-                    # The shard's CRC-32C for the manifest, from the buffers on their way out.
-                    summed = ChecksumWriter(fh)
-                    writer = TFRecordWriter(summed)
+                    writer = TFRecordWriter(fh)  # sums the shard's CRC-32C as it writes
                     for item in by_output.get(index, []):
                         _, data = next(reads)
                         record = self._example(data, sources, item, on_bad, result, decoder)
@@ -165,7 +163,7 @@ class TFRecordConverter(Converter):
                             f"{layout.uri(key)}: every image of this shard was left out; refusing an empty shard"
                         )
                 size = sum(sizes) + TFRECORD_OVERHEAD * len(sizes)
-                result.outputs[name] = {"size": size, "records": len(sizes), "crc32c": summed.hex}
+                result.outputs[name] = {"size": size, "records": len(sizes), "crc32c": to_hex(writer.crc)}
                 result.records += len(sizes)
                 if self.params["dali_index"]:
                     lines, offset = [], 0

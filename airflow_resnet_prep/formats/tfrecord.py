@@ -26,6 +26,7 @@ from typing import BinaryIO
 import google_crc32c
 
 from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.formats.crc32c import combine
 
 HEADER_SIZE = 12  # uint64 length + uint32 masked CRC of the length
 FOOTER_SIZE = 4  # uint32 masked CRC of the data
@@ -35,6 +36,7 @@ _U32 = 0xFFFFFFFF
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _crc32c = google_crc32c.value
+_extend = google_crc32c.extend
 
 
 class TFRecordError(SourceError):
@@ -44,7 +46,10 @@ class TFRecordError(SourceError):
 def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
     """TFRecord's checksum of ``data``: its CRC-32C rotated right by 15 bits plus a constant."""
     # google-crc32c takes read-only buffers only: bytes as they are, anything else copied once.
-    crc = _crc32c(data if isinstance(data, bytes) else bytes(data))
+    return _mask(_crc32c(data if isinstance(data, bytes) else bytes(data)))
+
+
+def _mask(crc: int) -> int:
     return ((((crc >> 15) | (crc << 17)) & _U32) + _MASK_DELTA) & _U32
 
 
@@ -78,7 +83,9 @@ class TFRecordWriter:
 
     Like ``tf.io.TFRecordWriter`` without compression, but on any ``fh`` with ``write``; it neither
     opens nor closes ``fh``. ``offsets`` and ``sizes`` (framed sizes) of the records written so far
-    are what a DALI index lists.
+    are what a DALI index lists; ``crc`` is the CRC-32C of every byte written so far (the manifest's
+    checksum of the file), joined from the data CRC each record computes anyway for its footer, so the
+    record's data is hashed once, not twice.
     """
 
     def __init__(self, fh: BinaryIO) -> None:
@@ -86,9 +93,19 @@ class TFRecordWriter:
         self.offsets: list[int] = []
         self.sizes: list[int] = []
         self.position = 0
+        self.crc = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        size = write_record(self.fh, data)
+        data = data if isinstance(data, bytes) else bytes(data)
+        length = _LENGTH.pack(len(data))
+        header = length + _CRC.pack(masked_crc32c(length))
+        data_crc = _crc32c(data)
+        footer = _CRC.pack(_mask(data_crc))
+        self.fh.write(header)
+        self.fh.write(data)
+        self.fh.write(footer)
+        self.crc = _extend(combine(_extend(self.crc, header), data_crc, len(data)), footer)
+        size = len(data) + OVERHEAD
         self.offsets.append(self.position)
         self.sizes.append(size)
         self.position += size

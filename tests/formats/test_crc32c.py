@@ -38,3 +38,18 @@ def test_writer_sums_every_buffer_kind_and_passes_them_through() -> None:
 
 def test_known_value() -> None:
     assert to_hex(crc32c(b"123456789")) == "e3069283"  # the CRC-32C check value
+
+
+def test_tfrecord_writer_sums_the_file_it_writes() -> None:
+    """The shard's CRC joined from each record's data CRC (computed for its footer anyway) equals the
+    CRC of the bytes written."""
+    from airflow_resnet_prep.formats.tfrecord import TFRecordWriter, iter_records
+
+    out = io.BytesIO()
+    writer = TFRecordWriter(out)
+    records = [os.urandom(n) for n in (0, 1, 100, 70_000, 5)] + [bytearray(b"abc"), memoryview(b"xyz")]
+    for r in records:
+        writer.write(r)
+    assert writer.crc == google_crc32c.value(out.getvalue())
+    assert writer.position == len(out.getvalue())
+    assert list(iter_records(io.BytesIO(out.getvalue()), "mem")) == [bytes(r) for r in records]
