@@ -428,7 +428,10 @@ def _check_nvidia(
         if lst_text is None:
             continue
         split_classes = sorted(expected.get(split, {})) or classes
-        name_of, found, findings = _check_lst(lst, lst_text, ids, labels, offsets, split_classes, bool(parts))
+        failed = {index for p in parts for _, index, _, _ in p.decode_failures}
+        name_of, found, findings = _check_lst(
+            lst, lst_text, ids, labels, offsets, split_classes, bool(parts), failed
+        )
         _limited(report, lst, findings)
         for p in parts:
             _limited(
@@ -452,9 +455,11 @@ def _check_lst(
     offsets: list[int],
     classes: list[str],
     have_rec: bool,
+    named: set[int],
 ) -> tuple[dict[int, str], Counter, list[Finding]]:
-    """Each .lst line against the record at the same position; returns id -> path, per-class counts (of
-    lines whose record matches) and the findings."""
+    """Each .lst line against the record at the same position; returns id -> path for the ids in
+    ``named`` (images to name in findings; not all 1.28 M), per-class counts (of lines whose record
+    matches) and the findings."""
     label_of: dict[str, int] = {synset: i for i, synset in enumerate(classes)}
     name_of: dict[int, str] = {}
     found: Counter = Counter()
@@ -468,7 +473,8 @@ def _check_lst(
                 Finding(key, f"line {i + 1:,} is not 'index<TAB>label<TAB>path': {line[:80]!r}", i)
             )
             continue
-        name_of[index] = path
+        if index in named:
+            name_of[index] = path
         synset = path.partition("/")[0]
         if label_of.get(synset) != label:
             findings.append(

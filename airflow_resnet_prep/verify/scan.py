@@ -97,7 +97,8 @@ class RangeReader(io.RawIOBase):
     hands out. ``tell`` is the position in the file, so parsers name real offsets."""
 
     def __init__(self, store: Store, key: str, start: int, end: int) -> None:
-        self.crc, self.pos, self._buf = 0, start, b""
+        self.crc, self.pos = 0, start
+        self._buf, self._at = b"", 0  # the current piece and how far it has been handed out
         ranges = [(o, min(READ_BYTES, end - o)) for o in range(start, end, READ_BYTES)]
         self._pieces: Iterator[bytes] = store.iter_ranges(key, ranges, concurrency=4)
 
@@ -114,14 +115,15 @@ class RangeReader(io.RawIOBase):
         out = []
         want = n if n >= 0 else 1 << 62
         while want > 0:
-            if not self._buf:
+            if self._at >= len(self._buf):
                 piece = next(self._pieces, b"")
                 if not piece:
                     break
                 self.crc = crc32c(piece, self.crc)
-                self._buf = piece
-            take = self._buf[:want]
-            self._buf = self._buf[len(take) :]
+                self._buf, self._at = piece, 0
+            # Slices copy only what is handed out; the 8 MiB piece itself is never copied.
+            take = self._buf[self._at : self._at + want]
+            self._at += len(take)
             out.append(take)
             want -= len(take)
             self.pos += len(take)
