@@ -106,6 +106,32 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
         "cat_tars",
         0.5,
     ),
+    # Issue 20: what trust costs, against the conversion it checks (ratio < 1: slower than converting).
+    "nvidia_decode_check": (
+        "the nvidia row with decode_check on: each image decoded with TensorFlow's decode_jpeg before it "
+        "is written (TensorFlow imported before the clock, in import_s)",
+        "nvidia",
+        None,
+    ),
+    "reference_decode_check": (
+        "the reference row with decode_check on, as nvidia_decode_check",
+        "reference",
+        None,
+    ),
+    "verify_nvidia": (
+        "verify (python -m airflow_resnet_prep.verify) of the nvidia output, made once before (untimed): "
+        "every byte read once, CRC-32C, framing, .idx/.lst against the records, labels, class counts",
+        "nvidia",
+        None,
+    ),
+    "verify_nvidia_decode": (
+        "verify --decode of the nvidia output: also every image through tf.io.decode_jpeg, spread over "
+        "`workers` processes",
+        "nvidia",
+        None,
+    ),
+    "verify_reference": ("verify of the reference output, as verify_nvidia", "reference", None),
+    "verify_reference_decode": ("verify --decode of the reference output", "reference", None),
 }
 ROW_ORDER = list(DEFINITIONS)
 
@@ -269,6 +295,26 @@ def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def job_verify(spec: dict[str, Any]) -> dict[str, Any]:
+    """``verify`` (``--decode`` with ``decode``) of a finished output; TensorFlow imported before the clock."""
+    from airflow_resnet_prep.verify import verify
+
+    start = time.monotonic()
+    if spec["decode"]:
+        from airflow_resnet_prep.formats.tfdecode import load_tensorflow
+
+        load_tensorflow()
+    import_s = time.monotonic() - start
+    clock = Clock()
+    with clock.phase("verify"):
+        report = verify(spec["data_dir"], decode=spec["decode"], workers=spec["workers"])
+    if not report.ok or report.records != spec["expect_images"]:
+        raise BenchError(
+            f"{spec['data_dir']}: verify found {report.problems[:5]} ({report.records:,} records)"
+        )
+    return clock.result(import_s=import_s)
+
+
 def job_step(spec: dict[str, Any]) -> dict[str, Any]:
     """One pipeline step on its own (scale and scale-out checks): fetch, relabel, plan or finish."""
     from airflow_resnet_prep.catalog.fetch import fetch
@@ -360,6 +406,7 @@ JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "cat": job_cat,
     "cat_catalog": job_cat_catalog,
     "convert": job_convert,
+    "verify": job_verify,
     "step": job_step,
     "unit_worker": job_unit_worker,
     "profile": job_profile,
@@ -562,14 +609,27 @@ def row_spec(name: str, sample: Sample, run_root: Path, workers: int) -> dict[st
             "fsync": name == "cat_sync",
             "expect_bytes": sample.image_bytes,
         }
+    if name.startswith("verify_"):
+        impl = name.split("_")[1]
+        return {
+            "kind": "verify",
+            "name": name,
+            "data_dir": str(verify_source(sample, impl)),
+            "decode": name.endswith("_decode"),
+            "workers": workers,
+            "expect_images": sample.images,
+        }
     impl, _, tail = name.partition("_")
     from_tars = tail == "from_tars"
     data_dir = sample.job_dir(run_root, name, with_catalog=not from_tars)
+    params: dict[str, Any] = reference_params(sample.train, sample.val) if impl == "reference" else {}
+    if tail == "decode_check":
+        params["decode_check"] = True
     spec: dict[str, Any] = {
         "kind": "convert",
         "name": name,
         "impl": impl,
-        "params": reference_params(sample.train, sample.val) if impl == "reference" else {},
+        "params": params,
         "data_dir": str(data_dir),
         "workers": workers,
         "expect_images": sample.images,
@@ -584,6 +644,28 @@ def row_spec(name: str, sample: Sample, run_root: Path, workers: int) -> dict[st
     return spec
 
 
+def verify_source(sample: Sample, impl: str) -> Path:
+    """A finished output of ``impl`` (with its manifest) for the verify rows: converted once with the
+    pipeline, untimed, and kept with the sample (rebuilt when its manifest is gone)."""
+    from airflow_resnet_prep.pipeline import run as run_pipeline
+
+    data_dir = sample.root / f"verify-{impl}"
+    if not (data_dir / "manifest.json").exists():
+        log(f"verify rows: converting the sample once ({impl}) into {data_dir} (untimed)")
+        rmtree(data_dir)
+        run_pipeline(
+            {
+                "data_dir": str(data_dir),
+                "train_source": str(sample.set.train_tar),
+                "val_source": str(sample.set.val_tar),
+                "labels_source": str(sample.set.labels),
+                "implementation": impl,
+                **(reference_params(sample.train, sample.val) if impl == "reference" else {}),
+            }
+        )
+    return data_dir
+
+
 def measure_table(
     sample: Sample, rows: list[str], repeat: int, workers: int, run_root: Path
 ) -> list[dict[str, Any]]:
@@ -596,7 +678,7 @@ def measure_table(
             result = run_job(spec)
             runs[name].append(result)
             log(
-                f"  [{rep + 1}/{repeat}] {name:<20} {result['seconds']:8.2f} s  "
+                f"  [{rep + 1}/{repeat}] {name:<24} {result['seconds']:8.2f} s  "
                 f"{sample.images / result['seconds']:10,.0f} images/s  {result['peak_rss_mb']:8.1f} MB"
             )
             rmtree(run_root / name)
@@ -627,6 +709,10 @@ def measure_table(
                 "cpu_s_per_1k_images": round(
                     statistics.median(r["cpu_s"] for r in rs) / sample.images * 1000, 3
                 ),
+                # per GB of images: the unit a submitter sizes a 140 GB job in (issue 20's rows)
+                "cpu_s_per_gb": round(
+                    statistics.median(r["cpu_s"] for r in rs) / (sample.image_bytes / 1e9), 2
+                ),
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                 "target": target,
                 "met": None if target is None else ratio >= target,
@@ -640,8 +726,8 @@ def measure_table(
 
 def format_table(table: list[dict[str, Any]]) -> str:
     head = (
-        f"{'name':<20} {'images/s':>10} {'MB/s':>8} {'ratio':>6} {'vs':<8} {'target':>7} {'met':>4} "
-        f"{'CPU s/1k':>9} {'peak RSS MB':>11}  phases (median s)"
+        f"{'name':<24} {'images/s':>10} {'MB/s':>8} {'ratio':>6} {'vs':<8} {'target':>7} {'met':>4} "
+        f"{'CPU s/1k':>9} {'CPU s/GB':>9} {'peak RSS MB':>11}  phases (median s)"
     )
     lines = [head, "-" * len(head)]
     for r in table:
@@ -651,8 +737,8 @@ def format_table(table: list[dict[str, Any]]) -> str:
         if r["import_s"] >= 0.01:
             phases += f" (+ import {r['import_s']:.2f}, untimed)"
         lines.append(
-            f"{r['name']:<20} {r['images_per_s']:>10,.0f} {r['mb_per_s']:>8,.0f} {r['ratio_to_cat']:>6.2f} "
-            f"{r['baseline']:<8} {target:>7} {met:>4} {r['cpu_s_per_1k_images']:>9.3f} "
+            f"{r['name']:<24} {r['images_per_s']:>10,.0f} {r['mb_per_s']:>8,.0f} {r['ratio_to_cat']:>6.2f} "
+            f"{r['baseline']:<8} {target:>7} {met:>4} {r['cpu_s_per_1k_images']:>9.3f} {r['cpu_s_per_gb']:>9.2f} "
             f"{r['peak_rss_mb']:>11,.1f}  {phases}"
         )
     return "\n".join(lines)
@@ -1194,7 +1280,7 @@ def run(ns: argparse.Namespace, workdir: Path) -> int:
         report["definitions"] = {r: DEFINITIONS[r][0] for r in rows}
         print("\nrows:")
         for r in rows:
-            print(f"  {r:<20} {DEFINITIONS[r][0]}")
+            print(f"  {r:<24} {DEFINITIONS[r][0]}")
         workers = ns.workers or len(os.sched_getaffinity(0))
         print(
             f"converters run with {workers} worker processes; each row is the median of {ns.repeat} "
