@@ -23,7 +23,7 @@ from airflow_resnet_prep.operators.publish import PublishOperator
 from airflow_resnet_prep.operators.relabel import RelabelValOperator
 from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
 from airflow_resnet_prep.params import PARAMS
-from airflow_resnet_prep.policy import dag_conn_ids
+from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 DEFAULT_DAG_ID = "mlperf_resnet_prep"
 #: The shipped DAG's Asset keeps the name its consumers already schedule on.
@@ -163,6 +163,9 @@ def mlperf_resnet_prep_dag(
             from airflow_resnet_prep.pipeline import fingerprints_of
 
             params = resolved({k: v for k, v in params.items() if k in PARAMS}, resolved_defaults)
+            Policy.load(dag_conns).check_run(
+                data_dir=params["data_dir"], conns={"storage_conn_id": params["storage_conn_id"]}
+            )
             fingerprints = fingerprints_of(
                 ti.xcom_pull(task_ids="fetch"), ti.xcom_pull(task_ids="relabel_val")
             )

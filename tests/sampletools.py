@@ -7,6 +7,22 @@ import tarfile
 from pathlib import Path
 
 
+def sample_conf(sample, data_dir: Path, **overrides: object) -> dict[str, object]:
+    """A run's conf for the sample set: the three sources, ``data_dir``, a small reference output
+    (2 + 1 shards) and one process; ``overrides`` win."""
+    return {
+        "implementation": "reference",
+        "data_dir": str(data_dir),
+        "train_source": str(sample.train_tar),
+        "val_source": str(sample.val_tar),
+        "labels_source": str(sample.labels),
+        "train_shards": 2,
+        "val_shards": 1,
+        "workers": 1,
+        **overrides,
+    }
+
+
 def extract_sample_tar(tar_path: Path, dest: Path) -> None:
     """Extract a sample tar as a user would with the standard library: the train tar's per-class tars
     into ``dest/<synset>/<image>``, the flat val tar into ``dest/<image>``."""

@@ -331,6 +331,20 @@ def locked_mirror(small: SampleSet):
         yield srv
 
 
+def mirror_connection(srv: FileServer) -> str:
+    """An http connection for the locked mirror, as ``AIRFLOW_CONN_<ID>`` takes it."""
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": srv.port,
+            "login": USER,
+            "password": SECRET,
+            "extra": {"X-Api-Key": HEADER_SECRET},
+        }
+    )
+
+
 def test_secrets_never_reach_logs_outputs_or_errors(small, locked_mirror, tmp_path, caplog, capfd):
     caplog.set_level(logging.DEBUG)  # urllib3 and requests log requests at DEBUG
     srv = locked_mirror
@@ -380,16 +394,7 @@ def test_operator_failure_with_a_connection_shows_no_secret(
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(
         "AIRFLOW_CONN_LOCKED_MIRROR",
-        json.dumps(
-            {
-                "conn_type": "http",
-                "host": "127.0.0.1",
-                "port": locked_mirror.port,
-                "login": USER,
-                "password": SECRET,
-                "extra": {"X-Api-Key": HEADER_SECRET},
-            }
-        ),
+        mirror_connection(locked_mirror),
     )
     op = FetchImagenetOperator(
         task_id="fetch",
@@ -418,16 +423,7 @@ def test_dag_run_with_a_connection_leaks_no_secret(
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv(
         "AIRFLOW_CONN_LOCKED_MIRROR",
-        json.dumps(
-            {
-                "conn_type": "http",
-                "host": "127.0.0.1",
-                "port": locked_mirror.port,
-                "login": USER,
-                "password": SECRET,
-                "extra": {"X-Api-Key": HEADER_SECRET},
-            }
-        ),
+        mirror_connection(locked_mirror),
     )
     # The DAG's defaults name no connection: the deployment allows this one.
     monkeypatch.setenv("AIRFLOW__RESNET_PREP__ALLOWED_CONN_IDS", "locked_mirror")

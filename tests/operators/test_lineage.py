@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from airflow_cli import dags_test
+from sampletools import sample_conf
 
 from airflow_resnet_prep.operators.lineage import dataset_name
 
@@ -38,16 +39,7 @@ def test_locations_become_datasets_by_openlineage_naming(location, expected) -> 
 def test_a_dag_run_emits_sources_in_and_outputs_out(sample, tmp_path: Path) -> None:
     events_file = tmp_path / "lineage.jsonl"
     data_dir = tmp_path / "data"
-    conf = {
-        "implementation": "reference",
-        "data_dir": str(data_dir),
-        "train_source": str(sample.train_tar),
-        "val_source": str(sample.val_tar),
-        "labels_source": str(sample.labels),
-        "train_shards": 2,
-        "val_shards": 1,
-        "workers": 1,
-    }
+    conf = sample_conf(sample, data_dir)
     run = dags_test(
         "mlperf_resnet_prep",
         conf,

@@ -23,6 +23,7 @@ import pytest
 import requests
 from httpserver import FileServer
 from live_airflow import REPO, LiveAirflow
+from sampletools import sample_conf
 from uihelpers import unavailable
 
 sys.path.append(str(REPO / "tests" / "storage"))
@@ -101,18 +102,7 @@ def site(tmp_path_factory, s3, capture, sample):
         runs = {}
         for dag_id in ("dag_a", "dag_b"):
             airflow.wait_dag(dag_id, timeout=180)
-            runs[dag_id] = airflow.trigger(
-                dag_id,
-                {
-                    "data_dir": str(home / "data" / dag_id),
-                    "train_source": str(sample.train_tar),
-                    "val_source": str(sample.val_tar),
-                    "labels_source": str(sample.labels),
-                    "train_shards": 2,
-                    "val_shards": 1,
-                    "workers": 1,
-                },
-            )
+            runs[dag_id] = airflow.trigger(dag_id, sample_conf(sample, home / "data" / dag_id))
         for dag_id, run_id in runs.items():
             assert airflow.wait_run(dag_id, run_id, timeout=300) == "success", airflow.task_states(
                 dag_id, run_id
