@@ -203,13 +203,13 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
     there is none."""
     from airflow.models.dagrun import DagRun
 
+    from airflow_resnet_prep.layout import MANIFEST, DataDir
+
     dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
     if dag_run is None:
         return Located(None, "No such run", f"DAG {dag_id} has no run {run_id}.")
     published = _xcom_values(session, dag_id, run_id)
     report, manifest = published.get("report"), published.get("manifest")
-    from airflow_resnet_prep.layout import MANIFEST
-
     if isinstance(report, str) and report:
         if not report.endswith(REPORT_SUFFIX):
             return Located(None, "No report here", "The run's report XCom does not name a report/index.html.")
@@ -225,8 +225,6 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
     refused = _refused(data_dir, conn_id)
     if refused is not None:
         return refused
-    from airflow_resnet_prep.layout import DataDir
-
     try:
         layout = DataDir.of(data_dir, conn_id)
     except Exception as exc:

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 # A cut connection loses the chunk being read: 1 MiB keeps that small and writes stay efficient.
 CHUNK_BYTES = 1024 * 1024
 MAX_BACKOFF_S = 60.0
+MAX_REDIRECTS = 10
 PART_SUFFIX = ".part"
 SIDECAR_SUFFIX = ".json"
 # Query parameters that carry secrets in signed URLs (S3/GCS/Azure SAS, API tokens): shown as ***.
@@ -437,9 +438,6 @@ def _reuse(
         part_meta.unlink(missing_ok=True)
     log.info("%s: reusing %s from an earlier run (%.1f MB), no download", shown, final, size / 1e6)
     return Fetched(final, fingerprint)
-
-
-MAX_REDIRECTS = 10
 
 
 class _Fetcher:
