@@ -26,6 +26,7 @@ def summary(data_dir: str | os.PathLike[str], conn_id: str | None = None) -> str
         f"{len(manifest['classes']['train'])} classes",
         f"  files:  {len(outputs)} ({size / 1e6:.1f} MB)",
         f"  re-encoded: {len(manifest['reencoded'])}, left out: {len(manifest['skipped'])}",
+        f"  checks: {_checks(manifest)}",
     ]
     for step, stats in manifest.get("steps", {}).items():
         lines.append(f"  {step}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
@@ -33,3 +34,20 @@ def summary(data_dir: str | os.PathLike[str], conn_id: str | None = None) -> str
     if layout.exists(REPORT_KEY):
         lines.append(f"  report: {layout.uri(REPORT_KEY)}")
     return "\n".join(lines)
+
+
+def _checks(manifest: dict) -> str:
+    """What was checked while writing, in one line (the report's Checks section in short)."""
+    outputs = manifest.get("outputs", {})
+    summed = sum(1 for o in outputs.values() if o.get("crc32c"))
+    checks = manifest.get("checks", {})
+    crc = (
+        "CRC-32C recorded"
+        if summed == len(outputs) and outputs
+        else f"CRC-32C for {summed}/{len(outputs)} files"
+    )
+    if checks.get("decode_check"):
+        decode = f"decode check on ({checks.get('decode_failures', 0)} failed)"
+    else:
+        decode = "decode check off"
+    return f"{crc}, {decode}; check a copy with: python -m airflow_resnet_prep.verify DIR_OR_URI [--decode]"

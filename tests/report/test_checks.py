@@ -56,3 +56,12 @@ def test_an_older_manifest_without_checksums_says_so(sample, tmp_path: Path) -> 
     page = Path(write_report(str(data_dir))).read_text()
     assert '<span class="far">not recorded</span> (written by a version without checksums)' in page
     assert '<span class="muted">off</span>' in page
+
+
+def test_the_text_summary_says_what_was_checked(sample, tmp_path: Path) -> None:
+    from airflow_resnet_prep.report import summary
+
+    report_of(sample, tmp_path / "on", "nvidia", decode_check=True)
+    assert "  checks: CRC-32C recorded, decode check on (0 failed); check a copy with: " in summary(
+        str(tmp_path / "on")
+    )
