@@ -252,3 +252,45 @@ def test_operator_passes_an_intact_copy_and_fails_a_damaged_one_listing_it(outpu
     ):
         op.execute(context)
     assert context["ti"].pushed["verify"]["ok"] is False
+
+
+def test_decode_finds_size_features_that_disagree_with_the_image(outputs, tmp_path: Path) -> None:
+    """A shard rewritten consistently (framing, size, CRC and index all updated in the manifest) but
+    with a record whose image/height feature is wrong: only decoding can tell, and --decode does."""
+    import io
+
+    from airflow_resnet_prep.formats.tfexample import encode_example, parse_example
+    from airflow_resnet_prep.formats.tfrecord import TFRecordWriter, read_records
+
+    copy = copy_of(outputs, "reference", tmp_path)
+    key = "tfrecords/validation-00000-of-00002"
+    records = read_records(str(copy / key))
+    f = parse_example(records[1])
+    records[1] = encode_example(
+        encoded=f["image/encoded"][0],
+        filename=f["image/filename"][0].decode(),
+        label=f["image/class/label"][0],
+        synset=f["image/class/synset"][0].decode(),
+        height=f["image/height"][0] + 1,
+        width=f["image/width"][0],
+    )
+    out = io.BytesIO()
+    writer = TFRecordWriter(out)
+    for r in records:
+        writer.write(r)
+    (copy / key).write_bytes(out.getvalue())
+    idx = "".join(f"{o} {s}\n" for o, s in zip(writer.offsets, writer.sizes, strict=True))
+    (copy / f"{key}.idx").write_text(idx)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["outputs"][key].update(size=writer.position, crc32c=f"{writer.crc:08x}")
+    manifest["outputs"][f"{key}.idx"].update(size=len(idx), crc32c=f"{google_crc32c.value(idx.encode()):08x}")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+
+    assert problems(copy) == []  # consistent bytes: nothing to see without decoding
+    found = problems(copy, decode=True, workers=1)
+    name = f["image/filename"][0].decode()
+    h, w = f["image/height"][0], f["image/width"][0]
+    assert found == [
+        f"{key} (record 1, offset {writer.offsets[1]:,}, {name}): image/height, image/width say "
+        f"{h + 1}x{w}, the image decodes to {h}x{w}"
+    ]

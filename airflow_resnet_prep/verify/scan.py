@@ -141,12 +141,13 @@ class _Decoder:
     _decoder: Any = None
 
     @classmethod
-    def check(cls, data: bytes, where: str) -> None:
+    def check(cls, data: bytes, where: str) -> tuple[int, int]:
+        """(height, width) as decoded, or BadImageError."""
         if cls._decoder is None:
             from airflow_resnet_prep.formats.tfdecode import JpegDecoder
 
             cls._decoder = JpegDecoder()
-        cls._decoder.check(data, where)
+        return cls._decoder.check(data, where)
 
 
 def scan(store: Store, segment: Segment, classes: list[str], decode: bool) -> SegmentResult:
@@ -227,10 +228,24 @@ def _scan_tfrecords(
         if decode:
             encoded = _first(features.get("image/encoded"), b"")
             try:
-                _Decoder.check(encoded, filename)
+                decoded = _Decoder.check(encoded, filename)
                 result.decoded += 1
             except BadImageError as exc:
                 result.decode_failures.append((offset, position, exc.reason, filename))
+            else:
+                # The size features come from the header; a reader may rely on them (DALI's crops).
+                said = (_first(features.get("image/height"), -1), _first(features.get("image/width"), -1))
+                if said != decoded:
+                    result.findings.append(
+                        Finding(
+                            segment.key,
+                            f"image/height, image/width say {said[0]}x{said[1]}, the image decodes to "
+                            f"{decoded[0]}x{decoded[1]}",
+                            position,
+                            offset,
+                            filename,
+                        )
+                    )
         offset += size
 
 
