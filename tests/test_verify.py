@@ -108,16 +108,26 @@ def test_unit_by_unit_conversion_records_the_same_crc32c(
 @pytest.mark.parametrize("impl", ["reference", "nvidia"])
 def test_an_intact_copy_passes_through_the_command_line(outputs, impl: str, tmp_path: Path) -> None:
     copy = copy_of(outputs, impl, tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow_resnet_prep.verify", str(copy), "--workers", "2"],
+    done = subprocess.run(  # a relative path, as a user types it next to the copy
+        [sys.executable, "-m", "airflow_resnet_prep.verify", copy.name, "--workers", "2"],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=copy.parent,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK: everything matches the manifest" in done.stdout
     assert "36 records" in done.stdout
     assert "verify" in done.stderr and "MiB" in done.stderr  # the progress line: count, rate, ETA
+    as_json = subprocess.run(
+        [sys.executable, "-m", "airflow_resnet_prep.verify", str(copy), "--json", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = json.loads(as_json.stdout)
+    assert as_json.returncode == 0 and result["ok"] is True and result["records"] == 36
+    assert result["implementation"] == impl and result["problems"] == []
 
 
 @pytest.mark.parametrize("impl", ["reference", "nvidia"])
@@ -294,3 +304,14 @@ def test_decode_finds_size_features_that_disagree_with_the_image(outputs, tmp_pa
         f"{key} (record 1, offset {writer.offsets[1]:,}, {name}): image/height, image/width say "
         f"{h + 1}x{w}, the image decodes to {h}x{w}"
     ]
+
+
+def test_a_location_verify_cannot_read_exits_2_saying_why() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_resnet_prep.verify", "ftp://mirror/imagenet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "verify: data_dir 'ftp://mirror/imagenet': unsupported URI" in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from airflow_resnet_prep.errors import PrepError
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        report = verify(args.data_dir, decode=args.decode, workers=args.workers, conn_id=args.conn_id)
+        # One machine: a relative path means the current folder's (a data_dir param must be absolute).
+        where = args.data_dir if "://" in args.data_dir else os.path.abspath(args.data_dir)
+        report = verify(where, decode=args.decode, workers=args.workers, conn_id=args.conn_id)
     except (PrepError, ValueError, OSError) as exc:
         print(f"verify: {exc}", file=sys.stderr)
         return EXIT_ERROR
