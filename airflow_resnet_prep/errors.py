@@ -39,3 +39,8 @@ class OutputConflictError(PrepError):
 
 class DiskFullError(PrepError):
     """The output file system ran out of space."""
+
+
+def reason(exc: BaseException) -> str:
+    """The short reason of an OS or storage error, for a message that names the file itself."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

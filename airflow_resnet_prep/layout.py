@@ -68,7 +68,7 @@ class DataDir:
             # An empty param would otherwise mean the worker's current folder.
             raise PrepError("data_dir is empty: set the data_dir param (or MLPERF_RESNET_PREP_DATA_DIR)")
         if is_object_uri(text):
-            from airflow_resnet_prep.sources.bucket import canonical_uri, shared_store
+            from airflow_resnet_prep.storage import canonical_uri, shared_store
 
             try:
                 address = canonical_uri(text, conn_id).rstrip("/")

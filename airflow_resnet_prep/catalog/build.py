@@ -25,9 +25,9 @@ from typing import BinaryIO
 from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.progress import Progress
-from airflow_resnet_prep.sources.bucket import canonical_uri, display_uri, source_store
+from airflow_resnet_prep.sources.bucket import source_store
 from airflow_resnet_prep.sources.tarindex import iter_tar
-from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store
+from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store, canonical_uri, display_uri
 from airflow_resnet_prep.storage.rangefile import RangeFile
 
 log = logging.getLogger(__name__)

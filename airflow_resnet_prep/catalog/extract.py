@@ -14,7 +14,7 @@ from pathlib import Path
 from airflow_resnet_prep.catalog.model import DIR, ImageReader, SplitCatalog
 from airflow_resnet_prep.fsutil import copy_range, disk_full_as_error, remove_stale_tmp, tmp_name
 from airflow_resnet_prep.progress import Progress
-from airflow_resnet_prep.sources.bucket import is_bucket_uri
+from airflow_resnet_prep.storage import is_object_uri
 
 
 def image_path(root: Path, synset: str, name: str) -> Path:
@@ -31,7 +31,7 @@ def extract_split(catalog: SplitCatalog, dest: Path) -> int:
     progress = Progress(f"extracting {catalog.split}", total=len(catalog))
     fds: dict[int, int] = {}
     visited: set[Path] = set()
-    remote = {i for i, s in enumerate(catalog.sources) if is_bucket_uri(s.path)}
+    remote = {i for i, s in enumerate(catalog.sources) if is_object_uri(s.path)}
     if remote:  # sources in a bucket: fetched with the reader's coalesced, concurrent ranged reads
         return _extract_remote(catalog, dest, progress)
     try:

@@ -19,9 +19,9 @@ from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import FETCH_RECORD, DataDir, catalog_key
-from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri
 from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import resolve_source
+from airflow_resnet_prep.storage import display_uri, is_object_uri
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def check_remote_data_dir(layout: DataDir, sources: list[str], download_sources:
             "workers do not see; turn it off (sources in a bucket are read in place)"
         )
     for source in sources:
-        if "://" in source and not is_bucket_uri(source) and not source.startswith("file://"):
+        if "://" in source and not is_object_uri(source) and not source.startswith("file://"):
             raise PrepError(
                 f"{display_uri(source)}: a URL is downloaded to a local disk, which the workers of an "
                 f"object-store data_dir ({layout.url}) do not share; copy it into a bucket and give its "
@@ -114,7 +114,7 @@ def fetch(
             # An archive in a bucket is indexed by a chain of small requests (each header gives the next
             # one's offset): index the two splits at the same time, so the latencies overlap. A local
             # archive is indexed at disk speed, one after the other.
-            remote = [f.path for f in (train, val) if is_bucket_uri(f.path)]
+            remote = [f.path for f in (train, val) if is_object_uri(f.path)]
             pending = {}
             if remote:
                 pool = ThreadPoolExecutor(2, thread_name_prefix="index")
@@ -150,11 +150,11 @@ def fetch(
         if extract:
             # A local folder is the extracted layout already; tars, and folders in a bucket, are copied.
             train_catalog = SplitCatalog.load(layout.catalog_file("train"))
-            if train_catalog.sources[0].kind != DIR or is_bucket_uri(train_catalog.sources[0].path):
+            if train_catalog.sources[0].kind != DIR or is_object_uri(train_catalog.sources[0].path):
                 extract_split(train_catalog, layout.raw("train"))
                 imagenet_path = str(layout.raw("train"))
             val_catalog = SplitCatalog.load(layout.catalog_file("val"))
-            if val_catalog.sources[0].kind != DIR or is_bucket_uri(val_catalog.sources[0].path):
+            if val_catalog.sources[0].kind != DIR or is_object_uri(val_catalog.sources[0].path):
                 extract_split(val_catalog, layout.raw("val"))
     return FetchResult(
         data_dir=layout.url,

@@ -70,7 +70,7 @@ class Source:
     @functools.cached_property
     def shown(self) -> str:
         """The path, or the bucket URI without its connection id: for messages."""
-        from airflow_resnet_prep.sources.bucket import display_uri
+        from airflow_resnet_prep.storage import display_uri
 
         return display_uri(self.path)
 
@@ -209,7 +209,7 @@ class ImageReader:
     def store(self, src: int) -> Store:
         store = self._stores.get(src)
         if store is None:
-            from airflow_resnet_prep.sources.bucket import shared_store
+            from airflow_resnet_prep.storage import shared_store
 
             store = self._stores[src] = shared_store(self.sources[src].path)
             self._baseline[src] = store.stats.snapshot()
@@ -353,10 +353,11 @@ def export_connections(sources: Iterable[Source]) -> None:
     """Put the Airflow connections the sources need into this process's environment, so that worker
     processes started from here reach the bucket on their own (:meth:`Store.connection_env`): a forked
     worker must not ask the task's supervisor, a spawned one cannot. A no-op for local sources."""
-    from airflow_resnet_prep.sources.bucket import is_bucket_uri, source_store
+    from airflow_resnet_prep.sources.bucket import source_store
+    from airflow_resnet_prep.storage import is_object_uri
 
     for source in sources:
-        if not is_bucket_uri(source.path):
+        if not is_object_uri(source.path):
             continue
         store = source_store(source.path)
         if not store.conn_id or f"AIRFLOW_CONN_{store.conn_id.upper()}" in os.environ:

@@ -18,9 +18,10 @@ from airflow_resnet_prep.catalog.extract import move_val_into_classes
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import LabelsError, SourceError
 from airflow_resnet_prep.layout import DataDir, catalog_key
-from airflow_resnet_prep.sources.bucket import display_uri, is_bucket_uri, read_source_bytes
+from airflow_resnet_prep.sources.bucket import read_source_bytes
 from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import resolve_source
+from airflow_resnet_prep.storage import display_uri, is_object_uri
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
     """Parse the labels file (a local path, or an object URI): one synset per line. Windows line endings
     and blank lines at the end are accepted; a blank line anywhere else, or a line that is not a synset
     id, is an error naming it."""
-    if is_bucket_uri(path):
+    if is_object_uri(path):
         data = read_source_bytes(path)
         path = display_uri(path)
     else:

@@ -52,8 +52,7 @@ from airflow_resnet_prep.formats.crc32c import ChecksumWriter, combine_all, crc3
 from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
 from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record_buffers
 from airflow_resnet_prep.layout import RECORDIO, DataDir, work_key
-from airflow_resnet_prep.sources.bucket import is_bucket_uri
-from airflow_resnet_prep.storage import Assembly, Part
+from airflow_resnet_prep.storage import Assembly, Part, is_object_uri
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +336,7 @@ def check_class_folders(split: str, catalog: SplitCatalog, classes: list[str]) -
     present = {r.synset for r in catalog.images}
     for src, source in enumerate(catalog.sources):
         members = [r.member for r in catalog.images if r.src == src]
-        if source.kind != DIR or not all("/" in m for m in members) or is_bucket_uri(source.path):
+        if source.kind != DIR or not all("/" in m for m in members) or is_object_uri(source.path):
             # a tar, or a flat validation folder: no class folders to check; a bucket has no empty
             # folders (a prefix exists only through the objects below it)
             continue

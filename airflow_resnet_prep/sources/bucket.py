@@ -25,12 +25,11 @@ import hashlib
 import logging
 import os
 import posixpath
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.errors import SourceError, reason
 from airflow_resnet_prep.fsutil import (
     atomic_write_json,
     disk_full_as_error,
@@ -38,76 +37,39 @@ from airflow_resnet_prep.fsutil import (
     fsync_dir,
     read_json,
 )
-from airflow_resnet_prep.sources.checksum import ByteProgress, parse_checksum, verify_object
-from airflow_resnet_prep.storage import OBJECT_SCHEMES, ObjectNotFoundError, StorageError, Store, store_for
+from airflow_resnet_prep.sources.checksum import (
+    ByteProgress,
+    file_digest,
+    parse_checksum,
+    stream_object,
+    verify_object,
+)
+from airflow_resnet_prep.sources.fetched import Fetched
+from airflow_resnet_prep.storage import (
+    ObjectNotFoundError,
+    StorageError,
+    Store,
+    canonical_uri,
+    display_uri,
+    is_object_uri,
+    store_for,
+)
+from airflow_resnet_prep.storage.versions import head, listing_digest
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK = 16 << 20  # bytes per ranged GET when copying or hashing a whole object
-COPY_CONCURRENCY = 4
 COPY_OBJECTS_CONCURRENCY = 16  # objects of a folder prefix copied at once
-
-
-def is_bucket_uri(source: str | os.PathLike[str]) -> bool:
-    return urlsplit(str(source).strip()).scheme.lower() in OBJECT_SCHEMES
-
-
-def canonical_uri(source: str, conn_id: str | None = None) -> str:
-    """``scheme://[conn_id@]bucket/key`` with the connection of the URI, else ``conn_id``; refuses a URI
-    holding a password (without echoing it)."""
-    store_for(source, conn_id)  # validates: credentials, missing bucket
-    parts = urlsplit(source.strip())
-    scheme = OBJECT_SCHEMES[parts.scheme.lower()]
-    userinfo, at, bucket = parts.netloc.rpartition("@")
-    conn = (userinfo if at else "") or (conn_id or "").strip()
-    path = "/" + parts.path.strip("/") if parts.path.strip("/") else ""
-    return f"{scheme}://{conn + '@' if conn else ''}{bucket}{path}"
-
-
-def display_uri(source: str | os.PathLike[str]) -> str:
-    """A path as is; an object URI without its ``conn_id@`` part (for messages, XCom and fingerprints)."""
-    text = str(source)
-    if not is_bucket_uri(text):
-        return text
-    parts = urlsplit(text.strip())
-    bucket = parts.netloc.rpartition("@")[2]
-    return f"{OBJECT_SCHEMES[parts.scheme.lower()]}://{bucket}{parts.path.rstrip('/')}"
 
 
 def source_store(source: str | os.PathLike[str], conn_id: str | None = None) -> Store:
     """The store of a catalog source: its object URI (connection included), or a local path made absolute."""
     text = str(source)
-    if is_bucket_uri(text):
+    if is_object_uri(text):
         try:
             return store_for(text, conn_id)
         except StorageError as exc:
             raise SourceError(str(exc)) from None
     return store_for(os.path.abspath(os.path.expanduser(text)))
-
-
-_SHARED: dict[tuple[str, int], Store] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_store(source: str | os.PathLike[str]) -> Store:
-    """:func:`source_store`, one per source and process for sources in a bucket.
-
-    Image readers are made per unit, many per process: sharing the store keeps one client (and one
-    set of request counters hooked to it) per process instead of a new hook per unit. After ``fork``
-    the child makes its own (the key holds the PID)."""
-    text = str(source)
-    if not is_bucket_uri(text):
-        return source_store(text)
-    key = (text, os.getpid())
-    store = _SHARED.get(key)
-    if store is None:
-        with _SHARED_LOCK:
-            store = _SHARED.get(key)
-            if store is None:
-                for stale in [k for k in _SHARED if k[1] != key[1]]:
-                    del _SHARED[stale]  # a parent's, inherited through fork
-                store = _SHARED[key] = source_store(text)
-    return store
 
 
 def read_source_bytes(source: str | os.PathLike[str]) -> bytes:
@@ -118,11 +80,7 @@ def read_source_bytes(source: str | os.PathLike[str]) -> bytes:
     except ObjectNotFoundError:
         raise SourceError(f"{display_uri(source)}: no such file or object") from None
     except (StorageError, OSError) as exc:
-        raise SourceError(f"{display_uri(source)}: cannot read it: {_reason(exc)}") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise SourceError(f"{display_uri(source)}: cannot read it: {reason(exc)}") from exc
 
 
 def resolve_object(
@@ -132,11 +90,9 @@ def resolve_object(
     checksum: str | None = None,
     conn_id: str | None = None,
     download: bool = False,
-):
-    """A bucket source as a :class:`~airflow_resnet_prep.sources.download.Fetched`: its canonical URI
+) -> Fetched:
+    """A bucket source as a :class:`~airflow_resnet_prep.sources.fetched.Fetched`: its canonical URI
     (read in place) or, with ``download``, its local copy under ``downloads_dir``."""
-    from airflow_resnet_prep.sources.download import Fetched
-    from airflow_resnet_prep.storage.versions import head, listing_digest
 
     uri = _canonical(source, conn_id)
     store = source_store(uri)
@@ -147,13 +103,13 @@ def resolve_object(
         info = None
     except Exception as exc:  # a missing connection, refused credentials, an unreachable endpoint
         raise SourceError(
-            f"{shown}: cannot reach the object: {type(exc).__name__}: {_reason(exc)}{_conn_hint(uri)}"
+            f"{shown}: cannot reach the object: {type(exc).__name__}: {reason(exc)}{_conn_hint(uri)}"
         ) from None
     if info is None:
         try:
             files, size, digest = listing_digest(store)
         except Exception as exc:
-            raise SourceError(f"{shown}: cannot list it: {_reason(exc)}{_conn_hint(uri)}") from None
+            raise SourceError(f"{shown}: cannot list it: {reason(exc)}{_conn_hint(uri)}") from None
         if not files:
             raise SourceError(
                 f"{shown}: no such object, and no objects below it as a folder{_conn_hint(uri)}"
@@ -231,7 +187,7 @@ def _download_object(
         ):
             verified = side.get("checksum")
             if parsed and verified != f"{parsed[0]}:{parsed[1]}":
-                digest = _file_hash(final, parsed[0])
+                digest = file_digest(final, parsed[0])
                 verified = _check(shown, parsed, digest)
                 atomic_write_json(sidecar, {**side, "checksum": verified})
             log.info("%s: reusing the copy %s (same size and ETag), no download", shown, final)
@@ -242,7 +198,7 @@ def _download_object(
         progress = ByteProgress(f"copy {name}", info.size)
         try:
             with disk_full_as_error(part), open(part, "wb") as fh:
-                for data in _chunks(store, info.size):
+                for data in stream_object(store, info.size):
                     fh.write(data)
                     if hasher is not None:
                         hasher.update(data)
@@ -301,42 +257,10 @@ def _download_folder(store: Store, shown: str, fp: dict[str, object], downloads_
                 for n in pool.map(copy, todo):
                     progress.advance(n)
         except (StorageError, OSError) as exc:
-            raise SourceError(f"{shown}: copying the folder failed: {_reason(exc)}") from exc
+            raise SourceError(f"{shown}: copying the folder failed: {reason(exc)}") from exc
         progress.finish()
         atomic_write_json(sidecar, fp)
         return target
-
-
-def _chunks(store: Store, size: int):
-    ranges = [(o, min(COPY_CHUNK, size - o)) for o in range(0, size, COPY_CHUNK)]
-    try:
-        yield from store.iter_ranges(
-            "",
-            ranges,
-            max_gap=0,
-            max_request=COPY_CHUNK,
-            concurrency=COPY_CONCURRENCY,
-            window_bytes=4 * COPY_CHUNK,
-        )
-    except (StorageError, OSError) as exc:
-        raise SourceError(f"{store.url}: reading the object failed: {_reason(exc)}") from exc
-
-
-def object_digest(store: Store, size: int, algo: str) -> str:
-    """Hex digest of the whole object, streamed with large concurrent ranged reads."""
-    h = hashlib.new(algo)
-    progress = ByteProgress(f"{algo} of {store.url}", size)
-    for data in _chunks(store, size):
-        h.update(data)
-        progress.advance(len(data))
-    progress.finish()
-    return h.hexdigest()
-
-
-def _file_hash(path: Path, algo: str) -> str:
-    from airflow_resnet_prep.sources.checksum import file_digest
-
-    return file_digest(path, algo)
 
 
 def _check(shown: str, parsed: tuple[str, str], actual: str) -> str:

@@ -12,12 +12,20 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from airflow_resnet_prep.errors import SourceError
+from airflow_resnet_prep.errors import SourceError, reason
 from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock, read_json
 from airflow_resnet_prep.progress import Progress, _fmt_duration
+from airflow_resnet_prep.storage import StorageError, Store
+
+if TYPE_CHECKING:
+    from airflow_resnet_prep.storage.versions import ObjectVersion
+
+COPY_CHUNK = 16 << 20  # bytes per ranged GET when copying or hashing a whole object
+COPY_CONCURRENCY = 4
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +163,34 @@ def verify_file(path: Path, spec: str | None, cache_dir: Path | None = None) -> 
     return f"{algo}:{actual}"
 
 
-def _same_object(entry: object, info: Any) -> bool:
+def stream_object(store: Store, size: int) -> Iterator[bytes]:
+    """The whole object of ``store``, in order, read with large concurrent ranged requests."""
+    ranges = [(o, min(COPY_CHUNK, size - o)) for o in range(0, size, COPY_CHUNK)]
+    try:
+        yield from store.iter_ranges(
+            "",
+            ranges,
+            max_gap=0,
+            max_request=COPY_CHUNK,
+            concurrency=COPY_CONCURRENCY,
+            window_bytes=4 * COPY_CHUNK,
+        )
+    except (StorageError, OSError) as exc:
+        raise SourceError(f"{store.url}: reading the object failed: {reason(exc)}") from exc
+
+
+def object_digest(store: Store, size: int, algo: str) -> str:
+    """Hex digest of the whole object, streamed (never written to disk)."""
+    h = hashlib.new(algo)
+    progress = ByteProgress(f"{algo} of {store.url}", size)
+    for data in stream_object(store, size):
+        h.update(data)
+        progress.advance(len(data))
+    progress.finish()
+    return h.hexdigest()
+
+
+def _same_object(entry: object, info: ObjectVersion) -> bool:
     if not isinstance(entry, dict):
         return False
     return (entry.get("size"), entry.get("etag"), entry.get("version")) == (
@@ -166,7 +201,7 @@ def _same_object(entry: object, info: Any) -> bool:
 
 
 def verify_object(
-    store: Any, shown: str, info: Any, spec: str | None, cache_dir: Path | None = None
+    store: Store, shown: str, info: ObjectVersion, spec: str | None, cache_dir: Path | None = None
 ) -> str | None:
     """:func:`verify_file` for an object in a bucket: its bytes are streamed with large concurrent ranged
     reads and hashed, never written to disk. The result is remembered in ``verified.json`` keyed by the
@@ -184,8 +219,6 @@ def verify_object(
             actual = entry["digests"][algo]
             log.info("%s: %s known from %s (object unchanged), not reading it again", shown, algo, CACHE_FILE)
     if actual is None:
-        from airflow_resnet_prep.sources.bucket import object_digest
-
         log.info("%s: computing %s of %.1f MB, streamed from the bucket", shown, algo, info.size / 1e6)
         actual = object_digest(store, info.size, algo)
         if cache_dir is not None:
@@ -195,7 +228,7 @@ def verify_object(
     return f"{algo}:{actual}"
 
 
-def _remember_object(cache_dir: Path, shown: str, info: Any, algo: str, digest: str) -> None:
+def _remember_object(cache_dir: Path, shown: str, info: ObjectVersion, algo: str, digest: str) -> None:
     cache_file = cache_dir / CACHE_FILE
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

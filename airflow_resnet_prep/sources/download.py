@@ -29,7 +29,6 @@ import os
 import posixpath
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
@@ -45,7 +44,7 @@ from airflow_resnet_prep.fsutil import (
     fsync_dir,
     read_json,
 )
-from airflow_resnet_prep.sources.bucket import is_bucket_uri, resolve_object
+from airflow_resnet_prep.sources.bucket import resolve_object
 from airflow_resnet_prep.sources.checksum import (
     ByteProgress,
     file_digest,
@@ -54,6 +53,8 @@ from airflow_resnet_prep.sources.checksum import (
     verify_file,
 )
 from airflow_resnet_prep.sources.credentials import HttpCredentials, origin_of
+from airflow_resnet_prep.sources.fetched import Fetched
+from airflow_resnet_prep.storage import is_object_uri
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +71,6 @@ _CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
 _QUERY_PAIR = re.compile(r"([?&;])([^=&;\s\"'#]+)=([^&;\s\"'#]*)")
 # urllib3 logs each request line, query string included, at DEBUG ("GET /x.tar?token=... HTTP/1.1").
 _URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry")
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """A source ready to read, and what identifies it for output caching.
-
-    ``fingerprint`` keys: ``kind`` (``url`` | ``file`` | ``dir``) and ``source`` (the URL without
-    credentials, or the absolute path), then
-
-    * ``url``: ``size``, ``etag``, ``last_modified`` (``None`` when the server sent none);
-    * ``file``: ``size``, ``mtime_ns``;
-    * ``dir``: ``files`` (regular files below it, symlinks followed), ``size`` (their total bytes) and
-      ``mtime_ns`` (the newest mtime among those files *and the folders*, so renaming or moving a file
-      between folders, which changes no file's mtime, still changes the fingerprint);
-
-    * ``object`` (a source in a bucket, :mod:`.bucket`): ``size``, ``etag``, ``version``;
-    * ``object_dir`` (a folder prefix in a bucket): ``files``, ``size``, ``digest`` (of every key, size, ETag);
-
-    plus ``checksum`` (``"md5:<hex>"``) when a checksum was given and verified by this call.
-
-    ``path`` is a local path, or for a bucket source read in place its canonical URI
-    (``s3://<conn_id>@bucket/key``, see :func:`.bucket.canonical_uri`).
-    """
-
-    path: Path | str
-    fingerprint: dict[str, object]
 
 
 class _Retry(Exception):
@@ -185,7 +160,7 @@ def resolve_source(
     parse_checksum(checksum)  # a malformed checksum fails before any work
     downloads_dir = Path(downloads_dir)
     scheme = urlsplit(source).scheme.lower()
-    if is_bucket_uri(source):
+    if is_object_uri(source):
         return resolve_object(
             source, downloads_dir, checksum=checksum, conn_id=storage_conn_id or None, download=download
         )
