@@ -84,7 +84,11 @@ def test_the_report_in_the_bucket_is_the_local_page(both, s3_server) -> None:
     assert "no preview" not in remote and "report incomplete" not in remote
     # The same page: the same counts, charts, sample thumbnails (bytes and all), sizes, files, listed
     # images (for reference, re-encoded images found in the shards through the plan) and params.
-    assert sections(remote) == sections(local) == ["classes", "samples", "sizes", "listed", "steps", "run"]
+    assert (
+        sections(remote)
+        == sections(local)
+        == ["classes", "samples", "sizes", "listed", "checks", "steps", "run"]
+    )
     assert stable(remote, layout.url) == stable(local, str(both.local))
     thumbs = re.findall(r'src="(data:image/jpeg;base64,[^"]+)"', remote)
     assert len(thumbs) >= 36 and thumbs == re.findall(r'src="(data:image/jpeg;base64,[^"]+)"', local)
