@@ -32,6 +32,8 @@ PROJECT = "airflow-resnet-prep-compose-test"
 ADMIN = ("airflow", "airflow")
 DATA_VOLUME = "mlperf-data"
 FINAL_RUN_STATES = {"success", "failed"}
+# Tries of an idempotent REST call that times out (60 s each).
+API_ATTEMPTS = 4
 # Variables of the test process that the compose CLI and docker need (nothing of Airflow's).
 _PASSED = ("PATH", "HOME", "LANG", "LC_ALL", "DOCKER_HOST", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", "TMPDIR")
 
@@ -167,18 +169,28 @@ class RestClient:
         if self._token is None:
             username, password = self.auth
             response = requests.post(
-                f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=30
+                f"{self.base_url}/auth/token", json={"username": username, "password": password}, timeout=60
             )
             response.raise_for_status()
             self._token = response.json()["access_token"]
         return self._token
 
     def api(self, method: str, path: str, *, auth: bool = True, **kw: Any) -> requests.Response:
+        """One request; an idempotent one (not POST) is tried again when the API server does not answer in
+        time, as a script polling a busy server on a laptop would (the stack shares 2 cores in CI)."""
         headers = dict(kw.pop("headers", None) or {})
         if auth:
             headers.setdefault("Authorization", f"Bearer {self.token()}")
-        kw.setdefault("timeout", 30)
-        return requests.request(method, self.base_url + path, headers=headers, **kw)
+        kw.setdefault("timeout", 60)
+        attempts = 1 if method.upper() == "POST" else API_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            try:
+                return requests.request(method, self.base_url + path, headers=headers, **kw)
+            except (requests.Timeout, requests.ConnectionError):
+                if attempt == attempts:
+                    raise
+                time.sleep(5)
+        raise AssertionError("unreachable")
 
     def wait_dag(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
