@@ -321,6 +321,16 @@ def image_exists(tag: str) -> bool:
     return docker("image", "inspect", tag, timeout=30, check=False).returncode == 0
 
 
+def remove_older(tag: str) -> None:
+    """Remove the other tags of ``tag``'s repository (images of earlier inputs), unless a container uses
+    them: a machine keeps one image per name."""
+    repository = tag.rsplit(":", 1)[0]
+    listed = docker("images", "--format", "{{.Repository}}:{{.Tag}}", repository, timeout=60, check=False)
+    for other in listed.stdout.split():
+        if other != tag:
+            docker("rmi", other, timeout=120, check=False)
+
+
 def image_size(tag: str) -> int:
     return int(docker("image", "inspect", "--format", "{{.Size}}", tag, timeout=30).stdout.strip())
 
@@ -364,6 +374,7 @@ def debian_image(log: list[str]) -> str:
                     tar.stdout.close()
                 tar.wait()
         log.append(f"built {tag} in {time.monotonic() - started:.0f} s (debootstrap from {mirror})")
+        remove_older(tag)
     return tag
 
 
@@ -393,6 +404,7 @@ def simple_image(name: str, base: str, log: list[str]) -> str:
     with cache_lock(name):
         if not image_exists(tag):
             build(tag, context, log, build_args={"BASE_IMAGE": base})
+            remove_older(tag)
     return tag
 
 
@@ -465,6 +477,7 @@ def airflow_image(base: str, log: list[str]) -> str:
             shutil.copytree(wheels, staged / "wheels", copy_function=os.link)
             build(tag, staged, log, build_args={"BASE_IMAGE": base})
             docker("rmi", runtime, timeout=60, check=False)
+            remove_older(tag)
     return tag
 
 
