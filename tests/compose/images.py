@@ -153,7 +153,10 @@ def ensure_docker() -> str:
         _apt_install(wanted)
     if not daemon_answers():
         if os.geteuid() != 0:
-            raise DockerUnavailable("the Docker daemon does not answer, and only root may start it here")
+            answer = docker("info", timeout=20, check=False).stderr.strip().splitlines()[-1:]
+            raise DockerUnavailable(
+                f"the Docker daemon does not answer ({' '.join(answer)}), and only root may start it here"
+            )
         log = cache_dir() / "dockerd.log"
         # Debian's package starts nothing without systemd; dockerd in its own session outlives the test
         # (the next run finds it running, with its images).
