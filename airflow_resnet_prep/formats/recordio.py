@@ -182,6 +182,17 @@ def write_record(fh: BinaryIO, header: Buffer, image: Buffer) -> int:
     return sum(len(b) for b in bufs)
 
 
+def is_record_head(head: bytes) -> bool:
+    """Whether 8 bytes at a 4-aligned offset start a record: the magic and a first-part flag (0 or 1).
+    The writer escapes the magic at every aligned position inside payloads, so only record heads and
+    continuation parts carry it there (what lets a reader start in the middle of a file, as dmlc's
+    splitter does)."""
+    if len(head) != 8:
+        return False
+    magic, lrec = _HEAD.unpack(head)
+    return magic == MAGIC and lrec >> 29 in (0, 1)
+
+
 def iter_records(path_or_fh: str | os.PathLike[str] | BinaryIO) -> Iterator[tuple[int, bytes]]:
     """Yield ``(offset of the record's first magic, payload)`` for each record, undoing the escaping.
 

@@ -237,11 +237,8 @@ def _rec_cuts(layout: DataDir, rec: str, size: int, target: int) -> list[int]:
             continue
         if offset - cuts[-1] < target or offset >= size:
             continue
-        head = layout.store.read_range(rec, offset, 8) if offset + 8 <= size else b""
-        if len(head) == 8:
-            magic, lrec = recordio._HEAD.unpack(head)
-            if magic == recordio.MAGIC and lrec >> 29 in (0, 1):
-                cuts.append(offset)
+        if offset + 8 <= size and recordio.is_record_head(layout.store.read_range(rec, offset, 8)):
+            cuts.append(offset)
     return cuts
 
 

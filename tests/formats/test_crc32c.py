@@ -53,3 +53,16 @@ def test_tfrecord_writer_sums_the_file_it_writes() -> None:
     assert writer.crc == google_crc32c.value(out.getvalue())
     assert writer.position == len(out.getvalue())
     assert list(iter_records(io.BytesIO(out.getvalue()), "mem")) == [bytes(r) for r in records]
+
+
+def test_record_heads_are_told_from_escaped_payload() -> None:
+    """verify cuts a .rec at .idx offsets only where a record starts; a payload holding the magic at
+    aligned positions is escaped, so no aligned position inside it looks like a head."""
+    from airflow_resnet_prep.formats.recordio import MAGIC, is_record_head, pack_header, record_buffers
+
+    magic = MAGIC.to_bytes(4, "little")
+    image = magic * 3 + b"\0" * 5 + magic
+    data = b"".join(bytes(b) for b in record_buffers(pack_header(1.0, 7), image))
+    heads = [o for o in range(0, len(data) - 7, 4) if is_record_head(data[o : o + 8])]
+    assert heads == [0]
+    assert not is_record_head(data[:7])
