@@ -122,7 +122,7 @@ PARAMS: dict[str, ParamSpec] = {
         {"type": "boolean"},
         "Decode every image with TensorFlow's JPEG decoder (as the reference trainer does) before writing "
         "it; one that fails follows on_bad_image. Catches images whose header is fine but whose data is "
-        "not. About 1.6 ms of CPU per image; needs the tensorflow extra. Default off.",
+        "not. About 2 ms of CPU per image; needs the tensorflow extra. Default off.",
         section=OUTPUT,
     ),
     "labels_source": ParamSpec(

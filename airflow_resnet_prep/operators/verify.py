@@ -20,7 +20,7 @@ class VerifyOperator(BaseOperator):
 
     :param data_dir: The data set: a local path or ``s3://[conn_id@]bucket/prefix`` / ``gs://`` URI. (templated)
     :param decode: Also decode every image with TensorFlow's JPEG decoder (needs the ``tensorflow``
-        extra; about 1.6 ms of CPU per image). (templated)
+        extra; about 2 ms of CPU per image). (templated)
     :param workers: Processes (0 = one per core). (templated)
     :param storage_conn_id: Connection for a URI that names none; must be allowed like the
         conversion's (``[resnet_prep] allowed_conn_ids`` or ``allowed_conn_ids``). (templated)
