@@ -44,6 +44,7 @@ def get_provider_info() -> dict:
                     "airflow_resnet_prep.operators.tfrecord",
                     "airflow_resnet_prep.operators.nvidia",
                     "airflow_resnet_prep.operators.publish",
+                    "airflow_resnet_prep.operators.verify",
                 ],
             }
         ],

@@ -30,6 +30,7 @@ def test_listed_operator_modules_hold_the_five_operators():
         "ConvertTFRecordOperator",
         "NvidiaPrepOperator",
         "PublishOperator",
+        "VerifyOperator",
     } <= names
 
 
