@@ -23,14 +23,6 @@ from compose.stack import ComposeStack
 PROJECT_IMAGE = f"{images.REPOSITORY}/project:latest"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "compose: starts docker-compose.yaml with Docker, on images built here from Debian and PyPI "
-        "(tests/compose); `pytest -m compose` runs only these, `-m 'not compose'` skips them",
-    )
-
-
 def under_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
