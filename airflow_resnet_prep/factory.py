@@ -53,17 +53,14 @@ def _param(name: str, default: Any) -> Param:
     return Param(shown, description=description, title=name, **spec.form_schema(), **extra)
 
 
-def _asset(dag_id: str, data_dir: str) -> Asset:
-    """The Asset a run updates: named after the DAG; its URI is the default data_dir when there is one
-    (where the data is), else a URI naming the DAG (each event's extra carries the run's own paths)."""
-    name = DEFAULT_ASSET_NAME if dag_id == DEFAULT_DAG_ID else f"{dag_id}_prepared"
-    if data_dir.startswith(("s3://", "gs://")):
-        uri = data_dir.split("://", 1)[0] + "://" + data_dir.split("://", 1)[1].rpartition("@")[2]
-    elif data_dir.startswith("/"):
-        uri = f"file://{data_dir.rstrip('/')}"
-    else:
-        uri = f"file:///mlperf-resnet-prep/{'prepared' if dag_id == DEFAULT_DAG_ID else dag_id}"
-    return Asset(name=name, uri=uri)
+def _asset(dag_id: str) -> Asset:
+    """The Asset a run updates, one per DAG. Its URI names the DAG, not a folder: each run chooses its
+    own data_dir, and two DAGs writing the same folder would otherwise claim one URI under two names
+    (Airflow then disables both). Where the data is travels in each event's extra (``data_path``, the
+    ``*_path`` keys)."""
+    if dag_id == DEFAULT_DAG_ID:
+        return Asset(name=DEFAULT_ASSET_NAME, uri="file:///mlperf-resnet-prep/prepared")
+    return Asset(name=f"{dag_id}_prepared", uri=f"file:///mlperf-resnet-prep/{dag_id}")
 
 
 def mlperf_resnet_prep_dag(
@@ -105,7 +102,7 @@ def mlperf_resnet_prep_dag(
         locations=[resolved_defaults[n] for n in ("data_dir", "train_source", "val_source", "labels_source")],
     )
     if asset is None:
-        asset = _asset(dag_id, resolved_defaults["data_dir"])
+        asset = _asset(dag_id)
     if schedule is ...:
         schedule = config.get("schedule") or None
 
