@@ -10,8 +10,7 @@ import os
 import pendulum
 from airflow.sdk import DAG, Asset, task
 
-# By name: the Asset's URI is the deployment's default data_dir, which the consumer need not know.
-PREPARED = Asset.ref(name="mlperf_resnet_prepared")
+PREPARED = Asset(name="mlperf_resnet_prepared", uri="file:///mlperf-resnet-prep/prepared")
 
 with DAG(
     dag_id="prepared_consumer",
