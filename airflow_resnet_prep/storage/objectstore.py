@@ -305,13 +305,21 @@ class S3Store(ObjectStore):
 
     def _make_fs(self) -> Any:
         fs = super()._make_fs()
-        client = fs.s3  # created here, in this process
-        stores = _CLIENT_STORES.get(client)
+        # The handlers go on the session, which hands them to the clients it makes, unless this file
+        # system made its client before they were there. Asking for ``fs.s3`` first would make the
+        # client outside s3fs's own first call, and s3fs before 2026.9 then replaces the session on that
+        # call by one without the connection's credentials (every request unsigned).
+        session = fs.session
+        if session is not None and (session in _CLIENT_STORES or getattr(fs, "_s3", None) is None):
+            target, events = session, session  # its clients have (or will get) the handlers
+        else:
+            target = fs.s3
+            events = target.meta.events
+        stores = _CLIENT_STORES.get(target)
         if stores is None:
-            # Once per client: stores of one connection share it (fsspec's cache), and handlers
-            # registered per store would pile up on it, each request calling them all.
-            stores = _CLIENT_STORES[client] = weakref.WeakSet()
-            events = client.meta.events
+            # Once per client (or session): stores of one connection share it (fsspec's cache), and
+            # handlers registered per store would pile up on it, each request calling them all.
+            stores = _CLIENT_STORES[target] = weakref.WeakSet()
             events.register("before-send.s3", functools.partial(_count_request, stores))
             events.register("after-call.s3.GetObject", functools.partial(_count_get_bytes, stores))
             events.register("before-parameter-build.s3.UploadPart", _rewind_body)
