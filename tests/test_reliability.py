@@ -428,7 +428,7 @@ def test_a_run_waits_for_a_unit_another_process_is_writing(small, baseline, tmp_
     assert_same_result(data_dir, baseline[implementation], implementation)
 
 
-def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 120) -> None:
+def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 300) -> None:
     """Read ``proc``'s stderr until a line holds ``text`` (the sign of a state, instead of a sleep)."""
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout_s
