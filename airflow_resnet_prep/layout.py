@@ -10,24 +10,30 @@ local view, for the one-machine fast paths and for tests: on an object store the
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from airflow_resnet_prep.errors import OutputConflictError, PrepError
-from airflow_resnet_prep.fsutil import TMP_SUFFIX, exclusive_lock, remove_stale_tmp
-from airflow_resnet_prep.storage import LeaseHeldError, StorageError, Store, is_object_uri
+from airflow_resnet_prep.storage import (
+    LeaseHeldError,
+    LocalStore,
+    StorageError,
+    Store,
+    canonical_uri,
+    is_object_uri,
+    shared_store,
+)
+from airflow_resnet_prep.storage.base import check_key
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,9 @@ class DataDir:
     store: Store
     #: how to name it again in another process: the path, or the URI with its ``conn_id@`` (never a secret)
     address: str
+    #: the folder on this machine's disk, or None for a data_dir in object storage: known once, here, for
+    #: what only a disk can hold (an extracted copy, downloads every later step reads)
+    disk: Path | None = None
 
     @classmethod
     def of(cls, data_dir: str | os.PathLike[str], conn_id: str | None = None) -> DataDir:
@@ -68,14 +77,14 @@ class DataDir:
             # An empty param would otherwise mean the worker's current folder.
             raise PrepError("data_dir is empty: set the data_dir param (or MLPERF_RESNET_PREP_DATA_DIR)")
         if is_object_uri(text):
-            from airflow_resnet_prep.storage import canonical_uri, shared_store
-
             try:
                 address = canonical_uri(text, conn_id).rstrip("/")
             except StorageError as exc:
                 raise PrepError(f"data_dir: {exc}") from None
             return cls(shared_store(address), address)
-        if "://" in text:
+        if text.lower().startswith("file://"):  # as every store location: a file URL is its path
+            text = unquote(urlsplit(text).path)
+        elif "://" in text:
             raise PrepError(
                 f"data_dir {text!r}: unsupported URI; give an absolute local path (a folder every worker "
                 "sees) or an s3:// or gs:// URI"
@@ -84,16 +93,10 @@ class DataDir:
         if not path.is_absolute():
             # A relative path names a different folder on every worker (each has its own current folder).
             raise PrepError(f"data_dir {text!r} is a relative path: give an absolute path")
-        from airflow_resnet_prep.storage import LocalStore
-
         path = path.resolve()
-        return cls(LocalStore(path), str(path))
+        return cls(LocalStore(path), str(path), path)
 
     # -- where ---------------------------------------------------------------------------------------------
-    @property
-    def is_local(self) -> bool:
-        return self.store.local_path() is not None
-
     @property
     def url(self) -> str:
         """The data_dir for messages, XCom and the manifest: a path, or a URI without its connection."""
@@ -103,11 +106,11 @@ class DataDir:
         return self.store.uri(key)
 
     def path(self, key: str = "") -> Path:
-        """The local path of ``key``; only for a local data_dir (the one-machine fast paths)."""
-        local = self.store.local_path(key)
-        if local is None:
+        """The local path of ``key``; only for a data_dir on a disk (the one-machine fast paths)."""
+        if self.disk is None:
             raise PrepError(f"{self.uri(key)}: needs a local data_dir (this one is in object storage)")
-        return Path(local)
+        key = check_key(key)
+        return self.disk / key if key else self.disk
 
     # -- records: small JSON and text objects ---------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -137,41 +140,22 @@ class DataDir:
 
     def delete_tree(self, key: str) -> None:
         """Remove ``key`` and everything below it."""
-        local = self.store.local_path(key)
-        if local is not None:
-            shutil.rmtree(local, ignore_errors=True)
-            return
-        keys = [o.key for o in self.store.list(key)]
-        with ThreadPoolExecutor(8, thread_name_prefix="delete") as pool:
-            list(pool.map(self.store.delete, keys))
+        self.store.delete_tree(key)
 
     def discard_partial(self, key: str) -> int:
         """Free what killed writers left of outputs below (or at) ``key``: temporary files on a local
         disk, open multipart uploads in a bucket. Only when no writer of them can be alive."""
-        local = self.store.local_path(key)
-        if local is None:
-            return self.store.abort_uploads(key)
-        local = Path(local)
-        if local.is_dir():
-            return remove_stale_tmp(local)
-        return sum(
-            1
-            for stale in local.parent.glob(f".{glob.escape(local.name)}.*{TMP_SUFFIX}")
-            if stale.unlink(missing_ok=True) is None
-        )
+        return self.store.discard_partial(key)
 
     # -- coordination --------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def hold(self, key: str = LOCK, wait_s: float = 0.0) -> Iterator[None]:
+    def hold(self, key: str = LOCK, wait_s: float = 0.0, transient: bool = False) -> Iterator[None]:
         """Hold the lease on ``key`` (the data_dir's lock by default) for the block, waiting up to
-        ``wait_s`` seconds for another holder; then fail naming the holder. Locally an ``flock`` (dies
+        ``wait_s`` seconds for another holder; then fail naming the holder. On a disk an ``flock`` (dies
         with its process); in a bucket a lease object written with a conditional PUT and renewed while
-        held (a killed holder's lease expires after its time to live)."""
-        local = self.store.local_path(key)
-        if local is not None:
-            with exclusive_lock(local, wait_s=wait_s):
-                yield
-            return
+        held (a killed holder's lease expires after its time to live). ``transient``: nothing of the
+        lease stays after the block (a unit's lock, useless once its done record is written; never the
+        data_dir's lock, whose file a waiting run may have open)."""
         lease = self.store.lease(key, f"pid {os.getpid()} on {socket.gethostname()}", ttl_s=LEASE_TTL_S)
         deadline = time.monotonic() + wait_s
         with contextlib.ExitStack() as held:
@@ -182,15 +166,17 @@ class DataDir:
                 except LeaseHeldError as exc:
                     if time.monotonic() >= deadline:
                         raise OutputConflictError(str(exc)) from None
-                    time.sleep(1.0)
+                    time.sleep(lease.poll_s)
             yield
+        if transient:
+            lease.discard()
 
     @property
     def local_downloads(self) -> Path:
         """Where this machine keeps downloaded files: ``downloads/`` of a local data_dir; for one in object
         storage, a folder of the local temporary directory (scratch: only what one step uses, such as
         the labels file, is downloaded there)."""
-        if self.is_local:
+        if self.disk is not None:
             return self.downloads
         digest = hashlib.sha256(self.address.encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / "airflow-resnet-prep" / digest / DOWNLOADS
@@ -247,7 +233,7 @@ class DataDir:
         return self.path(LOCK)
 
     def ensure(self) -> DataDir:
-        if self.is_local:
+        if self.disk is not None:
             for folder in (self.root, self.downloads, self.catalog):
                 folder.mkdir(parents=True, exist_ok=True)
         return self

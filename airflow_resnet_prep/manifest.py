@@ -65,7 +65,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Everything a user (or a rerun) needs to know about this output. ``params`` must hold no secret."""
     classes = {
-        split: SplitCatalog.load_from(layout.store, catalog_key(split)).class_counts()
+        split: SplitCatalog.load(layout.store, catalog_key(split)).class_counts()
         for split in ("train", "val")
     }
     return {

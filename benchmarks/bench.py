@@ -229,10 +229,10 @@ def job_cat(spec: dict[str, Any]) -> dict[str, Any]:
 def job_cat_catalog(spec: dict[str, Any]) -> dict[str, Any]:
     """One positioned read per image through the catalog, appended to one file."""
     from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
-    from airflow_resnet_prep.layout import DataDir
+    from airflow_resnet_prep.layout import DataDir, catalog_key
 
     layout = DataDir.of(spec["data_dir"])
-    catalogs = [SplitCatalog.load(layout.catalog_file(s)) for s in ("train", "val")]
+    catalogs = [SplitCatalog.load(layout.store, catalog_key(s)) for s in ("train", "val")]
     out = Path(spec["out"])
     clock = Clock()
     with open(out, "wb", buffering=1 << 20) as fh:
@@ -500,12 +500,12 @@ class Sample:
         from airflow_resnet_prep.catalog.fetch import fetch
         from airflow_resnet_prep.catalog.model import SplitCatalog
         from airflow_resnet_prep.catalog.relabel import relabel
-        from airflow_resnet_prep.layout import DataDir
+        from airflow_resnet_prep.layout import DataDir, catalog_key
 
         fetch(self.prepared, str(self.set.train_tar), str(self.set.val_tar))
         relabel(self.prepared, str(self.set.labels))
         layout = DataDir.of(self.prepared)
-        self.catalogs = {s: SplitCatalog.load(layout.catalog_file(s)) for s in ("train", "val")}
+        self.catalogs = {s: SplitCatalog.load(layout.store, catalog_key(s)) for s in ("train", "val")}
         self.train = len(self.catalogs["train"])
         self.val = len(self.catalogs["val"])
         self.images = self.train + self.val

@@ -16,7 +16,8 @@ from airflow_resnet_prep.catalog.fetch import fetch
 from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
 from airflow_resnet_prep.catalog.relabel import assign_labels, read_labels, relabel
 from airflow_resnet_prep.errors import LabelsError, SourceError, UnsafeArchiveError
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import DataDir, catalog_key
+from airflow_resnet_prep.storage import LocalStore
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +53,14 @@ def test_tar_and_folder_catalogs_agree(sample, extracted):
 
 def test_catalog_round_trips_through_its_file(sample, tmp_path):
     catalog = build_split_catalog("train", sample.train_tar)
-    catalog.save(tmp_path / "train.tsv")
-    assert SplitCatalog.load(tmp_path / "train.tsv") == catalog
+    catalog.save(LocalStore(tmp_path), "train.tsv")
+    assert SplitCatalog.load(LocalStore(tmp_path), "train.tsv") == catalog
 
 
 def test_relabel_assigns_classes_from_the_labels_file(sample, tmp_path):
     fetch(tmp_path, str(sample.train_tar), str(sample.val_tar))
     result = relabel(tmp_path, str(sample.labels))
-    val = SplitCatalog.load(DataDir.of(tmp_path).catalog_file("val"))
+    val = SplitCatalog.load(DataDir.of(tmp_path).store, catalog_key("val"))
     labels = sample.labels.read_text().split()
     assert result.images == len(val) == len(labels)
     for ref in val.images:
@@ -88,7 +89,7 @@ def test_extract_lays_out_folders_and_relabel_moves_val(sample, extracted, tmp_p
     moved = relabel(tmp_path, str(sample.labels), extract=True).moved
     assert moved == sample.val_count
     assert not list((raw / "val").glob("*.JPEG"))
-    val = SplitCatalog.load(DataDir.of(tmp_path).catalog_file("val"))
+    val = SplitCatalog.load(DataDir.of(tmp_path).store, catalog_key("val"))
     for ref in val.images:
         assert (raw / "val" / ref.synset / ref.name).is_file()
     assert not list(tmp_path.rglob(".*.tmp"))
@@ -98,7 +99,7 @@ def test_folder_sources_need_no_labels_file(sample, extracted, tmp_path):
     labelled_val = tmp_path / "val"
     fetch(tmp_path / "a", str(sample.train_tar), str(sample.val_tar))
     relabel(tmp_path / "a", str(sample.labels), extract=False)
-    val = SplitCatalog.load(DataDir.of(tmp_path / "a").catalog_file("val"))
+    val = SplitCatalog.load(DataDir.of(tmp_path / "a").store, catalog_key("val"))
     for ref in val.images:
         (labelled_val / ref.synset).mkdir(parents=True, exist_ok=True)
         shutil.copy(extracted / "val" / ref.name, labelled_val / ref.synset / ref.name)

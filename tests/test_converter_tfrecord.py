@@ -35,7 +35,7 @@ from airflow_resnet_prep.converters import base, local
 from airflow_resnet_prep.converters.tfrecord import TFRecordConverter
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError, SourceError
 from airflow_resnet_prep.formats.jpeg import REASON_CMYK, REASON_PNG
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import DataDir, catalog_key
 
 PARAMS: dict[str, Any] = {"train_shards": 4, "val_shards": 2, "dali_index": True}
 PREFIX = {"train": "train", "val": "validation"}
@@ -478,7 +478,7 @@ def test_bad_image_fails_the_task_naming_the_file(
     assert BAD_REASON[kind] in info.value.reason
     # The shard that holds the bad image was not written, not even partly.
     layout = DataDir.of(data_dir)
-    order = [(r.synset, r.name) for r in SplitCatalog.load(layout.catalog_file("train")).images]
+    order = [(r.synset, r.name) for r in SplitCatalog.load(layout.store, catalog_key("train")).images]
     random.Random(0).shuffle(order)
     position = [name for _, name in order].index(bad_path.name)
     holder = shard_names("train", 2)[0 if position < len(order) // 2 else 1]
@@ -511,8 +511,8 @@ def test_a_split_with_no_images_fails(folder_source: Path, fresh: Path, tmp_path
         fetch(tmp_path / "other", str(folder_source / "train"), str(empty_val))
     # A catalog that ends up empty is refused by the plan too, before anything is written.
     layout = DataDir.of(fresh)
-    val = SplitCatalog.load(layout.catalog_file("val"))
-    SplitCatalog(split="val", sources=val.sources, images=[]).save(layout.catalog_file("val"))
+    val = SplitCatalog.load(layout.store, catalog_key("val"))
+    SplitCatalog(split="val", sources=val.sources, images=[]).save(layout.store, catalog_key("val"))
     with pytest.raises(PrepError, match="val split has no images"):
         base.plan(TFRecordConverter(**PARAMS), fresh)
     assert not layout.tfrecords.exists()

@@ -32,6 +32,7 @@ from airflow_resnet_prep.formats.recordio import (
     write_record,
 )
 from airflow_resnet_prep.sources.tarindex import check_member_name, iter_tar
+from airflow_resnet_prep.storage import LocalStore
 
 FUZZ = settings(
     max_examples=150,
@@ -287,7 +288,7 @@ def test_fuzz_labels_file(tmp_path: Path, data: bytes) -> None:
 def catalog_text(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     folder = tmp_path_factory.mktemp("cat")
     (folder / "train.tar").write_bytes(TAR_SEEDS[0])
-    build_split_catalog("train", folder / "train.tar").save(folder / "train.tsv")
+    build_split_catalog("train", folder / "train.tar").save(LocalStore(folder), "train.tsv")
     return (folder / "train.tsv").read_bytes()
 
 
@@ -300,7 +301,7 @@ def test_fuzz_catalog_file(tmp_path: Path, catalog_text: bytes, data: st.DataObj
     path = tmp_path / "train.tsv"
     path.write_bytes(mutated)
     try:
-        catalog = SplitCatalog.load(path)
+        catalog = SplitCatalog.load(LocalStore(tmp_path), "train.tsv")
     except PrepError as exc:
         assert isinstance(exc, SourceError) and str(path) in str(exc)
         return

@@ -10,7 +10,7 @@ from httpserver import FileServer
 
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import LabelsError, SourceError
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import DataDir, catalog_key
 
 SECRET = "s3cr3t-Passw0rd-for-tests"
 
@@ -84,7 +84,7 @@ def test_fetch_and_relabel_over_authenticated_http(sample, mirror, tmp_path, cap
     )
     relabelled = _run(relabel, params)
     assert relabelled["images"] == sample.val_count
-    assert SplitCatalog.load(layout.catalog_file("val")).labelled
+    assert SplitCatalog.load(layout.store, catalog_key("val")).labelled
 
     # Credentials reach neither XCom values, nor logs, nor files written under data_dir.
     shown = json.dumps([fetched, relabelled]) + caplog.text

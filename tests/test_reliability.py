@@ -39,7 +39,7 @@ from airflow_resnet_prep.errors import DiskFullError, OutputConflictError
 from airflow_resnet_prep.failpoints import ENV as FAILPOINT_ENV
 from airflow_resnet_prep.formats.recordio import iter_records
 from airflow_resnet_prep.fsutil import exclusive_lock, read_json
-from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.layout import DataDir, catalog_key
 from airflow_resnet_prep.params import resolved
 from airflow_resnet_prep.sample import SampleSet, generate
 from airflow_resnet_prep.sources.download import CHUNK_BYTES
@@ -194,9 +194,11 @@ def assert_no_partial_final_files(
         if part.is_file() and not part.name.startswith("."):
             list(iter_records(part))  # raises on a partial piece
     for split in ("train", "val"):
-        catalog = DataDir.of(data_dir).catalog_file(split)
-        if catalog.exists():
-            SplitCatalog.load(catalog)  # checks the header's image count against the rows
+        layout = DataDir.of(data_dir)
+        if layout.exists(catalog_key(split)):
+            SplitCatalog.load(
+                layout.store, catalog_key(split)
+            )  # checks the header's image count against the rows
     for record in (data_dir / "work").rglob("*.json"):
         if not record.name.startswith("."):
             assert read_json(record) is not None, f"{record} is not whole JSON"

@@ -19,7 +19,6 @@ import os
 import posixpath
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import BinaryIO
 
 from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
@@ -27,7 +26,7 @@ from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.progress import Progress
 from airflow_resnet_prep.sources.bucket import source_store
 from airflow_resnet_prep.sources.tarindex import iter_tar
-from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store, canonical_uri, display_uri
+from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store
 from airflow_resnet_prep.storage.rangefile import RangeFile
 
 log = logging.getLogger(__name__)
@@ -50,20 +49,15 @@ def _check_plain_name(where: str, name: str) -> None:
         raise SourceError(f"{where}: a name holds a line break: {name!r}")
 
 
-def _index_tar(split: str, path: Path) -> list[ImageRef]:
-    with open(path, "rb") as fh:
-        return _index_tar_file(str(path), path.name, fh, os.fstat(fh.fileno()).st_size, None)
-
-
 def _index_tar_file(
     archive: str, name: str, fh: BinaryIO, total: int, opener: Callable[[], BinaryIO] | None
 ) -> list[ImageRef]:
     """Index a tar (nested ``<synset>.tar`` members or ``[<synset>/]<image>`` members) read from ``fh``.
 
-    With ``opener`` (an archive in a bucket: ``fh`` and the readers it makes send one exact ranged
-    request per read), the nested tars are indexed ``INDEX_CONCURRENCY`` at a time, each with a reader
-    of its own: a tar's headers must be read one after the other (each gives the next one's offset),
-    so only separate tars overlap their requests' latency.
+    With ``opener`` (an archive whose every read is a request: ``fh`` and the readers it makes send one
+    exact ranged request per read), the nested tars are indexed ``INDEX_CONCURRENCY`` at a time, each
+    with a reader of its own: a tar's headers must be read one after the other (each gives the next
+    one's offset), so only separate tars overlap their requests' latency.
     """
     refs: list[ImageRef] = []
     skipped = 0
@@ -128,16 +122,19 @@ def _index_tar_file(
     return refs
 
 
-def _index_remote_tar(store: Store, shown: str, size: int) -> list[ImageRef]:
+def _index_tar(store: Store, shown: str, size: int) -> list[ImageRef]:
     def opener() -> BinaryIO:
-        return RangeFile(functools.partial(store.read_range, ""), size)  # type: ignore[return-value]
+        read_at = functools.partial(store.read_range, "")
+        return RangeFile(read_at, size, costly_reads=store.requests_are_costly)  # type: ignore[return-value]
 
     with opener() as fh:
-        return _index_tar_file(shown, posixpath.basename(shown), fh, size, opener)
+        return _index_tar_file(
+            shown, posixpath.basename(shown), fh, size, opener if store.requests_are_costly else None
+        )
 
 
-def _index_remote_dir(store: Store, shown: str) -> list[ImageRef]:
-    """A folder prefix in a bucket, laid out as ``<synset>/<image>`` or flat (val): one listing."""
+def _index_dir(store: Store, shown: str) -> list[ImageRef]:
+    """A folder laid out as ``<synset>/<image>`` or flat (val): one listing."""
     refs: list[ImageRef] = []
     skipped = 0
     for info in store.list():
@@ -157,32 +154,6 @@ def _index_remote_dir(store: Store, shown: str) -> list[ImageRef]:
     return refs
 
 
-def _index_dir(split: str, root: Path) -> list[ImageRef]:
-    refs: list[ImageRef] = []
-    skipped = 0
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith("."):  # hidden: editor, OS or our own in-progress files
-            continue
-        if entry.is_dir(follow_symlinks=True):
-            _check_plain_name(str(root), entry.name)
-            for image in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                if image.name.startswith("."):
-                    continue
-                if not is_image_name(image.name) or not image.is_file(follow_symlinks=True):
-                    skipped += 1
-                    continue
-                refs.append(
-                    ImageRef(entry.name, image.name, 0, 0, image.stat().st_size, f"{entry.name}/{image.name}")
-                )
-        elif entry.is_file(follow_symlinks=True) and is_image_name(entry.name):
-            refs.append(ImageRef("", entry.name, 0, 0, entry.stat().st_size, entry.name))
-        else:
-            skipped += 1
-    if skipped:
-        log.info("%s: skipped %d entries that are not images", root, skipped)
-    return refs
-
-
 def build_split_catalog(
     split: str, source: str | os.PathLike[str], conn_id: str | None = None, *, store: Store | None = None
 ) -> SplitCatalog:
@@ -191,36 +162,23 @@ def build_split_catalog(
 
     ``store``: the store of ``source`` when the caller has one (e.g. to read its request counts)."""
     store = store if store is not None else source_store(source, conn_id)
-    local = store.local_path()
-    if local is not None:
-        path = Path(local).resolve()
-        where = str(path)
-        if path.is_dir():
-            kind, refs = DIR, _index_dir(split, path)
-        elif path.is_file():
-            kind, refs = TAR, _index_tar(split, path)
-        else:
-            raise SourceError(f"{path}: {split} source does not exist")
-    else:
-        path = canonical_uri(str(source), conn_id)  # the connection travels with the catalog
-        where = display_uri(path)
+    where = store.url
+    try:
         try:
-            try:
-                size = store.size()
-            except ObjectNotFoundError:
-                kind, refs = DIR, _index_remote_dir(store, where)
-                if not refs and not store.list():
-                    raise SourceError(
-                        f"{where}: {split} source does not exist (no object, no folder)"
-                    ) from None
-            else:
-                kind, refs = TAR, _index_remote_tar(store, where, size)
-        except (StorageError, OSError) as exc:
-            if isinstance(exc, SourceError):
-                raise
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise SourceError(f"{where}: cannot index the {split} source: {reason}") from exc
-        finally:
+            size = store.size()
+        except ObjectNotFoundError:
+            kind, refs = DIR, _index_dir(store, where)
+            if not refs and not store.exists() and not store.list():
+                raise SourceError(f"{where}: {split} source does not exist (no file, no folder)") from None
+        else:
+            kind, refs = TAR, _index_tar(store, where, size)
+    except (StorageError, OSError) as exc:
+        if isinstance(exc, SourceError):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise SourceError(f"{where}: cannot index the {split} source: {reason}") from exc
+    finally:
+        if store.requests_are_costly:
             stats = store.stats.snapshot()
             log.info(
                 "%s: indexed; this process's client sent %d requests meanwhile, %.1f MB read",
@@ -244,4 +202,5 @@ def build_split_catalog(
     for prev, cur in itertools.pairwise(refs):
         if prev.synset == cur.synset and prev.name == cur.name:
             raise SourceError(f"{where}: duplicate image {cur.synset + '/' if cur.synset else ''}{cur.name}")
-    return SplitCatalog(split=split, sources=[Source(kind, str(path))], images=refs)
+    # The source's address carries its connection: every later step and worker reaches it the same way.
+    return SplitCatalog(split=split, sources=[Source(kind, store.address)], images=refs)

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_resnet_prep.catalog.build import build_split_catalog
-from airflow_resnet_prep.catalog.extract import extract_split
-from airflow_resnet_prep.catalog.model import DIR, SplitCatalog
+from airflow_resnet_prep.catalog.extract import extract_split, is_on_disk
+from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import FETCH_RECORD, DataDir, catalog_key
@@ -78,7 +78,7 @@ def fetch(
     else ``storage_conn_id``; they are read in place unless ``download_sources`` copies them to
     ``downloads/`` first."""
     layout = DataDir.of(data_dir, storage_conn_id).ensure()
-    if not layout.is_local:
+    if layout.disk is None:
         check_remote_data_dir(layout, [train_source, val_source], download_sources, extract)
     started = time.monotonic()
     with layout.hold(wait_s=5):
@@ -112,23 +112,15 @@ def fetch(
             layout.delete(FETCH_RECORD)  # the catalogs below are about to change
             catalogs: dict[str, SplitCatalog] = {}
             # An archive in a bucket is indexed by a chain of small requests (each header gives the next
-            # one's offset): index the two splits at the same time, so the latencies overlap. A local
-            # archive is indexed at disk speed, one after the other.
-            remote = [f.path for f in (train, val) if is_object_uri(f.path)]
-            pending = {}
-            if remote:
-                pool = ThreadPoolExecutor(2, thread_name_prefix="index")
+            # one's offset): index the two splits at the same time, so the latencies overlap.
+            with ThreadPoolExecutor(2, thread_name_prefix="index") as pool:
                 pending = {
                     split: pool.submit(build_split_catalog, split, f.path)
                     for split, f in (("train", train), ("val", val))
                 }
-                pool.shutdown(wait=False)
-            for split, fetched in (("train", train), ("val", val)):
-                if split in pending:
-                    catalogs[split] = pending[split].result()
-                else:
-                    catalogs[split] = build_split_catalog(split, fetched.path)
-                catalogs[split].save_to(layout.store, catalog_key(split))
+            for split in ("train", "val"):
+                catalogs[split] = pending[split].result()
+                catalogs[split].save(layout.store, catalog_key(split))
                 if split == "train":
                     failpoint("fetch-train-catalog")
                 log.info(
@@ -148,14 +140,12 @@ def fetch(
 
         imagenet_path = display_uri(train.path)  # a bucket URI without its connection id
         if extract:
-            # A local folder is the extracted layout already; tars, and folders in a bucket, are copied.
-            train_catalog = SplitCatalog.load(layout.catalog_file("train"))
-            if train_catalog.sources[0].kind != DIR or is_object_uri(train_catalog.sources[0].path):
-                extract_split(train_catalog, layout.raw("train"))
-                imagenet_path = str(layout.raw("train"))
-            val_catalog = SplitCatalog.load(layout.catalog_file("val"))
-            if val_catalog.sources[0].kind != DIR or is_object_uri(val_catalog.sources[0].path):
-                extract_split(val_catalog, layout.raw("val"))
+            for split in ("train", "val"):
+                catalog = SplitCatalog.load(layout.store, catalog_key(split))
+                if not is_on_disk(catalog):
+                    extract_split(catalog, layout.raw(split))
+                    if split == "train":
+                        imagenet_path = str(layout.raw("train"))
     return FetchResult(
         data_dir=layout.url,
         train_catalog=layout.uri(catalog_key("train")),

@@ -8,22 +8,17 @@ unit's images lying close together share one request (:meth:`ImageReader.iter_re
 
 from __future__ import annotations
 
-import collections
 import functools
 import io
-import itertools
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from airflow_resnet_prep.errors import SourceError
-from airflow_resnet_prep.fsutil import atomic_path
-from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store
+from airflow_resnet_prep.errors import SourceError, reason
+from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store, display_uri, shared_store
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +65,6 @@ class Source:
     @functools.cached_property
     def shown(self) -> str:
         """The path, or the bucket URI without its connection id: for messages."""
-        from airflow_resnet_prep.storage import display_uri
-
         return display_uri(self.path)
 
     def describe(self, ref: ImageRef) -> str:
@@ -121,42 +114,19 @@ class SplitCatalog:
         for r in self.images:
             yield f"{r.synset}\t{r.name}\t{r.src}\t{r.offset}\t{r.size}\t{r.member}\n"
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(self._lines())
-
-    def save_to(self, store: Store, key: str) -> None:
-        """Save under ``key`` of a data_dir's store (a local file streamed, an object in one PUT)."""
-        local = store.local_path(key)
-        if local is not None:
-            Path(local).parent.mkdir(parents=True, exist_ok=True)
-            self.save(local)
-        else:
-            store.write_bytes(key, "".join(self._lines()).encode("utf-8"))
+    def save(self, store: Store, key: str) -> None:
+        """Write the catalog under ``key`` of ``store`` (streamed; the key appears only when whole)."""
+        with store.writer(key) as fh:
+            fh.writelines(line.encode("utf-8") for line in self._lines())
 
     @classmethod
-    def load_from(cls, store: Store, key: str) -> SplitCatalog:
-        local = store.local_path(key)
-        if local is not None:
-            return cls.load(local)
+    def load(cls, store: Store, key: str) -> SplitCatalog:
         try:
-            data = store.read_bytes(key)
+            raw = store.open_read(key, block_size=1 << 20)
         except FileNotFoundError:
             raise SourceError(f"{store.uri(key)}: catalog not found; run the fetch step first") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{store.uri(key)}: damaged catalog ({exc}); rerun the fetch step") from None
-        return cls._parse(io.StringIO(text, newline="\n"), store.uri(key))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SplitCatalog:
-        try:
-            fh = open(path, encoding="utf-8", newline="\n")  # noqa: SIM115 (closed by the with below)
-        except FileNotFoundError:
-            raise SourceError(f"{path}: catalog not found; run the fetch step first") from None
-        with fh:
-            return cls._parse(fh, str(path))
+        with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as fh:  # type: ignore[arg-type]
+            return cls._parse(fh, store.uri(key))
 
     @classmethod
     def _parse(cls, fh: Iterable[str], path: str) -> SplitCatalog:
@@ -192,88 +162,50 @@ class SplitCatalog:
 class ImageReader:
     """Reads images' bytes through a catalog.
 
-    Each source is reached through the storage seam (:func:`airflow_resnet_prep.sources.bucket.source_store`),
-    chosen once per source: on a local disk, one ``pread`` per image from a tar kept open between reads
-    (or one read of a file below a folder); in a bucket, ranged GETs. :meth:`iter_read` reads a whole
-    unit's images in order: locally one by one, from a bucket with the images lying close together
-    coalesced into large requests and several requests in flight.
+    Each source is reached through the storage seam (:func:`airflow_resnet_prep.storage.shared_store`),
+    chosen once per source: a positioned read per image from a tar, or one read of a file (object) below
+    a folder. :meth:`iter_read` reads a whole unit's images in order; the store decides how (on a local
+    disk one read after the other; in a bucket the images lying close together coalesced into large
+    requests, and several requests in flight).
     """
 
     def __init__(self, sources: list[Source]) -> None:
         self.sources = sources
-        self._fds: dict[int, int] = {}
         self._stores: dict[int, Store] = {}
-        self._local: dict[int, bool] = {}
         self._baseline: dict[int, dict[str, Any]] = {}
 
     def store(self, src: int) -> Store:
         store = self._stores.get(src)
         if store is None:
-            from airflow_resnet_prep.storage import shared_store
-
             store = self._stores[src] = shared_store(self.sources[src].path)
             self._baseline[src] = store.stats.snapshot()
         return store
 
-    def _is_local(self, src: int) -> bool:
-        local = self._local.get(src)
-        if local is None:
-            local = self._local[src] = self.store(src).local_path() is not None
-        return local
-
     def stats(self) -> dict[str, Any]:
         """Requests and bytes sent to the buckets of this reader's sources since it first used them
-        (the process's client is shared, so requests other threads sent meanwhile count too; local
-        reads are not counted)."""
+        (the process's client is shared, so requests other threads sent meanwhile count too; reads
+        from a local disk are not requests and not counted)."""
         requests = 0
         fetched = 0
         for src, store in self._stores.items():
-            if store.local_path() is None:
+            if store.requests_are_costly:
                 now, then = store.stats.snapshot(), self._baseline[src]
                 requests += sum(now["requests"].values()) - sum(then["requests"].values())
                 fetched += now["bytes_read"] - then["bytes_read"]
         return {"requests": requests, "bytes_read": fetched}
 
-    def read(self, ref: ImageRef) -> bytes:
-        source = self.sources[ref.src]
-        if not self._is_local(ref.src):
-            return self._read_remote(ref)
-        if source.kind == DIR:
-            path = os.path.join(source.path, ref.member)
-            try:
-                with open(path, "rb") as fh:
-                    return fh.read()
-            except OSError as exc:
-                raise SourceError(f"{path}: cannot read image: {exc.strerror or exc}") from exc
-        fd = self._fds.get(ref.src)
-        if fd is None:
-            try:
-                fd = self._fds[ref.src] = os.open(source.path, os.O_RDONLY)
-            except OSError as exc:
-                raise SourceError(f"{source.path}: cannot open archive: {exc.strerror or exc}") from exc
-        data = os.pread(fd, ref.size, ref.offset)
-        if len(data) != ref.size:
-            raise SourceError(
-                f"{source.describe(ref)}: archive is shorter than its index says "
-                f"(wanted {ref.size} bytes at offset {ref.offset}, got {len(data)}); was it truncated or replaced?"
-            )
-        return data
-
-    def _read_remote(self, ref: _Ref) -> bytes:
+    def read(self, ref: _Ref) -> bytes:
         source = self.sources[ref.src]
         store = self.store(ref.src)
         try:
             if source.kind == DIR:
-                return store.read_range(ref.member, 0, ref.size) if ref.size else store.read_bytes(ref.member)
+                return store.read_bytes(ref.member)
             return store.read_range("", ref.offset, ref.size)
         except ObjectNotFoundError:
             what = "image" if source.kind == DIR else "archive"
-            raise SourceError(
-                f"{source.describe(ref)}: cannot read image: the {what} object is gone"
-            ) from None
+            raise SourceError(f"{source.describe(ref)}: cannot read image: the {what} is gone") from None
         except (StorageError, OSError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise SourceError(f"{source.describe(ref)}: cannot read image: {reason}") from exc
+            raise SourceError(f"{source.describe(ref)}: cannot read image: {reason(exc)}") from exc
 
     def iter_read(self, refs: Iterable[_R]) -> Iterator[tuple[_R, bytes]]:
         """``(ref, bytes)`` for every ref, in the order given; a ref that cannot be read raises
@@ -287,59 +219,35 @@ class ImageReader:
             end = start
             while end < len(refs) and refs[end].src == src:
                 end += 1
-            run = refs[start:end]
-            if self._is_local(src):
-                for ref in run:
-                    yield ref, self.read(ref)
-            elif self.sources[src].kind == TAR:
-                yield from self._iter_ranges(src, run)
-            else:
-                yield from self._iter_objects(src, run)
+            yield from self._iter_run(src, refs[start:end])
             start = end
 
-    def _iter_ranges(self, src: int, run: list[_R]) -> Iterator[tuple[_R, bytes]]:
-        """One tar in a bucket: the store coalesces close ranges into large requests, several in flight."""
+    def _iter_run(self, src: int, run: list[_R]) -> Iterator[tuple[_R, bytes]]:
+        """The images of one source: ranges of a tar, or objects of a folder, as the store reads best."""
+        store, source = self.store(src), self.sources[src]
+        if source.kind == TAR:
+            pieces = store.iter_ranges("", [(r.offset, r.size) for r in run], concurrency=READ_CONCURRENCY)
+        else:
+            pieces = store.iter_objects((r.member for r in run), concurrency=READ_CONCURRENCY)
         done = 0
         try:
-            for data in self.store(src).iter_ranges(
-                "", [(r.offset, r.size) for r in run], concurrency=READ_CONCURRENCY
-            ):
+            for data in pieces:
                 yield run[done], data
                 done += 1
         except (StorageError, OSError) as exc:
             # A coalesced request serves many images: read the rest one by one, so that the image that
             # cannot be read is the one named (and a transient failure costs only a slower unit).
-            log.warning(
-                "%s: a coalesced read failed (%s); reading image by image", self.sources[src].path, exc
-            )
+            if store.requests_are_costly:
+                log.warning("%s: a batched read failed (%s); reading image by image", source.shown, exc)
             for ref in run[done:]:
-                yield ref, self._read_remote(ref)
-
-    def _iter_objects(self, src: int, run: list[_R]) -> Iterator[tuple[_R, bytes]]:
-        """A folder prefix in a bucket: one GET per image object, ``READ_CONCURRENCY`` in flight."""
-        pending: collections.deque[tuple[_R, Future[bytes]]] = collections.deque()
-        items = iter(run)
-        with ThreadPoolExecutor(READ_CONCURRENCY, thread_name_prefix="image-read") as pool:
-            try:
-                for ref in itertools.islice(items, 2 * READ_CONCURRENCY):
-                    pending.append((ref, pool.submit(self._read_remote, ref)))
-                while pending:
-                    ref, future = pending.popleft()
-                    following = next(items, None)
-                    if following is not None:
-                        pending.append((following, pool.submit(self._read_remote, following)))
-                    yield ref, future.result()
-            finally:
-                for _, future in pending:
-                    future.cancel()
+                yield ref, self.read(ref)
+        finally:
+            pieces.close()
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        # Object stores are shared by the process's readers (see shared_store): not closed here.
+        for store in self._stores.values():
+            store.close()  # open files; a bucket's client stays for the process's other readers
         self._stores.clear()
-        self._local.clear()
         self._baseline.clear()
 
     def __enter__(self) -> ImageReader:
@@ -353,13 +261,8 @@ def export_connections(sources: Iterable[Source]) -> None:
     """Put the Airflow connections the sources need into this process's environment, so that worker
     processes started from here reach the bucket on their own (:meth:`Store.connection_env`): a forked
     worker must not ask the task's supervisor, a spawned one cannot. A no-op for local sources."""
-    from airflow_resnet_prep.sources.bucket import source_store
-    from airflow_resnet_prep.storage import is_object_uri
-
     for source in sources:
-        if not is_object_uri(source.path):
-            continue
-        store = source_store(source.path)
+        store = shared_store(source.path)
         if not store.conn_id or f"AIRFLOW_CONN_{store.conn_id.upper()}" in os.environ:
             continue
         try:

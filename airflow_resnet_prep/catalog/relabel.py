@@ -11,17 +11,16 @@ import logging
 import os
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from airflow_resnet_prep.catalog.extract import move_val_into_classes
 from airflow_resnet_prep.catalog.model import SplitCatalog
-from airflow_resnet_prep.errors import LabelsError, SourceError
+from airflow_resnet_prep.errors import LabelsError
 from airflow_resnet_prep.layout import DataDir, catalog_key
 from airflow_resnet_prep.sources.bucket import read_source_bytes
 from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import resolve_source
-from airflow_resnet_prep.storage import display_uri, is_object_uri
+from airflow_resnet_prep.storage import display_uri
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,8 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
     """Parse the labels file (a local path, or an object URI): one synset per line. Windows line endings
     and blank lines at the end are accepted; a blank line anywhere else, or a line that is not a synset
     id, is an error naming it."""
-    if is_object_uri(path):
-        data = read_source_bytes(path)
-        path = display_uri(path)
-    else:
-        path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot read the labels file: {exc.strerror or exc}") from exc
+    data = read_source_bytes(path)
+    path = display_uri(path)
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -149,8 +141,8 @@ def relabel(
     layout = DataDir.of(data_dir, storage_conn_id)
     val_key = catalog_key("val")
     with layout.hold(wait_s=5):
-        train = SplitCatalog.load_from(layout.store, catalog_key("train"))
-        val = SplitCatalog.load_from(layout.store, val_key)
+        train = SplitCatalog.load(layout.store, catalog_key("train"))
+        val = SplitCatalog.load(layout.store, val_key)
         train_synsets = train.synsets
         if labelled_by_source(val):
             check_labelled(val, train_synsets)
@@ -166,7 +158,7 @@ def relabel(
         labels = read_labels(fetched.path)
         shown = display_uri(fetched.path)
         labelled = assign_labels(val, labels, train_synsets, shown)
-        labelled.save_to(layout.store, val_key)
+        labelled.save(layout.store, val_key)
         moved = move_val_into_classes(labelled, layout.raw("val")) if extract else 0
         log.info(
             "validation: %d images assigned to %d classes from %s",

@@ -205,11 +205,7 @@ def _items_text(items: Iterable[WorkItem]) -> str:
 
 def _digest(layout: DataDir, key: str) -> str:
     h = hashlib.sha256()
-    local = layout.store.local_path(key)
-    if local is None:
-        h.update(layout.store.read_bytes(key))
-        return h.hexdigest()
-    with open(local, "rb") as fh:
+    with layout.store.open_read(key, block_size=1 << 20) as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -225,7 +221,7 @@ def plan(
     layout = as_layout(data_dir)
     work_dir = work_key(converter.implementation)
     with layout.hold(wait_s=5):
-        catalogs = {split: SplitCatalog.load_from(layout.store, catalog_key(split)) for split in SPLITS}
+        catalogs = {split: SplitCatalog.load(layout.store, catalog_key(split)) for split in SPLITS}
         if not catalogs["val"].labelled:
             raise PrepError(
                 f"{layout.uri(catalog_key('val'))}: validation images have no classes yet; run relabel first"
@@ -251,7 +247,7 @@ def plan(
 
         units: list[dict[str, Any]] = []
         specs: list[UnitSpec] = []
-        converter.min_unit_bytes = 0 if layout.is_local else MIN_REMOTE_UNIT_BYTES
+        converter.min_unit_bytes = MIN_REMOTE_UNIT_BYTES if layout.store.requests_are_costly else 0
         for split in SPLITS:
             specs.extend(converter.plan_split(split, catalogs[split], classes))
         result = Plan(
@@ -333,13 +329,13 @@ def run_unit(converter: Converter, data_dir: str | os.PathLike[str] | DataDir, u
     lock = work_plan.unit_done_key(unit_id).removesuffix(".json") + ".lock"
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(layout.hold(lock, wait_s=0))
+            held.enter_context(layout.hold(lock, wait_s=0, transient=True))
         except OutputConflictError as exc:
             # Another process (a second run on this data_dir) is writing this unit: wait for it rather
             # than fail, or two runs that each hold a unit the other needs would both fail. The lock
             # dies with its holder, so this wait ends when the holder finishes or is killed.
             log.info("unit %d: %s; waiting for it", unit_id, exc)
-            held.enter_context(layout.hold(lock, wait_s=math.inf))
+            held.enter_context(layout.hold(lock, wait_s=math.inf, transient=True))
         done = work_plan.done(unit_id)  # another worker may have finished it while we waited
         if done is not None:
             return done
@@ -348,8 +344,6 @@ def run_unit(converter: Converter, data_dir: str | os.PathLike[str] | DataDir, u
         result = converter.run_unit(layout, work_plan, unit_id, items)
         result.seconds = round(time.monotonic() - started, 3)
         layout.write_json(work_plan.unit_done_key(unit_id), result.to_dict())
-    if layout.is_local:  # an object store's lease is gone with its release
-        layout.delete(lock)
     return result
 
 

@@ -76,7 +76,7 @@ class _Framed:
 def write_direct(converter: ItemFramer, layout: DataDir, work_plan: Plan, workers: int) -> bool:
     """Write both splits' ``.rec`` directly; False (nothing done) when some unit is done or being
     written by another process: that conversion goes on unit by unit."""
-    if not layout.is_local:
+    if layout.disk is None:
         return False  # in a bucket, units upload the pieces of one multipart upload instead
     # The data_dir lock keeps another run's finish (which clears in-progress files) and conversion out
     # while the .rec files are written; a second run waits a few seconds, then fails clearly.

@@ -230,7 +230,7 @@ def locate_report(session: Any, dag_id: str, run_id: str) -> Located:
     except Exception as exc:
         _log_failure(data_dir, exc)
         return Located(None, "No report here", "The run's XComs do not name a usable data_dir.")
-    if layout.is_local:
+    if layout.disk is not None:
         return _locate_on_disk(published, layout, dag_id, run_id)
     return _locate_in_bucket(published, layout, dag_id, run_id)
 

@@ -43,7 +43,7 @@ def open_exact(store: Store, key: str, block_size: int = 0) -> BinaryIO:
     """``key`` as a seekable file whose reads are the store's exact ranged reads (``pread`` locally);
     with ``block_size``, through a buffer of that size when the store is not a local disk."""
     raw = RangeFile(
-        functools.partial(store.read_range, key), store.size(key), costly_reads=store.local_path() is None
+        functools.partial(store.read_range, key), store.size(key), costly_reads=store.requests_are_costly
     )
     if block_size and raw.costly_reads:
         return io.BufferedReader(raw, block_size)  # type: ignore[arg-type]

@@ -54,7 +54,6 @@ from airflow_resnet_prep.storage import (
     is_object_uri,
     store_for,
 )
-from airflow_resnet_prep.storage.versions import head, listing_digest
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def resolve_object(
     store = source_store(uri)
     shown = display_uri(uri)
     try:
-        info = head(store)
+        info = store.version()
     except ObjectNotFoundError:
         info = None
     except Exception as exc:  # a missing connection, refused credentials, an unreachable endpoint
@@ -107,7 +106,7 @@ def resolve_object(
         ) from None
     if info is None:
         try:
-            files, size, digest = listing_digest(store)
+            files, size, digest = store.listing_digest()
         except Exception as exc:
             raise SourceError(f"{shown}: cannot list it: {reason(exc)}{_conn_hint(uri)}") from None
         if not files:

@@ -22,7 +22,7 @@ from airflow_resnet_prep.progress import Progress, _fmt_duration
 from airflow_resnet_prep.storage import StorageError, Store
 
 if TYPE_CHECKING:
-    from airflow_resnet_prep.storage.versions import ObjectVersion
+    from airflow_resnet_prep.storage import ObjectVersion
 
 COPY_CHUNK = 16 << 20  # bytes per ranged GET when copying or hashing a whole object
 COPY_CONCURRENCY = 4
@@ -206,7 +206,7 @@ def verify_object(
     """:func:`verify_file` for an object in a bucket: its bytes are streamed with large concurrent ranged
     reads and hashed, never written to disk. The result is remembered in ``verified.json`` keyed by the
     URI (without connection) with the object's size and ETag/generation, so a rerun does not read the
-    object again while it is unchanged. ``info`` is its :class:`~airflow_resnet_prep.storage.versions.ObjectVersion`.
+    object again while it is unchanged. ``info`` is its :class:`~airflow_resnet_prep.storage.ObjectVersion`.
     """
     parsed = parse_checksum(spec)
     if parsed is None:

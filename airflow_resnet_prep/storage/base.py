@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import posixpath
 import threading
 import uuid
@@ -75,6 +76,21 @@ class LeaseLostError(OutputConflictError):
 class ObjectInfo(NamedTuple):
     key: str  # relative to the store's root
     size: int
+    tag: str = ""  # what changes when the object is rewritten: its ETag (S3) or generation (GCS); "" locally
+
+
+class ObjectVersion(NamedTuple):
+    """What identifies an object's content without reading it. An S3 ETag of a single PUT is the
+    content's MD5, of a multipart upload a hash of the parts' MD5s; either changes whenever the object
+    is written with other bytes. A GCS generation changes on every write."""
+
+    size: int
+    etag: str | None  # S3 ETag / GCS etag, quotes stripped
+    version: str | None  # GCS generation (S3: the version id when the bucket keeps versions)
+
+
+def unquote_etag(etag: Any) -> str | None:
+    return str(etag).strip('"') if etag else None
 
 
 class Part(NamedTuple):
@@ -193,12 +209,17 @@ class Lease(AbstractContextManager["Lease"]):
 
     key: str
     owner: str
+    #: how often a waiting holder tries again (each try of an object lease is a request)
+    poll_s: float = 1.0
 
     @abstractmethod
     def acquire(self) -> Lease: ...
 
     @abstractmethod
     def release(self) -> None: ...
+
+    def discard(self) -> None:
+        """Remove what the released lease left behind (a lock file); an object lease leaves nothing."""
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -384,11 +405,20 @@ class Store(ABC):
     url: str
     #: the Airflow connection used (None: local, or the client's default credentials)
     conn_id: str | None = None
+    #: whether every request costs a round trip (tens of ms), so reads are worth batching and work units
+    #: worth making large; a local disk answers in microseconds
+    requests_are_costly: bool = True
 
     def __init__(self) -> None:
         self.stats = RequestStats()
 
     # -- naming ----------------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """How to name this store again in another process: the path, or the URI with its ``conn_id@``
+        (an id, never a secret)."""
+        return self.url
+
     def uri(self, key: str = "") -> str:
         """The full path or URI of ``key``, for messages (never holds a credential)."""
         key = check_key(key)
@@ -421,6 +451,21 @@ class Store(ABC):
 
     @abstractmethod
     def read_bytes(self, key: str = "") -> bytes: ...
+
+    def version(self, key: str = "") -> ObjectVersion:
+        """One metadata request for ``key``; :class:`ObjectNotFoundError` when absent."""
+        return ObjectVersion(self.size(key), None, None)
+
+    def listing_digest(self, prefix: str = "") -> tuple[int, int, str]:
+        """``(objects, total bytes, digest)`` of everything below ``prefix``: the digest covers every key,
+        size and ETag/generation, so any object added, removed, renamed or rewritten changes it."""
+        h = hashlib.sha256()
+        files = total = 0
+        for info in self.list(check_key(prefix)):
+            h.update(f"{info.key}\t{info.size}\t{info.tag}\n".encode())
+            files += 1
+            total += info.size
+        return files, total, h.hexdigest()
 
     @abstractmethod
     def open_read(self, key: str = "", block_size: int = 0) -> BinaryIO:
@@ -488,6 +533,26 @@ class Store(ABC):
         """The bytes of every ``(offset, size)`` range, in the order given (see :meth:`iter_ranges`)."""
         return list(self.iter_ranges(key, ranges, **kwargs))
 
+    def iter_objects(self, keys: Iterable[str], concurrency: int = 2 * CONCURRENCY) -> Iterator[bytes]:
+        """Yield the whole content of each key, in the order given, ``concurrency`` reads in flight (one
+        request per object: small objects, such as a folder of images, pay their round trips side by
+        side). A key that cannot be read raises when its turn comes, after the ones before it."""
+        pending: collections.deque[Future[bytes]] = collections.deque()
+        items = iter(keys)
+        with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="store-read") as pool:
+            try:
+                for key in itertools.islice(items, 2 * concurrency):
+                    pending.append(pool.submit(self.read_bytes, key))
+                while pending:
+                    future = pending.popleft()
+                    following = next(items, None)
+                    if following is not None:
+                        pending.append(pool.submit(self.read_bytes, following))
+                    yield future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
     # -- writes --------------------------------------------------------------------------------------------
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -505,6 +570,17 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` if present (no error when absent)."""
+
+    def delete_tree(self, key: str) -> None:
+        """Remove ``key`` and everything below it."""
+        keys = [o.key for o in self.list(key)]
+        with ThreadPoolExecutor(8, thread_name_prefix="delete") as pool:
+            list(pool.map(self.delete, keys))
+
+    def discard_partial(self, key: str) -> int:
+        """Free what killed writers left of outputs below (or at) ``key`` (open multipart uploads;
+        temporary files on a disk); return how many. Only when no writer of them can be alive."""
+        return self.abort_uploads(key)
 
     # -- coordination ------------------------------------------------------------------------------------
     @abstractmethod
@@ -557,7 +633,8 @@ class Store(ABC):
         return {}
 
     def close(self) -> None:
-        """Release this process's open files or clients (the store stays usable)."""
+        """Release this process's open files (the store stays usable; an object store's client, one
+        per process, stays for the process's other readers)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

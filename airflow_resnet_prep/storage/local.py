@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
+import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from airflow_resnet_prep.fsutil import (
+    TMP_SUFFIX,
     atomic_path,
     atomic_write_bytes,
     copy_range,
     disk_full_as_error,
     durable_writer,
     fsync_dir,
+    remove_stale_tmp,
     tmp_name,
 )
 from airflow_resnet_prep.storage.base import (
@@ -71,6 +75,8 @@ class _CountingReader:
 class LocalStore(Store):
     """A folder (or one file) on a local or shared POSIX file system."""
 
+    requests_are_costly = False
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         super().__init__()
         self.root = Path(root)
@@ -111,10 +117,14 @@ class LocalStore(Store):
         return fd
 
     def size(self, key: str = "") -> int:
+        path = self._path(key)
         try:
-            return self._path(key).stat().st_size
+            st = path.stat()
         except FileNotFoundError:
-            raise ObjectNotFoundError(f"{self._path(key)}: no such file") from None
+            raise ObjectNotFoundError(f"{path}: no such file") from None
+        if stat.S_ISDIR(st.st_mode):  # a folder, like a prefix in a bucket, is no object
+            raise ObjectNotFoundError(f"{path}: a folder, not a file")
+        return st.st_size
 
     def exists(self, key: str = "") -> bool:
         return self._path(key).exists()
@@ -124,10 +134,23 @@ class LocalStore(Store):
         out = []
         if base.is_file():
             return [ObjectInfo(check_key(prefix), base.stat().st_size)]
-        for folder, _dirs, files in os.walk(base):
+        seen: set[tuple[int, int]] = set()
+        # Linked folders are followed (a data set assembled from links is common), each real one once.
+        for folder, dirs, files in os.walk(base, followlinks=True):
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs.sort()
             for name in files:
                 path = Path(folder, name)
-                out.append(ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size))
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # a dangling link holds nothing
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    out.append(ObjectInfo(path.relative_to(self.root).as_posix(), st.st_size))
         return sorted(out)
 
     def read_range(self, key: str, offset: int, size: int) -> bytes:
@@ -137,7 +160,8 @@ class LocalStore(Store):
         self.stats.add("pread", read=len(data))
         if len(data) != size:
             raise StorageError(
-                f"{self._path(key)}: wanted {size} bytes at offset {offset}, the file ends after {len(data)}"
+                f"{self._path(key)}: wanted {size} bytes at offset {offset}, the file ends after {len(data)} "
+                "(it is shorter than expected: truncated or replaced?)"
             )
         return data
 
@@ -154,6 +178,10 @@ class LocalStore(Store):
         # A local disk (and its page cache) serves one pread per range best: no gaps read, no threads.
         for offset, size in ranges:
             yield self.read_range(key, offset, size)
+
+    def iter_objects(self, keys: Iterable[str], concurrency: int = 0) -> Iterator[bytes]:
+        for key in keys:
+            yield self.read_bytes(key)
 
     def read_bytes(self, key: str = "") -> bytes:
         path = self._path(key)
@@ -189,6 +217,19 @@ class LocalStore(Store):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_tree(self, key: str) -> None:
+        shutil.rmtree(self._path(key), ignore_errors=True)
+
+    def discard_partial(self, key: str) -> int:
+        path = self._path(key)
+        if path.is_dir():
+            return remove_stale_tmp(path)
+        return sum(
+            1
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}")
+            if stale.unlink(missing_ok=True) is None
+        )
 
     def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> Lease:
         return LocalLease(self._path(key), owner)
@@ -288,6 +329,8 @@ class LocalAssembly(Assembly):
 class LocalLease(Lease):
     """An exclusive ``flock`` on a file: it dies with its process, so a killed run leaves no stale lease."""
 
+    poll_s = 0.2
+
     def __init__(self, path: Path, owner: str) -> None:
         self.path, self.key, self.owner = path, path.name, owner
         self._fd: int | None = None
@@ -301,8 +344,8 @@ class LocalLease(Lease):
             holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise LeaseHeldError(
-                f"{self.path}: held by {holder}; another run is writing this data_dir "
-                "(wait for it to finish or use a different data_dir)"
+                f"{self.path}: another run is writing this data_dir ({holder}); "
+                "wait for it to finish or use a different data_dir"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{self.owner} since {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
@@ -313,3 +356,6 @@ class LocalLease(Lease):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -41,6 +41,7 @@ from airflow_resnet_prep.storage.base import (
     MultipartUpload,
     ObjectInfo,
     ObjectNotFoundError,
+    ObjectVersion,
     Part,
     PieceSink,
     RequestStats,
@@ -48,6 +49,7 @@ from airflow_resnet_prep.storage.base import (
     Store,
     UploadInfo,
     check_key,
+    unquote_etag,
 )
 from airflow_resnet_prep.storage.rangefile import RangeFile
 
@@ -89,6 +91,11 @@ class ObjectStore(Store):
     def __reduce__(self) -> tuple[Any, ...]:
         # A child process rebuilds the store from its address; it never inherits a client.
         return (type(self), (self.protocol, self.bucket, self.prefix, self.conn_id))
+
+    @property
+    def address(self) -> str:
+        conn = f"{self.conn_id}@" if self.conn_id else ""
+        return f"{self.protocol}://{conn}{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
 
     def child(self, key: str) -> ObjectStore:
         return type(self)(self.protocol, self.bucket, self._key(key), self.conn_id)
@@ -171,6 +178,23 @@ class ObjectStore(Store):
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
 
+    def version(self, key: str = "") -> ObjectVersion:
+        path = self._path(key)
+        try:
+            self.fs.invalidate_cache(path)
+            self._count("HeadObject")
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+        if info.get("type") == "directory":
+            raise ObjectNotFoundError(f"{self.uri(key)}: no such object (a folder prefix)")
+        generation = info.get("generation")
+        return ObjectVersion(
+            int(info["size"]),
+            unquote_etag(info.get("etag") or info.get("md5Hash")),
+            str(generation or "") or None,
+        )
+
     def exists(self, key: str = "") -> bool:
         try:
             self.size(key)
@@ -185,7 +209,11 @@ class ObjectStore(Store):
         found = self.fs.find(f"{self.bucket}/{base}", detail=True)
         root = f"{self.bucket}/{self.prefix}".rstrip("/") + "/"
         return sorted(
-            ObjectInfo(name[len(root) :] if name.startswith(root) else name, int(info["size"]))
+            ObjectInfo(
+                name[len(root) :] if name.startswith(root) else name,
+                int(info["size"]),
+                str(info.get("generation") or info.get("etag") or ""),
+            )
             for name, info in found.items()
             if info.get("type") != "directory"
         )
@@ -256,9 +284,6 @@ class ObjectStore(Store):
 
     def _conditional_delete(self, key: str, version: str) -> None:
         self.delete(key)
-
-    def close(self) -> None:
-        self._fs, self._fs_pid = None, -1
 
 
 # The stores using each S3 client of this process: its requests are counted in each one's stats (a
@@ -344,6 +369,15 @@ class S3Store(ObjectStore):
                 raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
             raise StorageError(f"{self.uri(key)}: cannot read its size: {exc}") from exc
 
+    def version(self, key: str = "") -> ObjectVersion:
+        try:
+            out = self.call("head_object", key)
+        except OSError as exc:
+            if self._not_found(key, exc):
+                raise ObjectNotFoundError(f"{self.uri(key)}: no such object") from None
+            raise StorageError(f"{self.uri(key)}: cannot read its metadata: {exc}") from exc
+        return ObjectVersion(int(out["ContentLength"]), unquote_etag(out.get("ETag")), out.get("VersionId"))
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._key(prefix)
         if base:
@@ -353,7 +387,10 @@ class S3Store(ObjectStore):
         kwargs: dict[str, Any] = {"Prefix": base}
         while True:
             page = self.call("list_objects_v2", **kwargs)
-            out.extend(ObjectInfo(o["Key"][len(root) :], int(o["Size"])) for o in page.get("Contents", []))
+            out.extend(
+                ObjectInfo(o["Key"][len(root) :], int(o["Size"]), unquote_etag(o.get("ETag")) or "")
+                for o in page.get("Contents", [])
+            )
             if not page.get("IsTruncated"):
                 return sorted(out)
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
