@@ -93,9 +93,9 @@ demo: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 	done
 
 bench: $(VENV)/.installed system-deps
-	$(PY) benchmarks/bench.py --json .bench/bench.json
-	$(PY) benchmarks/bench_cluster.py --json .bench/bench_cluster.json
-	$(PY) benchmarks/bench_bucket.py --json .bench/bench_bucket.json
+	$(PY) -m benchmarks.bench --json .bench/bench.json
+	$(PY) -m benchmarks.bench_cluster --json .bench/bench_cluster.json
+	$(PY) -m benchmarks.bench_bucket --json .bench/bench_bucket.json
 
 clean:
 	rm -rf $(DEMO) .bench $(AIRFLOW_HOME)

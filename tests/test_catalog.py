@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from sampletools import extract_sample_tar
 
 from airflow_resnet_prep.catalog.build import build_split_catalog
 from airflow_resnet_prep.catalog.fetch import fetch
@@ -17,6 +16,7 @@ from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
 from airflow_resnet_prep.catalog.relabel import assign_labels, read_labels, relabel
 from airflow_resnet_prep.errors import LabelsError, SourceError, UnsafeArchiveError
 from airflow_resnet_prep.layout import DataDir
+from tests.support.sampletools import extract_sample_tar
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from airflow_cli import dags_test
+from tests.support.airflow_cli import dags_test
 
 DAGS = Path(__file__).resolve().parent / "dags"
 

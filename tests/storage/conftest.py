@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from seaweed import (  # tests/storage/ is on sys.path (pytest's default import mode, no __init__.py)
+
+from airflow_resnet_prep.storage import Store, store_for
+from tests.support.seaweed import (
     START_TIMEOUT_S,
     S3Server,
     ServerError,
@@ -36,8 +38,6 @@ from seaweed import (  # tests/storage/ is on sys.path (pytest's default import 
     stop,
     weed_binary,
 )
-
-from airflow_resnet_prep.storage import Store, store_for
 
 CONN_ID = "seaweed_test"
 ALLOWED_CONN_IDS_ENV = "AIRFLOW__RESNET_PREP__ALLOWED_CONN_IDS"
