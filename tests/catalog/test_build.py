@@ -1,10 +1,8 @@
-"""The catalog: tars read in place, folders, relabelling, extraction, and every bad input's error."""
+"""Catalog building (``catalog/build.py``): tars read in place, folders, and every bad or hostile archive's error."""
 
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -12,19 +10,11 @@ import pytest
 
 from airflow_resnet_prep.catalog.build import build_split_catalog
 from airflow_resnet_prep.catalog.fetch import fetch
-from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
-from airflow_resnet_prep.catalog.relabel import assign_labels, read_labels, relabel
-from airflow_resnet_prep.errors import LabelsError, SourceError, UnsafeArchiveError
-from airflow_resnet_prep.layout import DataDir
-from tests.support.sampletools import extract_sample_tar
-
-
-@pytest.fixture(scope="module")
-def extracted(sample, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("extracted")
-    extract_sample_tar(sample.train_tar, root / "train")
-    extract_sample_tar(sample.val_tar, root / "val")
-    return root
+from airflow_resnet_prep.catalog.model import ImageReader
+from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
+from tests.support.tars import add_file as _file
+from tests.support.tars import add_link as _link
+from tests.support.tars import tar_with as _tar_with
 
 
 def test_tar_catalog_reads_every_image_in_place(sample, extracted):
@@ -50,130 +40,7 @@ def test_tar_and_folder_catalogs_agree(sample, extracted):
             assert a.read(x) == b.read(y)
 
 
-def test_catalog_round_trips_through_its_file(sample, tmp_path):
-    catalog = build_split_catalog("train", sample.train_tar)
-    catalog.save(tmp_path / "train.tsv")
-    assert SplitCatalog.load(tmp_path / "train.tsv") == catalog
-
-
-def test_relabel_assigns_classes_from_the_labels_file(sample, tmp_path):
-    fetch(tmp_path, str(sample.train_tar), str(sample.val_tar))
-    result = relabel(tmp_path, str(sample.labels))
-    val = SplitCatalog.load(DataDir.of(tmp_path).catalog_file("val"))
-    labels = sample.labels.read_text().split()
-    assert result.images == len(val) == len(labels)
-    for ref in val.images:
-        number = int(ref.name.split("_")[-1].split(".")[0])
-        assert ref.synset == labels[number - 1]
-    # idempotent: a second relabel changes nothing
-    before = DataDir.of(tmp_path).catalog_file("val").read_bytes()
-    relabel(tmp_path, str(sample.labels))
-    assert DataDir.of(tmp_path).catalog_file("val").read_bytes() == before
-
-
-def test_fetch_reuses_catalogs_when_sources_are_unchanged(sample, tmp_path):
-    first = fetch(tmp_path, str(sample.train_tar), str(sample.val_tar))
-    second = fetch(tmp_path, str(sample.train_tar), str(sample.val_tar))
-    assert not first.reused and second.reused
-    assert second.counts == {"train": sample.train_count, "val": sample.val_count}
-
-
-def test_extract_lays_out_folders_and_relabel_moves_val(sample, extracted, tmp_path):
-    result = fetch(tmp_path, str(sample.train_tar), str(sample.val_tar), extract=True)
-    raw = DataDir.of(tmp_path).root / "raw"
-    assert result.imagenet_path == str(raw / "train")
-    for path in (extracted / "train").rglob("*.JPEG"):
-        assert (raw / "train" / path.relative_to(extracted / "train")).read_bytes() == path.read_bytes()
-    assert len(list((raw / "val").glob("*.JPEG"))) == sample.val_count
-    moved = relabel(tmp_path, str(sample.labels), extract=True).moved
-    assert moved == sample.val_count
-    assert not list((raw / "val").glob("*.JPEG"))
-    val = SplitCatalog.load(DataDir.of(tmp_path).catalog_file("val"))
-    for ref in val.images:
-        assert (raw / "val" / ref.synset / ref.name).is_file()
-    assert not list(tmp_path.rglob(".*.tmp"))
-
-
-def test_folder_sources_need_no_labels_file(sample, extracted, tmp_path):
-    labelled_val = tmp_path / "val"
-    fetch(tmp_path / "a", str(sample.train_tar), str(sample.val_tar))
-    relabel(tmp_path / "a", str(sample.labels), extract=False)
-    val = SplitCatalog.load(DataDir.of(tmp_path / "a").catalog_file("val"))
-    for ref in val.images:
-        (labelled_val / ref.synset).mkdir(parents=True, exist_ok=True)
-        shutil.copy(extracted / "val" / ref.name, labelled_val / ref.synset / ref.name)
-    fetch(tmp_path / "b", str(extracted / "train"), str(labelled_val))
-    result = relabel(tmp_path / "b", "https://unreachable.invalid/labels.txt")
-    assert result.labels_path is None and result.images == sample.val_count
-
-
-# -- the labels file ---------------------------------------------------------------------------------
-@pytest.fixture
-def val_and_train(sample):
-    return build_split_catalog("val", sample.val_tar), sample.synsets
-
-
-def _write(tmp_path: Path, text: str | bytes) -> Path:
-    path = tmp_path / "labels.txt"
-    path.write_bytes(text.encode() if isinstance(text, str) else text)
-    return path
-
-
-def test_labels_file_tolerates_crlf_and_trailing_blank_lines(sample, tmp_path, val_and_train):
-    lines = sample.labels.read_text().split()
-    for text in ("\r\n".join(lines) + "\r\n", "\n".join(lines) + "\n\n\n", "\n".join(lines)):
-        assert read_labels(_write(tmp_path, text)) == lines
-
-
-@pytest.mark.parametrize(
-    ("mutate", "message"),
-    [
-        (lambda lines: lines[:-1], "has 11 lines but the validation set has 12 images"),
-        (lambda lines: [*lines, lines[0]], "has 13 lines but the validation set has 12 images"),
-        (lambda lines: [lines[0], "", *lines[2:]], "line 2 is blank"),
-        (lambda lines: [*lines[:3], "n99999999", *lines[4:]], "line 4 names class n99999999"),
-        (lambda lines: [*lines[:2], "cat", *lines[3:]], "line 3 is 'cat', not a synset id"),
-    ],
-)
-def test_bad_labels_files_name_the_line(sample, tmp_path, val_and_train, mutate, message):
-    val, train_synsets = val_and_train
-    path = _write(tmp_path, "\n".join(mutate(sample.labels.read_text().split())) + "\n")
-    with pytest.raises(LabelsError, match=message) as info:
-        assign_labels(val, read_labels(path), train_synsets, str(path))
-    assert str(path) in str(info.value)
-
-
-def test_a_bad_labels_file_changes_nothing(sample, tmp_path):
-    data_dir = tmp_path / "data"
-    fetch(data_dir, str(sample.train_tar), str(sample.val_tar), extract=True)
-    before = DataDir.of(data_dir).catalog_file("val").read_bytes()
-    flat_before = sorted(p.name for p in (data_dir / "raw" / "val").iterdir())
-    bad = _write(tmp_path, "\n".join(sample.labels.read_text().split()[:-1]) + "\n")
-    with pytest.raises(LabelsError):
-        relabel(data_dir, str(bad), extract=True)
-    assert DataDir.of(data_dir).catalog_file("val").read_bytes() == before
-    assert sorted(p.name for p in (data_dir / "raw" / "val").iterdir()) == flat_before
-
-
 # -- bad and hostile archives ------------------------------------------------------------------------
-def _tar_with(path: Path, add) -> Path:
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
-        add(tar)
-    return path
-
-
-def _file(tar: tarfile.TarFile, name: str, data: bytes = b"\xff\xd8\xff\xd9") -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _link(tar: tarfile.TarFile, name: str, target: str, kind: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    tar.addfile(info)
-
-
 @pytest.mark.parametrize(
     ("build", "message"),
     [
@@ -234,74 +101,3 @@ def test_duplicate_images_and_flat_train_are_errors(tmp_path):
     flat = _tar_with(tmp_path / "flat.tar", lambda t: _file(t, "a.JPEG"))
     with pytest.raises(SourceError, match="grouped by class"):
         build_split_catalog("train", flat)
-
-
-def test_a_source_archive_is_never_modified(sample, tmp_path):
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (sample.train_tar, sample.val_tar)}
-    fetch(tmp_path, str(sample.train_tar), str(sample.val_tar), extract=True)
-    relabel(tmp_path, str(sample.labels), extract=True)
-    for path, (mtime, data) in before.items():
-        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data
-    assert os.access(sample.train_tar, os.R_OK)
-
-
-def test_header_reader_agrees_with_tarfile(sample, tmp_path):
-    """The direct header reader and the standard library's give the same members, nested tars
-    included; features the direct reader leaves alone (GNU long names, pax) go to tarfile."""
-    from airflow_resnet_prep.sources import tarindex
-
-    def both(path: Path, start: int = 0, size: int | None = None):
-        total = size if size is not None else path.stat().st_size - start
-        with open(path, "rb") as fh:
-            fast = tarindex._fast_index(fh, str(path), start, total)
-            slow = list(tarindex._tarfile_index(fh, str(path), start, total))
-        return fast, slow
-
-    fast, slow = both(sample.train_tar)
-    assert fast == slow and len(fast) == len(sample.synsets)
-    for member in fast:  # the per-class tars, read in place
-        inner_fast, inner_slow = both(sample.train_tar, member.offset, member.size)
-        assert inner_fast == inner_slow and inner_fast
-    assert both(sample.val_tar)[0] == both(sample.val_tar)[1]
-
-    long_dir = "n01440764/" + "d" * 120  # a POSIX ustar prefix, and a GNU long name
-    for fmt, handled in (
-        (tarfile.USTAR_FORMAT, True),
-        (tarfile.GNU_FORMAT, False),
-        (tarfile.PAX_FORMAT, False),
-    ):
-        path = tmp_path / f"f{fmt}.tar"
-        with tarfile.open(path, "w", format=fmt) as tar:
-            _file(tar, f"{long_dir}/x.JPEG", b"\xff\xd8data\xff\xd9")
-        fast, slow = both(path)
-        assert slow[0].path == f"{long_dir}/x.JPEG"
-        assert (fast == slow) if handled else fast is None
-
-
-def test_an_empty_data_dir_is_refused(sample):
-    from airflow_resnet_prep.errors import PrepError
-
-    with pytest.raises(PrepError, match="data_dir is empty"):
-        fetch("", str(sample.train_tar), str(sample.val_tar))
-
-
-@pytest.mark.parametrize(
-    ("data_dir", "message"),
-    [
-        ("relative/data", "is a relative path: give an absolute path"),
-        ("ftp://host/prefix", "unsupported URI; give an absolute local path"),
-        ("s3://no_such_conn@bucket/prefix", "the Airflow connection 'no_such_conn' is not defined"),
-    ],
-)
-def test_a_data_dir_every_worker_would_read_differently_is_refused(
-    sample, tmp_path, monkeypatch, data_dir, message
-):
-    """Seen in a run: ``s3://...`` was taken for a relative path and made a folder ``s3:`` in the worker's
-    current folder. What is neither an absolute path nor a reachable bucket is refused before anything
-    is written."""
-    from airflow_resnet_prep.errors import PrepError
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(PrepError, match=message):
-        fetch(data_dir, str(sample.train_tar), str(sample.val_tar))
-    assert list(tmp_path.iterdir()) == []
