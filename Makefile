@@ -13,7 +13,7 @@ FLOOR_DATE := 2026-06-01
 FLOORVENV := .venv-floor
 # What differs between Airflow versions: the DAG end to end, the plugin (in a live API server), the
 # provider registration, the connection policy.
-FLOOR_TESTS := tests/test_dag.py tests/test_report_plugin.py tests/test_provider.py tests/test_policy.py \
+FLOOR_TESTS := tests/test_dag.py tests/plugins/test_report_plugin.py tests/test_provider.py tests/test_policy.py \
 	tests/test_security.py tests/ui/test_report_access.py
 TF_PACKAGE := tensorflow-cpu==2.21.0
 export AIRFLOW_HOME := $(CURDIR)/.airflow

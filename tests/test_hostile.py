@@ -1,6 +1,6 @@
 """Bad images, hostile archive members, odd data_dir names and secrets, through the whole pipeline.
 
-What tests/test_catalog.py already proves at the catalog level (absolute paths, ``..``, links and device
+What tests/catalog/ already proves at the catalog level (absolute paths, ``..``, links and device
 members refused; truncated archives; every labels-file defect) is not repeated here; these tests run
 the pipeline end to end and check what lands on disk, what the manifest says and what the user sees.
 """

