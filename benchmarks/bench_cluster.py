@@ -180,7 +180,9 @@ def format_imagenet(rows: list[dict[str, Any]], fanouts: tuple[int, ...] = (8, 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.bench_cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--images", type=int, default=6000, help="sample size (default 6,000)")
     parser.add_argument("--implementation", default="reference", choices=["reference", "nvidia"])
