@@ -13,7 +13,7 @@ FLOOR_DATE := 2026-06-01
 FLOORVENV := .venv-floor
 # What differs between Airflow versions: the DAG end to end, the plugin (in a live API server), the
 # provider registration, the connection policy.
-FLOOR_TESTS := tests/test_dag.py tests/test_report_plugin.py tests/test_provider.py tests/test_policy.py \
+FLOOR_TESTS := tests/test_dag.py tests/plugins/test_report_plugin.py tests/test_provider.py tests/test_policy.py \
 	tests/test_security.py tests/ui/test_report_access.py
 TF_PACKAGE := tensorflow-cpu==2.21.0
 export AIRFLOW_HOME := $(CURDIR)/.airflow
@@ -93,9 +93,9 @@ demo: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 	done
 
 bench: $(VENV)/.installed system-deps
-	$(PY) benchmarks/bench.py --json .bench/bench.json
-	$(PY) benchmarks/bench_cluster.py --json .bench/bench_cluster.json
-	$(PY) benchmarks/bench_bucket.py --json .bench/bench_bucket.json
+	$(PY) -m benchmarks.bench --json .bench/bench.json
+	$(PY) -m benchmarks.bench_cluster --json .bench/bench_cluster.json
+	$(PY) -m benchmarks.bench_bucket --json .bench/bench_bucket.json
 
 clean:
 	rm -rf $(DEMO) .bench $(AIRFLOW_HOME)

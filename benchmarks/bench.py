@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the converters against the physical limit of this machine (issue 6).
 
-``python benchmarks/bench.py --images N --json PATH`` (``make bench``) does, with the standard library and
+``python -m benchmarks.bench --images N --json PATH`` (``make bench``) does, with the standard library and
 the package only:
 
 1. **Table.** Generates (or reuses, under ``--workdir``, default ``.bench/``) a sample ImageNet of about
@@ -47,6 +47,7 @@ from typing import Any
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
+MODULE = "benchmarks.bench"  # run as ``python -m benchmarks.bench`` (repo root on the path)
 RESULT_PREFIX = "BENCH-RESULT "
 
 # The real ILSVRC2012: train images, classes, val images.
@@ -425,6 +426,8 @@ def child_main(spec: dict[str, Any]) -> int:
 # =====================================================================================================
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
+    # The jobs run as ``python -m benchmarks.<script> --job``: the repo root first on their path.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
@@ -439,7 +442,7 @@ def _parse_result(stdout: str, what: str) -> dict[str, Any]:
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one measured job in a fresh interpreter and return what it measured."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--job", json.dumps(spec)],
+        [sys.executable, "-m", MODULE, "--job", json.dumps(spec)],
         capture_output=True,
         text=True,
         env=_child_env(),
@@ -899,7 +902,7 @@ def run_unit_workers(spec: dict[str, Any], shares: list[list[int]]) -> dict[str,
         worker = {**spec, "kind": "unit_worker", "unit_ids": share}
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(SCRIPT), "--job", json.dumps(worker)],
+                [sys.executable, "-m", MODULE, "--job", json.dumps(worker)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -1148,7 +1151,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
 # =====================================================================================================
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python benchmarks/bench.py",
+        prog="python -m benchmarks.bench",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="Row definitions are printed with the table; see the module docstring for the method.",
     )

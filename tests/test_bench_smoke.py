@@ -1,6 +1,6 @@
 """The benchmark script (benchmarks/bench.py) runs end to end on a tiny set and writes the JSON it promises.
 
-Runs the real script in a subprocess, as ``make bench`` does, at a size where the figures mean nothing but
+Runs the real script in a subprocess (``python -m benchmarks.bench``), as ``make bench`` does, at a size where the figures mean nothing but
 every code path runs: the table (every row, each job in its own process), the scale-out check, and the
 scale check on a small synthetic tar.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+REPO = Path(__file__).resolve().parent.parent
 TABLE_ROWS = {"cat", "nvidia", "reference", "nvidia_from_tars", "reference_from_tars"}
 
 
@@ -27,7 +27,8 @@ def _run(workdir: Path, *args: str) -> tuple[dict, str]:
     out = workdir / "bench.json"
     out.unlink(missing_ok=True)
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--workdir", str(workdir), "--json", str(out), *args],
+        [sys.executable, "-m", "benchmarks.bench", "--workdir", str(workdir), "--json", str(out), *args],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

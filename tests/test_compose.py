@@ -196,7 +196,7 @@ def test_param_defaults_set_by_compose_name_real_params(compose):
 
 
 # -- the same stack as the test cluster (tests/cluster) ---------------------------------------------------
-# tests/cluster/settings.py is the one list of what the compose file and the cluster fixture share; these
+# tests/support/cluster/settings.py is the one list of what the compose file and the cluster fixture share; these
 # tests check the compose file against it, and the fixture builds its settings from it (cluster_env).
 
 
@@ -206,7 +206,7 @@ def resolved(value: Any) -> str:
 
 
 def test_compose_runs_the_services_the_cluster_fixture_runs(compose):
-    from cluster.settings import COMPOSE_ONLY, SERVICES
+    from tests.support.cluster.settings import COMPOSE_ONLY, SERVICES
 
     services = compose["services"]
     assert set(services) == set(SERVICES) | set(COMPOSE_ONLY)
@@ -216,8 +216,8 @@ def test_compose_runs_the_services_the_cluster_fixture_runs(compose):
 
 
 def test_compose_and_cluster_fixture_share_settings(compose):
-    from cluster.celery_cluster import cluster_env
-    from cluster.settings import DAG_DEFAULTS, SAME_KEY, SAME_SCHEME, SAME_VALUE
+    from tests.support.cluster.celery_cluster import cluster_env
+    from tests.support.cluster.settings import DAG_DEFAULTS, SAME_KEY, SAME_SCHEME, SAME_VALUE
 
     fixture = cluster_env(
         sql_alchemy_conn="postgresql+psycopg2://airflow:airflow@127.0.0.1:5432/airflow",

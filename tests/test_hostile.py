@@ -1,6 +1,6 @@
 """Bad images, hostile archive members, odd data_dir names and secrets, through the whole pipeline.
 
-What tests/test_catalog.py already proves at the catalog level (absolute paths, ``..``, links and device
+What tests/catalog/ already proves at the catalog level (absolute paths, ``..``, links and device
 members refused; truncated archives; every labels-file defect) is not repeated here; these tests run
 the pipeline end to end and check what lands on disk, what the manifest says and what the user sees.
 """
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpserver import FileServer
 
 from airflow_resnet_prep import pipeline
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError, SourceError
@@ -29,6 +28,7 @@ from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
 from airflow_resnet_prep.fsutil import read_json
 from airflow_resnet_prep.sample import SampleSet, generate
 from airflow_resnet_prep.sources.credentials import HttpCredentials, origin_of
+from tests.support.httpserver import FileServer
 
 IMPLEMENTATIONS = ("nvidia", "reference")
 OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords"}

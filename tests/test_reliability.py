@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpserver import FileServer
-from sampletools import extract_sample_tar
 
 from airflow_resnet_prep import pipeline
 from airflow_resnet_prep.catalog.fetch import fetch
@@ -43,6 +41,8 @@ from airflow_resnet_prep.layout import DataDir, catalog_key
 from airflow_resnet_prep.params import resolved
 from airflow_resnet_prep.sample import SampleSet, generate
 from airflow_resnet_prep.sources.download import CHUNK_BYTES
+from tests.support.httpserver import FileServer
+from tests.support.sampletools import extract_sample_tar
 
 IMPLEMENTATIONS = ("nvidia", "reference")
 OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords"}

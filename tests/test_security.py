@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
-from httpserver import FileServer
 
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.policy import NotAllowedError
+from tests.support.httpserver import FileServer
 
 USER, SECRET, API_KEY = "mirror-user", "pw-9f3c1d77", "key-51aa0c"
 SECRETS = (SECRET, API_KEY)

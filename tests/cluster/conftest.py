@@ -5,7 +5,7 @@ two Celery workers, torn down at the end even when a test fails. Without the ser
 provider installed, the tests are skipped; under CI (``CI=true``) they fail instead, since CI installs
 them.
 
-When a collected test uses ``cluster_bucket``, a SeaweedFS S3 server (``tests/storage/seaweed.py``) is
+When a collected test uses ``cluster_bucket``, a SeaweedFS S3 server (``tests/support/seaweed.py``) is
 started before the cluster and every Airflow process gets its connection as ``AIRFLOW_CONN_<ID>``, as a
 cloud deployment configures its workers; otherwise no S3 server is started.
 """
@@ -15,23 +15,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cluster.celery_cluster import DAG_ID, SECOND_DAG, CeleryCluster
-from cluster.services import missing_services
-from cluster.settings import DAG_DEFAULTS
+from tests.support import seaweed
+from tests.support.cluster.celery_cluster import DAG_ID, SECOND_DAG, CeleryCluster
+from tests.support.cluster.services import missing_services
+from tests.support.cluster.settings import DAG_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
-# The storage tests' SeaweedFS starter (tests/storage has no __init__.py: its folder goes on the path, as
-# pytest itself puts it there for the storage tests).
-if str(REPO / "tests" / "storage") not in sys.path:
-    sys.path.append(str(REPO / "tests" / "storage"))
-import seaweed  # noqa: E402
 
 S3_CONN_ID = "cluster_bucket"
 S3_BUCKET = "cluster"
@@ -153,7 +148,7 @@ def cluster(tmp_path_factory, cluster_sources, cluster_s3):
     if missing:
         unavailable("not installed: " + ", ".join(missing))
     root = tmp_path_factory.mktemp("cluster")
-    # The DAG's defaults, as docker-compose.yaml sets them (the same variables, cluster.settings).
+    # The DAG's defaults, as docker-compose.yaml sets them (the same variables, tests.support.cluster.settings).
     defaults = {"data_dir": str(root / "default-data"), **cluster_sources}
     env = {
         **{variable: defaults[param] for variable, param in DAG_DEFAULTS.items()},

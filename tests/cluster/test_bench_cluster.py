@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import bench_cluster  # noqa: E402
+from benchmarks import bench_cluster
 
 
 def row(workers: int, phase: float) -> dict:

@@ -29,15 +29,15 @@ import pytest
 
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.storage import store_for
-from cluster.celery_cluster import DAG_ID
-from cluster.conftest import S3_CONN_ID, ClusterS3
-from cluster.test_celery_cluster import (  # noqa: F401 (expected is a fixture)
+from tests.cluster.conftest import S3_CONN_ID, ClusterS3
+from tests.cluster.test_celery_cluster import (  # noqa: F401 (expected is a fixture)
     OUTPUT_DIR,
     check_consumer_saw,
     conf_for,
     expected,
     run_spread,
 )
+from tests.support.cluster.celery_cluster import DAG_ID
 
 pytestmark = pytest.mark.cluster
 

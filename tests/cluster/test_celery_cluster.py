@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from cluster.celery_cluster import DAG_ID, SECOND_DAG, CeleryCluster
+from tests.support.cluster.celery_cluster import DAG_ID, SECOND_DAG, CeleryCluster
 
 pytestmark = pytest.mark.cluster
 

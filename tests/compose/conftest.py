@@ -15,10 +15,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from live_airflow import free_port
 
-from compose import images
-from compose.stack import ComposeStack
+from tests.compose import images
+from tests.compose.stack import ComposeStack
+from tests.support.live_airflow import free_port
 
 PROJECT_IMAGE = f"{images.REPOSITORY}/project:latest"
 

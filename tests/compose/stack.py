@@ -24,7 +24,7 @@ from typing import Any
 
 import requests
 
-from compose import images
+from tests.compose import images
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"

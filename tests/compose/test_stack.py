@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from compose import images
-from compose.stack import ComposeStack, RestClient
+from tests.compose import images
+from tests.compose.stack import ComposeStack, RestClient
 
 pytestmark = pytest.mark.compose
 

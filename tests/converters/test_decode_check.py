@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from sampletools import corrupt_huffman_table, extract_sample_tar, second_sof_in_scan
 
 from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.formats.jpeg import probe
 from airflow_resnet_prep.pipeline import run
 from airflow_resnet_prep.verify import verify
+from tests.support.sampletools import corrupt_huffman_table, extract_sample_tar, second_sof_in_scan
 
 EXTRA = {"reference": {"train_shards": 4, "val_shards": 2}, "nvidia": {}}
 

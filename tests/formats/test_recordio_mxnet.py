@@ -1,4 +1,4 @@
-"""Our RecordIO against real MXNet 1.9.1 (its own venv, via tests/mxnet_tools.py): golden bytes, MXNet
+"""Our RecordIO against real MXNet 1.9.1 (its own venv, via tests/support/mxnet_tools.py): golden bytes, MXNet
 reading our files, MXNet's writer producing the same bytes, and a full im2rec run.
 
 These tests fail, never skip, when the MXNet venv is missing: run `make install`.
@@ -12,13 +12,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from mxnet_tools import (
-    pack_and_write_with_mxnet,
-    read_records_with_mxnet,
-    require_mxnet,
-    run_im2rec,
-    write_with_mxnet,
-)
 from PIL import Image
 
 from airflow_resnet_prep.formats.recordio import (
@@ -29,6 +22,13 @@ from airflow_resnet_prep.formats.recordio import (
     pack_header,
     unpack_header,
     write_record,
+)
+from tests.support.mxnet_tools import (
+    pack_and_write_with_mxnet,
+    read_records_with_mxnet,
+    require_mxnet,
+    run_im2rec,
+    write_with_mxnet,
 )
 
 M = b"\x0a\x23\xd7\xce"  # MAGIC, little-endian

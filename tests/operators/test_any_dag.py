@@ -1,7 +1,7 @@
 """The operators in a DAG of another shape (tests/operators/dags/custom_shape.py): other params, other
 task ids, no branch, run with ``airflow dags test``. The run succeeds, writes a manifest and a report
 whose record names this run, and pushes the XComs the report view looks for, from a publish task that
-is not called ``publish`` (the view finds it by its XComs; tests/test_report_plugin.py checks that)."""
+is not called ``publish`` (the view finds it by its XComs; tests/plugins/test_report_plugin.py checks that)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from airflow_cli import dags_test
+from tests.support.airflow_cli import dags_test
 
 DAGS = Path(__file__).resolve().parent / "dags"
 

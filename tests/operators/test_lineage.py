@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from airflow_cli import dags_test
-from sampletools import sample_conf
 
 from airflow_resnet_prep.operators.lineage import dataset_name
+from tests.support.airflow_cli import dags_test
+from tests.support.sampletools import sample_conf
 
 REPO = Path(__file__).resolve().parents[2]
 

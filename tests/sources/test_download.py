@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from httpserver import FileServer
 
 from airflow_resnet_prep.errors import SourceError
 from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import Fetched, redact_url, resolve_source
+from tests.support.httpserver import FileServer
 
 MiB = 1024 * 1024
 # Bigger than a few download chunks, so that a cut connection leaves whole chunks on disk to resume from.

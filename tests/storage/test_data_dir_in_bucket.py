@@ -24,17 +24,17 @@ import subprocess
 import sys
 
 import pytest
-from test_sources_in_bucket import (  # noqa: F401 (fixtures)
+
+from airflow_resnet_prep.errors import OutputConflictError
+from airflow_resnet_prep.layout import DataDir
+from airflow_resnet_prep.storage import store_for
+from tests.storage.test_sources_in_bucket import (  # noqa: F401 (fixtures)
     bucket,
     dag,
     local_runs,
     pipeline_values,
     run_dag,
 )
-
-from airflow_resnet_prep.errors import OutputConflictError
-from airflow_resnet_prep.layout import DataDir
-from airflow_resnet_prep.storage import store_for
 
 OUTPUT = {"reference": "tfrecords", "nvidia": "recordio"}
 OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path"}

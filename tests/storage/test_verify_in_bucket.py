@@ -12,14 +12,14 @@ import json
 
 import google_crc32c
 import pytest
-from test_sources_in_bucket import (  # noqa: F401 (fixtures)
-    bucket,
-    pipeline_values,
-)
 
 from airflow_resnet_prep.pipeline import run
 from airflow_resnet_prep.storage import store_for
 from airflow_resnet_prep.verify import verify
+from tests.storage.test_sources_in_bucket import (  # noqa: F401 (fixtures)
+    bucket,
+    pipeline_values,
+)
 
 
 @pytest.mark.parametrize("impl", ["reference", "nvidia"])

@@ -1,6 +1,6 @@
 """Browser tests against a real Airflow: API server, scheduler and DAG processor started once per session.
 
-Airflow runs from the project's venv on 127.0.0.1 and a free port (tests/live_airflow.py), with
+Airflow runs from the project's venv on 127.0.0.1 and a free port (tests/support/live_airflow.py), with
 LocalExecutor, SQLite, the repo's ``dags/`` and the simple auth manager with one admin user whose
 password is in a file (not the all-admins mode: that mode authenticates every request, so it could not
 show that a request without credentials is refused). Chromium is Debian's ``chromium``, driven by
@@ -21,8 +21,9 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
-from live_airflow import REPO, LiveAirflow
-from uihelpers import (
+
+from tests.support.live_airflow import REPO, LiveAirflow
+from tests.ui.uihelpers import (
     DAG_ID,
     UI_TIMEOUT_MS,
     USER,

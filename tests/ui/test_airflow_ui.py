@@ -7,9 +7,8 @@ import http.client
 import json
 from urllib.parse import quote, unquote, urlsplit
 
-from uihelpers import DAG_ID, open_trigger_form, run_ids, to_docs, trigger_button
-
 from airflow_resnet_prep.params import PARAMS
+from tests.ui.uihelpers import DAG_ID, open_trigger_form, run_ids, to_docs, trigger_button
 
 
 def test_form_submits_with_only_the_required_params_and_the_run_succeeds(form_run):

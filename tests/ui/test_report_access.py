@@ -14,20 +14,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
-from httpserver import FileServer
-from live_airflow import REPO, LiveAirflow
-from sampletools import sample_conf
-from uihelpers import unavailable
 
-sys.path.append(str(REPO / "tests" / "storage"))
-import seaweed
+from tests.support import seaweed
+from tests.support.httpserver import FileServer
+from tests.support.live_airflow import REPO, LiveAirflow
+from tests.support.sampletools import sample_conf
+from tests.ui.uihelpers import unavailable
 
 ADMIN, ALICE = "admin", "alice"
 S3_CONN, BORROWED_CONN = "report_s3", "prod_s3"

@@ -9,7 +9,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from live_airflow import REPO, LiveAirflow
+
+from tests.support.live_airflow import REPO, LiveAirflow
 
 DAG_ID = "mlperf_resnet_prep"
 USER = "admin"

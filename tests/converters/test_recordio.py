@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mxnet_tools import read_with_mxnet, require_mxnet, run_im2rec
 from PIL import Image
 
 from airflow_resnet_prep import pipeline
@@ -35,6 +34,7 @@ from airflow_resnet_prep.converters.recordio import RecordIOConverter
 from airflow_resnet_prep.errors import BadImageError, PrepError, SourceError
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
 from airflow_resnet_prep.layout import DataDir
+from tests.support.mxnet_tools import read_with_mxnet, require_mxnet, run_im2rec
 
 M = struct.pack("<I", 0xCED7230A)  # the RecordIO magic as it sits in the file
 LEN_MASK = (1 << 29) - 1

@@ -6,11 +6,11 @@ import json
 import logging
 
 import pytest
-from httpserver import FileServer
 
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import LabelsError, SourceError
 from airflow_resnet_prep.layout import DataDir, catalog_key
+from tests.support.httpserver import FileServer
 
 SECRET = "s3cr3t-Passw0rd-for-tests"
 

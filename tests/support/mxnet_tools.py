@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MXNET_VENV = REPO / ".venv-mxnet"
 MXNET_PYTHON: Path = MXNET_VENV / "bin" / "python"
 _TIMEOUT = 600

@@ -49,7 +49,7 @@ from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _RESERVED_PORTS = {8080, 8793, 8794}
 _STRIPPED_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
 FINAL_RUN_STATES = {"success", "failed"}
