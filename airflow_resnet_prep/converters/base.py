@@ -14,7 +14,8 @@ Everything goes through the data_dir's :class:`~airflow_resnet_prep.layout.DataD
 a bucket prefix), so units of one plan, which never write the same output, can be shared by workers
 that see the same folder or only the same bucket. A plan is identified by a hash of the
 implementation, its params and the catalogs: a different plan meets the outputs of an interrupted
-one only with ``force``.
+one only with ``force``. A task reads ``plan.json`` once, into a :class:`Plan` that carries its data_dir,
+and hands that to whatever runs its units (:mod:`.local`), worker processes included.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ class Converter(ABC):
 
 @dataclass
 class Plan:
+    """A conversion plan as ``plan.json`` holds it, and the data_dir it belongs to."""
+
     implementation: str
     plan_id: str
     params: dict[str, Any]
@@ -225,7 +228,8 @@ class Plan:
         return f"{self.work_dir}/done/{unit_id:05d}.json"
 
     def unit_lock_key(self, unit_id: int) -> str:
-        """Held by whoever writes the unit (:func:`run_plan_unit`, or the whole plan's direct path)."""
+        """Held while the unit is written (:func:`run_plan_unit`); a one-machine path that writes every
+        unit at once checks that nobody holds one."""
         return f"{self.work_dir}/done/{unit_id:05d}.lock"
 
     def unit_done_path(self, unit_id: int) -> Path:
