@@ -38,13 +38,13 @@ def make_converter(implementation: str, params: dict[str, Any]) -> Converter:
     raise ValueError(f"implementation must be 'nvidia' or 'reference', got {implementation!r}")
 
 
-def output_paths(layout: DataDir, implementation: str, imagenet_path: str) -> dict[str, str]:
+def output_paths(data_dir: DataDir, implementation: str, imagenet_path: str) -> dict[str, str]:
     """The XCom outputs, named after the recipe's ``CM_MLPERF_TRAINING_*`` outputs."""
-    paths = {"data_path": layout.url, "imagenet_path": imagenet_path}
+    paths = {"data_path": data_dir.url, "imagenet_path": imagenet_path}
     if implementation == "reference":
-        paths["tfrecords_path"] = layout.uri(TFRECORDS)
+        paths["tfrecords_path"] = data_dir.uri(TFRECORDS)
     else:
-        paths["preprocessed_path"] = layout.uri(RECORDIO)
+        paths["preprocessed_path"] = data_dir.uri(RECORDIO)
     return paths
 
 
@@ -55,7 +55,7 @@ def fingerprints_of(fetched: dict[str, Any], relabelled: dict[str, Any]) -> dict
 def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -> dict[str, Any]:
     """Run the whole pipeline; return the output paths plus ``cached`` and ``manifest``."""
     p = resolved(values)
-    layout = DataDir.of(p["data_dir"], p["storage_conn_id"] or None)
+    data_dir = DataDir.of(p["data_dir"], p["storage_conn_id"] or None)
     steps: dict[str, dict[str, float]] = {}
     t0 = time.monotonic()
     fetched = fetch(
@@ -81,14 +81,14 @@ def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -
     ).to_dict()
     steps["relabel"] = {"seconds": round(time.monotonic() - t1, 3)}
     fingerprints = fingerprints_of(fetched, relabelled)
-    paths = output_paths(layout, p["implementation"], fetched["imagenet_path"])
+    paths = output_paths(data_dir, p["implementation"], fetched["imagenet_path"])
     if not p["force"]:
-        manifest = cached_manifest(layout, p["implementation"], p, fingerprints)
+        manifest = cached_manifest(data_dir, p["implementation"], p, fingerprints)
         if manifest is not None:
-            return {**paths, "cached": True, "manifest": layout.uri(MANIFEST)}
+            return {**paths, "cached": True, "manifest": data_dir.uri(MANIFEST)}
     converter = make_converter(p["implementation"], p)
     t2 = time.monotonic()
-    summary = local.convert(converter, layout, workers=p["workers"], force=p["force"])
+    summary = local.convert(converter, data_dir, workers=p["workers"], force=p["force"])
     seconds = time.monotonic() - t2
     images = sum(s["records"] for s in summary["splits"].values())
     steps["convert"] = {
@@ -96,7 +96,7 @@ def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -
         "images_per_s": round(images / seconds, 1) if seconds else 0,
     }
     manifest = build_manifest(
-        layout,
+        data_dir,
         implementation=p["implementation"],
         params=p,
         fingerprints=fingerprints,
@@ -104,7 +104,7 @@ def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -
         steps=steps,
     )
     failpoint("before-manifest")
-    return {**paths, "cached": False, "manifest": write_manifest(layout, manifest)}
+    return {**paths, "cached": False, "manifest": write_manifest(data_dir, manifest)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ the package only:
    header, cached), at 1/4, 1/2 and the full size: catalog building (fetch), relabel, and a conversion
    plan for each converter, each step in its own process (as Airflow tasks are): time and peak RSS.
 3. **Scale-out check** (``--skip-scale-out``, or ``--scale-out`` to run only it): after one
-   ``base.plan``, 1, 2 and 4 worker processes each call ``base.run_unit`` on their own contiguous batch
+   ``base.plan``, 1, 2 and 4 worker processes each call ``base.run_plan_unit`` on their own contiguous batch
    of units (as the DAG's mapped tasks get them), started together; then ``base.finish``. Speed-up is
    the units phase of 1 worker over that of N.
 4. ``--profile``: cProfile of each converter's unit loop (one process, every unit), time per image by
@@ -283,11 +283,11 @@ def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
         with clock.phase("relabel"):
             relabel(data_dir, spec["labels_source"])
     with clock.phase("plan"):
-        base.plan(converter, data_dir)
+        plan = base.plan(converter, data_dir)
     with clock.phase("units"):
-        local.run_all(converter, data_dir, workers=spec["workers"])
+        local.run_all(converter, plan, workers=spec["workers"])
     with clock.phase("finish"):
-        summary = base.finish(converter, data_dir)
+        summary = base.finish(converter, plan)
     result = clock.result(import_s=_IMPORT_S)
     if _records(summary) != spec["expect_images"]:
         raise BenchError(
@@ -321,6 +321,7 @@ def job_step(spec: dict[str, Any]) -> dict[str, Any]:
     from airflow_resnet_prep.catalog.fetch import fetch
     from airflow_resnet_prep.catalog.relabel import relabel
     from airflow_resnet_prep.converters import base
+    from airflow_resnet_prep.layout import DataDir
 
     step, data_dir = spec["step"], spec["data_dir"]
     # As the DAG's plan and finish tasks: the converter without its units' heavy imports.
@@ -333,17 +334,19 @@ def job_step(spec: dict[str, Any]) -> dict[str, Any]:
         relabel(data_dir, spec["labels_source"])
     elif step == "plan":
         plan = base.plan(converter, data_dir)
-        extra["units"] = [u["items"] for u in plan.units]
+        extra["units"] = [u.items for u in plan.units]
     elif step == "finish":
-        extra["records"] = _records(base.finish(converter, data_dir))
+        plan = base.Plan.load(DataDir.of(data_dir), converter.implementation)
+        extra["records"] = _records(base.finish(converter, plan))
     else:
         raise BenchError(f"unknown step {step!r}")
     return clock.result(**extra)
 
 
 def job_unit_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """A mapped task's share: ``base.run_unit`` for each unit id, started on the parent's signal."""
+    """A mapped task's share: ``base.run_plan_unit`` for each unit id, started on the parent's signal."""
     from airflow_resnet_prep.converters import base
+    from airflow_resnet_prep.layout import DataDir
 
     converter = _converter(spec)
     print("READY", flush=True)
@@ -351,7 +354,8 @@ def job_unit_worker(spec: dict[str, Any]) -> dict[str, Any]:
         raise BenchError("unit worker: the benchmark did not say GO")
     clock = Clock()
     start = time.monotonic()  # CLOCK_MONOTONIC is system-wide, so the parent can compare workers
-    records = sum(base.run_unit(converter, spec["data_dir"], uid).records for uid in spec["unit_ids"])
+    plan = base.Plan.load(DataDir.of(spec["data_dir"]), converter.implementation)
+    records = sum(base.run_plan_unit(converter, plan, uid).records for uid in spec["unit_ids"])
     return clock.result(start=start, end=time.monotonic(), records=records, import_s=_IMPORT_S)
 
 
@@ -364,16 +368,16 @@ def job_profile(spec: dict[str, Any]) -> dict[str, Any]:
 
     converter = _converter(spec)
     data_dir = spec["data_dir"]
-    ids = [u["id"] for u in base.plan(converter, data_dir).units]
+    plan = base.plan(converter, data_dir)
 
     def run_all() -> float:
         start = time.monotonic()
-        for uid in ids:
-            base.run_unit(converter, data_dir, uid)
+        for unit in plan.units:
+            base.run_plan_unit(converter, plan, unit.id)
         return time.monotonic() - start
 
     plain_s = run_all()
-    base.plan(converter, data_dir, force=True)  # same plan again, outputs and done records cleared
+    plan = base.plan(converter, data_dir, force=True)  # same plan again, outputs and done records cleared
     profiler = cProfile.Profile()
     profiler.enable()
     profiled_s = run_all()
@@ -1297,7 +1301,7 @@ def run(ns: argparse.Namespace, workdir: Path) -> int:
         assert sample is not None
         log("scale-out check")
         report["scale_out"] = measure_scale_out(sample, ns.repeat, run_root, ns.scale_out_workers)
-        print("\nscale-out: units spread over worker processes (each calls base.run_unit on its batch)")
+        print("\nscale-out: units spread over worker processes (each calls base.run_plan_unit on its batch)")
         print(format_scale_out(report["scale_out"], machine["usable_cores"]))
 
     if do_scale:

@@ -224,11 +224,11 @@ def job_convert_bucket(spec: dict[str, Any]) -> dict[str, Any]:
         relabel(data_dir, spec["labels_source"])
     indexed = probe.stats.snapshot()
     with clock.phase("plan"):
-        base.plan(converter, data_dir)
+        plan = base.plan(converter, data_dir)
     with clock.phase("units"):
-        local.run_all(converter, data_dir, workers=spec["workers"])
+        local.run_all(converter, plan, workers=spec["workers"])
     with clock.phase("finish"):
-        summary = base.finish(converter, data_dir)
+        summary = base.finish(converter, plan)
     result = clock.result(import_s=bench._IMPORT_S)
     if bench._records(summary) != spec["expect_images"]:
         raise bench.BenchError(
@@ -255,21 +255,21 @@ def job_convert_bucket(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _count_units(data_dir: str, unit_log: str) -> None:
-    """Count every request each unit sends, in whichever process runs it: ``local.run_unit`` (called by
+    """Count every request each unit sends, in whichever process runs it: ``local.run_plan_unit`` (called by
     the pool's forked workers through the module) is wrapped to append the process's request counts over
     the unit to ``unit_log`` (one JSON line per unit). The counts are the client's, so they include the
     unit's writes (parts, shards, records, its lease) as well as its image reads."""
     from airflow_resnet_prep.converters import local
     from airflow_resnet_prep.layout import DataDir
 
-    original = local.run_unit
+    original = local.run_plan_unit
 
-    def counted(converter: Any, layout: Any, unit_id: int) -> Any:
+    def counted(converter: Any, plan: Any, unit_id: int) -> Any:
         store = DataDir.of(data_dir).store  # this process's shared store of the data_dir
         store.fs  # noqa: B018 (the process's client, counted from here; made now in a fresh worker)
         before = store.stats.snapshot()
         started = time.monotonic()
-        result = original(converter, layout, unit_id)
+        result = original(converter, plan, unit_id)
         seconds = time.monotonic() - started
         after = store.stats.snapshot()
         line = {
@@ -289,7 +289,7 @@ def _count_units(data_dir: str, unit_log: str) -> None:
             fh.write(json.dumps(line) + "\n")
         return result
 
-    local.run_unit = counted
+    local.run_plan_unit = counted
 
 
 def _all_requests(indexed: dict[str, Any], end: dict[str, Any], unit_log: str) -> dict[str, Any]:

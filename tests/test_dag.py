@@ -161,7 +161,7 @@ def unit_batches(data_dir: Path, implementation: str, fanout: int = FANOUT) -> l
     from airflow_resnet_prep.operators.convert import batches
 
     plan = Plan.load(DataDir.of(data_dir), implementation)
-    return batches([u["id"] for u in plan.units], fanout)
+    return batches([u.id for u in plan.units], fanout)
 
 
 def converter_tasks(implementation: str) -> list[str]:
@@ -496,16 +496,16 @@ def test_retried_unit_gives_the_same_output_as_a_clean_run(dag, sample, clean_ru
     def choose_target() -> None:
         plan = Plan.load(layout, implementation)
         groups = unit_batches(data_dir, implementation)
-        index = max(range(len(groups)), key=lambda i: sum(len(plan.units[u]["outputs"]) for u in groups[i]))
+        index = max(range(len(groups)), key=lambda i: sum(len(plan.units[u].outputs) for u in groups[i]))
         last = groups[index][-1]
         if implementation == "reference":  # units write final shard names
             folder = layout.tfrecords
-            names = [name for u in groups[index] for name in plan.units[u]["outputs"]]
+            names = [name for u in groups[index] for name in plan.units[u].outputs]
         else:  # units write numbered pieces of their split's .rec, which finish assembles
-            split = plan.units[last]["split"]
+            split = plan.units[last].split
             folder = layout.work / implementation / "parts" / plan.extra["assemblies"][split]
-            same = [u["id"] for u in plan.units if u["split"] == split]
-            names = [f"{same.index(u) + 1:05d}" for u in groups[index] if plan.units[u]["split"] == split]
+            same = [u.id for u in plan.units if u.split == split]
+            names = [f"{same.index(u) + 1:05d}" for u in groups[index] if plan.units[u].split == split]
         target.update(map_index=index, fault=folder / names[-1], before=set(names[:-1]))
 
     def inject_fault_on_first_try(context) -> None:

@@ -14,7 +14,8 @@ Everything goes through the data_dir's :class:`~airflow_resnet_prep.layout.DataD
 a bucket prefix), so units of one plan, which never write the same output, can be shared by workers
 that see the same folder or only the same bucket. A plan is identified by a hash of the
 implementation, its params and the catalogs: a different plan meets the outputs of an interrupted
-one only with ``force``.
+one only with ``force``. A task reads ``plan.json`` once, into a :class:`Plan` that carries its data_dir,
+and hands that to whatever runs its units (:mod:`.local`), worker processes included.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog, export_connections
+from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError
+from airflow_resnet_prep.formats.crc32c import to_hex
 from airflow_resnet_prep.layout import MANIFEST, DataDir, catalog_key, work_key
+from airflow_resnet_prep.sources.bucket import source_store
+from airflow_resnet_prep.storage import is_object_uri
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +69,21 @@ class WorkItem(NamedTuple):
 
 @dataclass
 class UnitSpec:
+    """A unit as a format proposes it, with its items; the plan numbers it and keeps it as a :class:`Unit`."""
+
     split: str
     outputs: list[str]  # output names, relative to the unit's folder (format decides)
     items: list[WorkItem]
+
+
+@dataclass
+class Unit:
+    """A unit of a plan, as ``plan.json`` lists it (its items are in a file of their own)."""
+
+    id: int
+    split: str
+    outputs: list[str]
+    items: int  # how many
 
 
 @dataclass
@@ -91,6 +107,10 @@ class UnitResult:
     def from_dict(cls, d: dict[str, Any]) -> UnitResult:
         return cls(**d)
 
+    def add_output(self, name: str, size: int, records: int, crc: int) -> None:
+        """List an output the unit wrote; finish checks its size and the manifest carries its CRC-32C."""
+        self.outputs[name] = {"size": size, "records": records, "crc32c": to_hex(crc)}
+
 
 class Converter(ABC):
     """What a format plugs into the skeleton."""
@@ -112,10 +132,11 @@ class Converter(ABC):
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]: ...
 
     @abstractmethod
-    def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult: ...
+    def write_unit(self, plan: Plan, unit: Unit, items: list[WorkItem]) -> UnitResult:
+        """Write the outputs of ``unit`` (whole or not at all); :func:`run_plan_unit` records it done."""
 
     @abstractmethod
-    def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
+    def finish(self, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         """Put the outputs under their final names (if units did not) and return them: name -> stats."""
 
     def prepare_process(self) -> None:
@@ -124,10 +145,10 @@ class Converter(ABC):
     def prepare_plan(self, plan: Plan) -> None:
         """Set up what the units of a new plan share (kept in ``plan.extra``), before it is saved."""
 
-    def discard_plan(self, layout: DataDir, plan: dict[str, Any] | None) -> None:
+    def discard_plan(self, data_dir: DataDir, saved: dict[str, Any] | None) -> None:
         """Free what an abandoned plan (its saved form, when there is one) holds outside its work folder."""
 
-    def run_local(self, layout: DataDir, plan: Plan, workers: int) -> bool:
+    def run_local(self, plan: Plan, workers: int) -> bool:
         """A format's faster way to run every unit of ``plan`` on this machine, when it has one.
 
         Must leave the state :func:`.local.run_units` would (outputs and done records) and return True,
@@ -138,38 +159,67 @@ class Converter(ABC):
 
 @dataclass
 class Plan:
+    """A conversion plan as ``plan.json`` holds it, and the data_dir it belongs to."""
+
     implementation: str
     plan_id: str
     params: dict[str, Any]
     classes: list[str]
     sources: dict[str, list[dict[str, str]]]  # split -> catalog sources
-    units: list[dict[str, Any]]  # {"id", "split", "outputs", "items"}
+    units: list[Unit]  # unit i is units[i]
     counts: dict[str, int]
     work_dir: str  # key of the plan's folder under data_dir: work/<implementation>
     extra: dict[str, Any] = field(default_factory=dict)  # what a format keeps for its units
-    layout: DataDir = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+    data_dir: DataDir = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "layout"}
+        saved = {k: v for k, v in self.__dict__.items() if k != "data_dir"}
+        saved["units"] = [asdict(unit) for unit in self.units]
+        return saved
 
     @classmethod
-    def load(cls, layout: DataDir, implementation: str) -> Plan:
-        """The plan of ``implementation`` in ``layout``. Loading it also puts the Airflow connections of
-        the data_dir and of sources in a bucket into this process's environment
-        (:func:`~airflow_resnet_prep.catalog.model.export_connections`): every path that runs units loads
-        the plan before it starts worker processes, which then reach the bucket without asking the
-        task's supervisor."""
-        key = f"{work_key(implementation)}/plan.json"
-        data = layout.read_json(key)
-        if data is None:
-            raise PrepError(f"{layout.uri(key)}: no conversion plan; run the plan step first")
-        data["work_dir"] = work_key(implementation)  # plans of older versions held a local path
-        plan = cls(**data, layout=layout)
-        export_connections(
-            [Source("dir", layout.address)]
-            + [Source(s["kind"], s["path"]) for srcs in plan.sources.values() for s in srcs]
+    def from_dict(cls, saved: dict[str, Any], data_dir: DataDir) -> Plan:
+        return cls(
+            **{
+                **saved,
+                "units": [Unit(**unit) for unit in saved["units"]],
+                # plans of older versions held a local path
+                "work_dir": work_key(saved["implementation"]),
+            },
+            data_dir=data_dir,
         )
-        return plan
+
+    @classmethod
+    def load(cls, data_dir: DataDir, implementation: str) -> Plan:
+        """The plan of ``implementation`` in ``data_dir``."""
+        key = plan_key(implementation)
+        saved = data_dir.read_json(key)
+        if saved is None:
+            raise PrepError(f"{data_dir.uri(key)}: no conversion plan; run the plan step first")
+        return cls.from_dict(saved, data_dir)
+
+    def save(self) -> None:
+        self.data_dir.write_json(plan_key(self.implementation), self.to_dict())
+
+    def connection_env(self) -> dict[str, str]:
+        """What a worker process needs in its environment to reach the data_dir and the sources in a
+        bucket (:meth:`~airflow_resnet_prep.storage.Store.connection_env`): a forked worker must not ask
+        the task's supervisor for a connection, a spawned one cannot."""
+        stores = [self.data_dir.store] + [
+            source_store(s["path"])
+            for srcs in self.sources.values()
+            for s in srcs
+            if is_object_uri(s["path"])
+        ]
+        env: dict[str, str] = {}
+        for store in stores:
+            try:
+                env.update(store.connection_env())
+            except Exception as exc:  # reported where it matters: the first read names the URI and connection
+                log.warning(
+                    "%s: cannot pass its connection to worker processes (%s)", store, type(exc).__name__
+                )
+        return env
 
     def unit_items_key(self, unit_id: int) -> str:
         return f"{self.work_dir}/units/{unit_id:05d}.tsv"
@@ -177,20 +227,29 @@ class Plan:
     def unit_done_key(self, unit_id: int) -> str:
         return f"{self.work_dir}/done/{unit_id:05d}.json"
 
+    def unit_lock_key(self, unit_id: int) -> str:
+        """Held while the unit is written (:func:`run_plan_unit`); a one-machine path that writes every
+        unit at once checks that nobody holds one."""
+        return f"{self.work_dir}/done/{unit_id:05d}.lock"
+
     def unit_done_path(self, unit_id: int) -> Path:
         """The done record's local path (local data_dir only: the one-machine path and tests)."""
-        return self.layout.path(self.unit_done_key(unit_id))
+        return self.data_dir.path(self.unit_done_key(unit_id))
 
     def done(self, unit_id: int) -> UnitResult | None:
-        data = self.layout.read_json(self.unit_done_key(unit_id))
-        return None if data is None else UnitResult.from_dict(data)
+        saved = self.data_dir.read_json(self.unit_done_key(unit_id))
+        return None if saved is None else UnitResult.from_dict(saved)
+
+    def save_done(self, result: UnitResult) -> None:
+        """Record the unit ``result.unit`` done: it will not run again, and finish counts it."""
+        self.data_dir.write_json(self.unit_done_key(result.unit), result.to_dict())
 
     def split_sources(self, split: str) -> list[Source]:
         return [Source(s["kind"], s["path"]) for s in self.sources[split]]
 
     def load_items(self, unit_id: int) -> list[WorkItem]:
         items = []
-        text = self.layout.store.read_bytes(self.unit_items_key(unit_id)).decode("utf-8")
+        text = self.data_dir.store.read_bytes(self.unit_items_key(unit_id)).decode("utf-8")
         for line in text.splitlines():
             s, n, src, off, size, member, label, index, output = line.split("\t")
             items.append(
@@ -199,13 +258,17 @@ class Plan:
         return items
 
 
+def plan_key(implementation: str) -> str:
+    return f"{work_key(implementation)}/plan.json"
+
+
 def _items_text(items: Iterable[WorkItem]) -> str:
     return "".join("\t".join(map(str, item)) + "\n" for item in items)
 
 
-def _digest(layout: DataDir, key: str) -> str:
+def _digest(data_dir: DataDir, key: str) -> str:
     h = hashlib.sha256()
-    with layout.store.open_read(key, block_size=1 << 20) as fh:
+    with data_dir.store.open_read(key, block_size=1 << 20) as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
@@ -213,79 +276,74 @@ def _digest(layout: DataDir, key: str) -> str:
 
 def plan(
     converter: Converter,
-    data_dir: str | os.PathLike[str] | DataDir,
+    data_dir: DataDir | str | os.PathLike[str],
     *,
     force: bool = False,
 ) -> Plan:
-    """Decide every unit of the conversion and write the plan (see the module doc)."""
-    layout = as_layout(data_dir)
+    """Decide every unit of the conversion and write the plan (see the module doc). ``data_dir`` may be
+    a path or URI for callers that have not parsed it (the tests, the benchmark)."""
+    data_dir = as_data_dir(data_dir)
     work_dir = work_key(converter.implementation)
-    with layout.hold(wait_s=5):
-        catalogs = {split: SplitCatalog.load(layout.store, catalog_key(split)) for split in SPLITS}
+    with data_dir.hold(wait_s=5):
+        catalogs = {split: SplitCatalog.load(data_dir.store, catalog_key(split)) for split in SPLITS}
         if not catalogs["val"].labelled:
             raise PrepError(
-                f"{layout.uri(catalog_key('val'))}: validation images have no classes yet; run relabel first"
+                f"{data_dir.uri(catalog_key('val'))}: validation images have no classes yet; run relabel first"
             )
         for split, catalog in catalogs.items():
             if len(catalog) == 0:
                 raise PrepError(
-                    f"{layout.uri(catalog_key(split))}: the {split} split has no images; nothing to convert"
+                    f"{data_dir.uri(catalog_key(split))}: the {split} split has no images; nothing to convert"
                 )
         classes = catalogs["train"].synsets
         key = {
             "implementation": converter.implementation,
             "params": converter.params,
-            "catalogs": {split: _digest(layout, catalog_key(split)) for split in SPLITS},
+            "catalogs": {split: _digest(data_dir, catalog_key(split)) for split in SPLITS},
         }
         plan_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
-        existing = layout.read_json(f"{work_dir}/plan.json")
+        existing = data_dir.read_json(plan_key(converter.implementation))
         if existing is not None and existing.get("plan_id") == plan_id and not force:
-            log.info("resuming plan %s in %s", plan_id, layout.uri(work_dir))
-            return Plan(**existing, layout=layout)
-        _clear_previous(layout, converter, existing, force)
+            log.info("resuming plan %s in %s", plan_id, data_dir.uri(work_dir))
+            return Plan.from_dict(existing, data_dir)
+        _clear_previous(data_dir, converter, existing, force)
 
-        units: list[dict[str, Any]] = []
-        specs: list[UnitSpec] = []
-        converter.min_unit_bytes = MIN_REMOTE_UNIT_BYTES if layout.store.requests_are_costly else 0
-        for split in SPLITS:
-            specs.extend(converter.plan_split(split, catalogs[split], classes))
+        converter.min_unit_bytes = MIN_REMOTE_UNIT_BYTES if data_dir.store.requests_are_costly else 0
+        specs = [spec for split in SPLITS for spec in converter.plan_split(split, catalogs[split], classes)]
         result = Plan(
             implementation=converter.implementation,
             plan_id=plan_id,
             params=converter.params,
             classes=classes,
             sources={s: [{"kind": x.kind, "path": x.path} for x in catalogs[s].sources] for s in SPLITS},
-            units=units,
+            units=[Unit(i, spec.split, spec.outputs, len(spec.items)) for i, spec in enumerate(specs)],
             counts={s: len(catalogs[s]) for s in SPLITS},
             work_dir=work_dir,
-            layout=layout,
+            data_dir=data_dir,
         )
         for unit_id, spec in enumerate(specs):
-            layout.write_text(result.unit_items_key(unit_id), _items_text(spec.items))
-            units.append(
-                {"id": unit_id, "split": spec.split, "outputs": spec.outputs, "items": len(spec.items)}
-            )
+            data_dir.write_text(result.unit_items_key(unit_id), _items_text(spec.items))
         converter.prepare_plan(result)
-        layout.write_json(f"{work_dir}/plan.json", result.to_dict())
+        result.save()  # last: a plan.json names only units whose item lists exist
         log.info(
             "plan %s: %d units for %s images (%s)",
             plan_id,
-            len(units),
+            len(result.units),
             " + ".join(f"{result.counts[s]:,} {s}" for s in SPLITS),
             converter.implementation,
         )
         return result
 
 
-def as_layout(data_dir: str | os.PathLike[str] | DataDir) -> DataDir:
+def as_data_dir(data_dir: DataDir | str | os.PathLike[str]) -> DataDir:
     return data_dir if isinstance(data_dir, DataDir) else DataDir.of(data_dir)
 
 
-def _clear_previous(layout: DataDir, converter: Converter, existing: dict | None, force: bool) -> None:
+def _clear_previous(data_dir: DataDir, converter: Converter, existing: dict | None, force: bool) -> None:
     """Make room for a new plan, refusing to overwrite what is not clearly ours and finished."""
     work_dir, out_key = work_key(converter.implementation), converter.output_key
-    manifest = layout.read_json(MANIFEST)
+    manifest = data_dir.read_json(MANIFEST)
     finished = (
         existing is not None
         and manifest is not None
@@ -293,85 +351,80 @@ def _clear_previous(layout: DataDir, converter: Converter, existing: dict | None
     )
     if existing is not None and not finished and not force:
         raise OutputConflictError(
-            f"{layout.uri(work_dir)}: holds an unfinished conversion with different inputs or params (plan "
+            f"{data_dir.uri(work_dir)}: holds an unfinished conversion with different inputs or params (plan "
             f"{existing.get('plan_id')}); rerun that conversion to finish it, or set force=true to discard it"
         )
     foreign = sorted(
         o.key
-        for o in layout.store.list(out_key)
+        for o in data_dir.store.list(out_key)
         if "/" not in o.key[len(out_key) + 1 :] and converter.is_output_name(o.key.rpartition("/")[2])
     )
     if foreign and existing is None and not force:
         raise OutputConflictError(
-            f"{layout.uri(out_key)}: already holds {len(foreign)} output files (e.g. "
+            f"{data_dir.uri(out_key)}: already holds {len(foreign)} output files (e.g. "
             f"{foreign[0].rpartition('/')[2]}) that no plan of this tool describes; move them away or set "
             "force=true to replace them"
         )
     if existing is not None or foreign:
-        log.info("replacing the previous %s output in %s", converter.implementation, layout.uri(out_key))
+        log.info("replacing the previous %s output in %s", converter.implementation, data_dir.uri(out_key))
         if manifest and manifest.get("implementation") == converter.implementation:
-            layout.delete(MANIFEST)
+            data_dir.delete(MANIFEST)
         for key in foreign:
-            layout.delete(key)
+            data_dir.delete(key)
         # Killed units' partial writes: no unit of the discarded plan will rerun.
-        layout.discard_partial(out_key)
-        converter.discard_plan(layout, existing)
-        layout.delete_tree(work_dir)
+        data_dir.discard_partial(out_key)
+        converter.discard_plan(data_dir, existing)
+        data_dir.delete_tree(work_dir)
 
 
-def run_unit(converter: Converter, data_dir: str | os.PathLike[str] | DataDir, unit_id: int) -> UnitResult:
-    """Run one unit unless its done record exists; safe to call again after a crash."""
-    layout = as_layout(data_dir)
-    work_plan = Plan.load(layout, converter.implementation)
-    done = work_plan.done(unit_id)
+def run_plan_unit(converter: Converter, plan: Plan, unit_id: int) -> UnitResult:
+    """Run one unit of ``plan`` unless its done record exists; safe to call again after a crash."""
+    data_dir = plan.data_dir
+    done = plan.done(unit_id)
     if done is not None:
         return done
-    lock = work_plan.unit_done_key(unit_id).removesuffix(".json") + ".lock"
+    lock = plan.unit_lock_key(unit_id)
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(layout.hold(lock, wait_s=0, transient=True))
+            held.enter_context(data_dir.hold(lock, wait_s=0, transient=True))
         except OutputConflictError as exc:
             # Another process (a second run on this data_dir) is writing this unit: wait for it rather
             # than fail, or two runs that each hold a unit the other needs would both fail. The lock
             # dies with its holder, so this wait ends when the holder finishes or is killed.
             log.info("unit %d: %s; waiting for it", unit_id, exc)
-            held.enter_context(layout.hold(lock, wait_s=math.inf, transient=True))
-        done = work_plan.done(unit_id)  # another worker may have finished it while we waited
+            held.enter_context(data_dir.hold(lock, wait_s=math.inf, transient=True))
+        done = plan.done(unit_id)  # another worker may have finished it while we waited
         if done is not None:
             return done
-        items = work_plan.load_items(unit_id)
+        items = plan.load_items(unit_id)
         started = time.monotonic()
-        result = converter.run_unit(layout, work_plan, unit_id, items)
+        result = converter.write_unit(plan, plan.units[unit_id], items)
         result.seconds = round(time.monotonic() - started, 3)
-        layout.write_json(work_plan.unit_done_key(unit_id), result.to_dict())
+        plan.save_done(result)
     return result
 
 
-def finish(converter: Converter, data_dir: str | os.PathLike[str] | DataDir) -> dict[str, Any]:
+def finish(converter: Converter, plan: Plan) -> dict[str, Any]:
     """Check every unit is done, then let the format finalise its outputs; return the summary."""
-    layout = as_layout(data_dir)
-    work_plan = Plan.load(layout, converter.implementation)
     results = []
     missing = []
-    for unit in work_plan.units:
-        done = work_plan.done(unit["id"])
+    for unit in plan.units:
+        done = plan.done(unit.id)
         if done is None:
-            missing.append(unit["id"])
+            missing.append(unit.id)
         else:
             results.append(done)
     if missing:
         raise PrepError(
-            f"{layout.uri(work_plan.work_dir)}: {len(missing)} of {len(work_plan.units)} units are not done "
+            f"{plan.data_dir.uri(plan.work_dir)}: {len(missing)} of {len(plan.units)} units are not done "
             f"(first: {missing[:5]}); run them before finishing"
         )
-    with layout.hold(wait_s=5):
-        outputs = converter.finish(layout, work_plan, results)
-    return summarize(work_plan, results, outputs)
+    with plan.data_dir.hold(wait_s=5):
+        outputs = converter.finish(plan, results)
+    return summarize(plan, results, outputs)
 
 
-def summarize(
-    work_plan: Plan, results: list[UnitResult], outputs: dict[str, dict[str, int]]
-) -> dict[str, Any]:
+def summarize(plan: Plan, results: list[UnitResult], outputs: dict[str, dict[str, int]]) -> dict[str, Any]:
     per_split: dict[str, dict[str, Any]] = {}
     for r in results:
         s = per_split.setdefault(r.split, {"records": 0, "bytes_in": 0, "unit_seconds": 0.0})
@@ -379,10 +432,10 @@ def summarize(
         s["bytes_in"] += r.bytes_in
         s["unit_seconds"] = round(s["unit_seconds"] + r.seconds, 3)
     return {
-        "implementation": work_plan.implementation,
-        "plan_id": work_plan.plan_id,
-        "params": work_plan.params,
-        "units": len(work_plan.units),
+        "implementation": plan.implementation,
+        "plan_id": plan.plan_id,
+        "params": plan.params,
+        "units": len(plan.units),
         "splits": per_split,
         "outputs": outputs,
         "reencoded": [x for r in results for x in r.reencoded],

@@ -13,91 +13,87 @@ from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from airflow_resnet_prep.converters.base import Converter, Plan, as_layout, finish, plan, run_unit
+from airflow_resnet_prep.converters import base
+from airflow_resnet_prep.converters.base import Converter, Plan, run_plan_unit
 from airflow_resnet_prep.converters.pool import portable_error, process_pool, resolve_workers
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.progress import Progress
 
-_POOL_CONVERTER: Converter | None = None
-_POOL_DATA_DIR: str = ""
+# What a pool worker converts, handed over when it starts (forked: nothing is pickled).
+_worker_job: tuple[Converter, Plan] | None = None
 
 
-def _pool_run(unit_id: int) -> tuple[int, int]:
-    assert _POOL_CONVERTER is not None
+def _take_job(converter: Converter, plan: Plan) -> None:
+    global _worker_job
+    _worker_job = (converter, plan)
+
+
+def _run_in_worker(unit_id: int) -> int:
+    """Run one unit in a pool worker; how many images it took."""
+    assert _worker_job is not None
+    converter, plan = _worker_job
     try:
-        result = run_unit(_POOL_CONVERTER, _POOL_DATA_DIR, unit_id)
+        result = run_plan_unit(converter, plan, unit_id)
     except Exception as exc:
         raise portable_error(exc) from None
-    return unit_id, result.records + len(result.skipped)
+    return result.records + len(result.skipped)
 
 
 def run_units(
-    converter: Converter,
-    data_dir: str | os.PathLike[str] | DataDir,
-    unit_ids: Sequence[int] | None = None,
-    workers: int = 0,
-    progress_label: str | None = None,
+    converter: Converter, plan: Plan, unit_ids: Sequence[int] | None = None, workers: int = 0
 ) -> None:
-    """Run the given units (all when None) with ``workers`` processes, logging progress."""
-    global _POOL_CONVERTER, _POOL_DATA_DIR
-    layout = as_layout(data_dir)
-    work_plan = Plan.load(layout, converter.implementation)
-    ids = [u["id"] for u in work_plan.units] if unit_ids is None else list(unit_ids)
-    sizes = {u["id"]: u["items"] for u in work_plan.units}
-    progress = Progress(
-        progress_label or f"{converter.implementation} conversion", sum(sizes[i] for i in ids)
-    )
+    """Run the given units of ``plan`` (all when None) with ``workers`` processes, logging progress."""
+    ids = [u.id for u in plan.units] if unit_ids is None else list(unit_ids)
+    progress = Progress(f"{converter.implementation} conversion", sum(plan.units[i].items for i in ids))
     n = min(resolve_workers(workers), len(ids)) if ids else 1
     if n <= 1:
         for unit_id in ids:
-            result = run_unit(converter, layout, unit_id)
+            result = run_plan_unit(converter, plan, unit_id)
             progress.advance(result.records + len(result.skipped))
-    else:
-        converter.prepare_process()
-        _POOL_CONVERTER, _POOL_DATA_DIR = converter, layout.address
-        try:
-            with process_pool(n) as pool:
-                futures = [pool.submit(_pool_run, unit_id) for unit_id in ids]
-                try:
-                    for future in as_completed(futures):
-                        progress.advance(future.result()[1])
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)  # units already running finish whole
-                    raise
-        except BrokenProcessPool:
-            raise PrepError(
-                f"{layout.uri(work_plan.work_dir)}: a worker process converting units died abruptly (killed, e.g. by "
-                "the out-of-memory killer); finished units are kept, rerun to resume"
-            ) from None
-        finally:
-            _POOL_CONVERTER = None
+        progress.finish()
+        return
+    converter.prepare_process()
+    try:
+        with process_pool(
+            n, env=plan.connection_env(), initializer=_take_job, initargs=(converter, plan)
+        ) as pool:
+            futures = [pool.submit(_run_in_worker, unit_id) for unit_id in ids]
+            try:
+                for future in as_completed(futures):
+                    progress.advance(future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # units already running finish whole
+                raise
+    except BrokenProcessPool:
+        raise PrepError(
+            f"{plan.data_dir.uri(plan.work_dir)}: a worker process converting units died abruptly (killed, e.g. "
+            "by the out-of-memory killer); finished units are kept, rerun to resume"
+        ) from None
     progress.finish()
 
 
-def run_all(converter: Converter, data_dir: str | os.PathLike[str] | DataDir, workers: int = 0) -> None:
-    """Run every unit of the plan on this machine: the format's one-machine path when it has one
+def run_all(converter: Converter, plan: Plan, workers: int = 0) -> None:
+    """Run every unit of ``plan`` on this machine: the format's one-machine path when it has one
     (and no unit has started elsewhere), else unit by unit."""
-    layout = as_layout(data_dir)
-    work_plan = Plan.load(layout, converter.implementation)
-    if not converter.run_local(layout, work_plan, workers):
-        run_units(converter, layout, workers=workers)
+    if not converter.run_local(plan, workers):
+        run_units(converter, plan, workers=workers)
 
 
 def convert(
     converter: Converter,
-    data_dir: str | os.PathLike[str] | DataDir,
+    data_dir: DataDir | str | os.PathLike[str],
     *,
     workers: int = 0,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Plan, run every unit locally with ``workers`` processes, finish. The one-call form."""
-    layout = as_layout(data_dir)
+    """Plan, run every unit locally with ``workers`` processes, finish. The one-call form; ``data_dir``
+    may be a path or URI for callers that have not parsed it (the tests, the benchmark)."""
     started = time.monotonic()
-    plan(converter, layout, force=force)
+    plan = base.plan(converter, data_dir, force=force)
     t_plan = time.monotonic() - started
-    run_all(converter, layout, workers=workers)
-    summary = finish(converter, layout)
+    run_all(converter, plan, workers=workers)
+    summary = base.finish(converter, plan)
     elapsed = time.monotonic() - started
     images = sum(s["records"] for s in summary["splits"].values())
     summary["timing"] = {

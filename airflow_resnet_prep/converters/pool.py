@@ -6,7 +6,8 @@ allowed to have children"). The rule exists so that a daemon killed with its par
 Our workers ask Linux to kill them when their parent dies (``PR_SET_PDEATHSIG``), which gives the same
 guarantee, so :func:`children_allowed` lifts the rule while they are started. Every process pool of the
 package comes from here: :func:`process_pool` for independent units, :func:`fork_context` for workers
-that share memory with their parent.
+that share memory with their parent. Either way a worker begins with :func:`start_worker`, which is
+where it receives the connections the parent resolved for it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import multiprocessing
 import os
 import pickle
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
+from typing import Any
 
 from airflow_resnet_prep.errors import PrepError
 
@@ -52,6 +54,22 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def start_worker(parent: int, env: Mapping[str, str]) -> None:
+    """What a worker does first: die with ``parent``, then take the environment its parent resolved for it
+    (the Airflow connections, ``Plan.connection_env``), which a forked worker must not ask the task's
+    supervisor for."""
+    die_with_parent(parent)
+    os.environ.update(env)
+
+
+def _start_pool_worker(
+    parent: int, env: Mapping[str, str], initializer: Callable[..., None] | None, initargs: tuple[Any, ...]
+) -> None:
+    start_worker(parent, env)
+    if initializer is not None:
+        initializer(*initargs)
+
+
 @contextlib.contextmanager
 def children_allowed() -> Iterator[None]:
     """Let this process start worker processes even when it is itself daemonic (a Celery task)."""
@@ -68,22 +86,31 @@ def children_allowed() -> Iterator[None]:
 @contextlib.contextmanager
 def fork_context() -> Iterator[BaseContext]:
     """The ``fork`` context, usable for as long as the block runs. Workers inherit the loaded libraries
-    (TensorFlow costs seconds to import) and the parent's objects; each must call
-    :func:`die_with_parent` first."""
+    (TensorFlow costs seconds to import) and the parent's objects; each must call :func:`start_worker`
+    first."""
     with children_allowed():
         yield multiprocessing.get_context("fork")
 
 
 @contextlib.contextmanager
-def process_pool(processes: int) -> Iterator[ProcessPoolExecutor]:
-    """A pool of ``processes`` forked workers that die with this process.
+def process_pool(
+    processes: int,
+    env: Mapping[str, str] | None = None,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> Iterator[ProcessPoolExecutor]:
+    """A pool of ``processes`` forked workers that die with this process, each started with ``env`` in
+    its environment and then ``initializer(*initargs)`` (forked: the arguments are not pickled).
 
     A ProcessPoolExecutor, not a multiprocessing.Pool: when a worker dies (OOM killer, SIGKILL) a Pool
     replaces it and waits for ever for the lost work; the executor fails what is pending instead.
     """
     with fork_context() as ctx:
         pool = ProcessPoolExecutor(
-            processes, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+            processes,
+            mp_context=ctx,
+            initializer=_start_pool_worker,
+            initargs=(os.getpid(), dict(env or {}), initializer, initargs),
         )
         with pool:
             yield pool

@@ -32,10 +32,10 @@ import random
 from typing import Any, ClassVar
 
 from airflow_resnet_prep.catalog.model import DIR, ImageReader, ImageRef, SplitCatalog
-from airflow_resnet_prep.converters import base
 from airflow_resnet_prep.converters.base import (
     Converter,
     Plan,
+    Unit,
     UnitResult,
     UnitSpec,
     WorkItem,
@@ -43,6 +43,7 @@ from airflow_resnet_prep.converters.base import (
     check_on_bad_image,
     read_or_report,
     record_source_reads,
+    run_plan_unit,
 )
 from airflow_resnet_prep.converters.decodecheck import decode_check_param, make_decoder, prepare_decoder
 from airflow_resnet_prep.converters.recordio_direct import write_direct
@@ -135,23 +136,22 @@ class RecordIOConverter(Converter):
         return units
 
     def prepare_plan(self, plan: Plan) -> None:
-        store = plan.layout.store
+        store = plan.data_dir.store
         plan.extra["assemblies"] = {
             split: store.begin_assembly(_rec_key(split), SCRATCH).token for split in ("train", "val")
         }
 
-    def discard_plan(self, layout: DataDir, plan: dict[str, Any] | None) -> None:
+    def discard_plan(self, data_dir: DataDir, saved: dict[str, Any] | None) -> None:
         for split in ("train", "val"):
-            layout.store.abort_assemblies(_rec_key(split), SCRATCH, keep=())
+            data_dir.store.abort_assemblies(_rec_key(split), SCRATCH, keep=())
 
     def _assembly(self, plan: Plan, split: str) -> Assembly:
         token = plan.extra["assemblies"][split]
-        return plan.layout.store.resume_assembly(_rec_key(split), SCRATCH, token)
+        return plan.data_dir.store.resume_assembly(_rec_key(split), SCRATCH, token)
 
-    def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
-        unit = plan.units[unit_id]
-        split = unit["split"]
-        result = UnitResult(unit=unit_id, split=split)
+    def write_unit(self, plan: Plan, unit: Unit, items: list[WorkItem]) -> UnitResult:
+        split = unit.split
+        result = UnitResult(unit=unit.id, split=split)
         sources = plan.split_sources(split)
         offsets: list[list[int]] = []
         position = 0
@@ -159,7 +159,7 @@ class RecordIOConverter(Converter):
         with (
             ImageReader(sources) as reader,
             contextlib.closing(reader.iter_read(items)) as reads,
-            self._assembly(plan, split).piece_writer(_piece_number(plan, unit_id)) as out,
+            self._assembly(plan, split).piece_writer(_piece_number(plan, unit)) as out,
         ):
             summed = ChecksumWriter(out)  # the piece's CRC-32C; finish combines the pieces'
             for item, data in reads:
@@ -172,11 +172,7 @@ class RecordIOConverter(Converter):
                 if result.records == half:
                     failpoint("unit-half")
             record_source_reads(reader, result)
-        result.outputs[unit["outputs"][0]] = {
-            "size": position,
-            "records": result.records,
-            "crc32c": summed.hex,
-        }
+        result.add_output(unit.outputs[0], position, result.records, summed.crc)
         result.extra["offsets"] = offsets
         result.extra["part"] = list(out.part)
         return result
@@ -211,28 +207,29 @@ class RecordIOConverter(Converter):
         result.bytes_in += item.size
         return record_buffers(pack_header(float(item.label), item.index), data)
 
-    def run_local(self, layout: DataDir, plan: Plan, workers: int) -> bool:
+    def run_local(self, plan: Plan, workers: int) -> bool:
         self.prepare_process()  # the direct path forks its writers too: load TensorFlow once, before
-        return write_direct(self, layout, plan, workers)
+        return write_direct(self, plan, workers)
 
-    def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
+    def finish(self, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
+        data_dir = plan.data_dir
         outputs: dict[str, dict[str, int]] = {}
         for split in ("train", "val"):
             parts = sorted((r for r in results if r.split == split), key=lambda r: r.unit)
             rec, idx, lst = (f"{RECORDIO}/{split}.{ext}" for ext in ("rec", "idx", "lst"))
             # A .rec of the right size was completed by an earlier finish of this plan (a new plan deletes
             # the old outputs first); .idx and .lst are rewritten whenever the .rec is.
-            rec_done = _size(layout, rec) == _parts_size(parts)
+            rec_done = _size(data_dir, rec) == _parts_size(parts)
             if not rec_done:
-                parts = self._complete(layout, plan, split, parts)
+                parts = self._complete(plan, split, parts)
                 failpoint("finish")
             # .idx and .lst are made in memory (their CRC-32C from the same bytes), written when needed.
             idx_text = _idx_text(parts)
-            if not rec_done or not layout.exists(idx):
-                layout.write_text(idx, idx_text)
+            if not rec_done or not data_dir.exists(idx):
+                data_dir.write_text(idx, idx_text)
             lst_text = _lst_text(plan, parts)
-            if not rec_done or not layout.exists(lst):
-                layout.write_text(lst, lst_text)
+            if not rec_done or not data_dir.exists(lst):
+                data_dir.write_text(lst, lst_text)
             records = sum(r.records for r in parts)
             checksums = {
                 lst: to_hex(crc32c(lst_text.encode())),
@@ -240,41 +237,40 @@ class RecordIOConverter(Converter):
                 idx: to_hex(crc32c(idx_text.encode())),
             }
             for key in (lst, rec, idx):
-                outputs[key] = {"size": layout.store.size(key), "records": records}
+                outputs[key] = {"size": data_dir.store.size(key), "records": records}
                 if checksums[key] is not None:
                     outputs[key]["crc32c"] = checksums[key]
         # What killed units or a killed finish left: every unit is done and finish holds the data_dir's
         # lock, so no writer is left.
         for split in ("train", "val"):
-            layout.store.abort_assemblies(_rec_key(split), SCRATCH, keep=())
-        layout.delete_tree(SCRATCH)
-        layout.discard_partial(RECORDIO)
+            data_dir.store.abort_assemblies(_rec_key(split), SCRATCH, keep=())
+        data_dir.delete_tree(SCRATCH)
+        data_dir.discard_partial(RECORDIO)
         return outputs
 
-    def _complete(self, layout: DataDir, plan: Plan, split: str, parts: list[UnitResult]) -> list[UnitResult]:
+    def _complete(self, plan: Plan, split: str, parts: list[UnitResult]) -> list[UnitResult]:
         """Complete the split's assembly from the units' pieces. When its pieces are gone for good (the
         .rec was completed once and has since been lost or cut short, or the units wrote it directly),
         convert the split's units again into a new assembly, so the rerun heals the output. Any other
         failure of ``complete`` (a network error) is raised: the pieces stay, a rerun completes them."""
         spent = split in plan.extra.get("completed", []) or not all("part" in r.extra for r in parts)
         if spent:
+            data_dir = plan.data_dir
             log.warning(
-                "%s: missing or cut short; converting the %s units again", layout.uri(_rec_key(split)), split
+                "%s: missing or cut short; converting the %s units again",
+                data_dir.uri(_rec_key(split)),
+                split,
             )
-            plan.extra["assemblies"][split] = layout.store.begin_assembly(_rec_key(split), SCRATCH).token
+            plan.extra["assemblies"][split] = data_dir.store.begin_assembly(_rec_key(split), SCRATCH).token
             plan.extra["completed"] = [s for s in plan.extra.get("completed", []) if s != split]
-            self._save(layout, plan)
+            plan.save()
             for r in parts:
-                layout.delete(plan.unit_done_key(r.unit))
-            parts = [base.run_unit(self, layout, r.unit) for r in parts]
+                data_dir.delete(plan.unit_done_key(r.unit))
+            parts = [run_plan_unit(self, plan, r.unit) for r in parts]
         self._assembly(plan, split).complete([Part(*r.extra["part"]) for r in parts])
         plan.extra.setdefault("completed", []).append(split)
-        self._save(layout, plan)
+        plan.save()
         return parts
-
-    @staticmethod
-    def _save(layout: DataDir, plan: Plan) -> None:
-        layout.write_json(f"{plan.work_dir}/plan.json", plan.to_dict())
 
 
 def _idx_text(parts: list[UnitResult]) -> str:
@@ -309,15 +305,14 @@ def _rec_key(split: str) -> str:
     return f"{RECORDIO}/{split}.rec"
 
 
-def _piece_number(plan: Plan, unit_id: int) -> int:
+def _piece_number(plan: Plan, unit: Unit) -> int:
     """A unit's piece of its split's .rec: its position among the split's units, from 1."""
-    split = plan.units[unit_id]["split"]
-    return 1 + sum(1 for u in plan.units[:unit_id] if u["split"] == split)
+    return 1 + sum(1 for u in plan.units[: unit.id] if u.split == unit.split)
 
 
-def _size(layout: DataDir, key: str) -> int | None:
+def _size(data_dir: DataDir, key: str) -> int | None:
     try:
-        return layout.store.size(key)
+        return data_dir.store.size(key)
     except FileNotFoundError:
         return None
 

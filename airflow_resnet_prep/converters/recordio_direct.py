@@ -21,21 +21,21 @@ import fcntl
 import os
 import queue
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from airflow_resnet_prep.catalog.model import ImageReader
-from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem
-from airflow_resnet_prep.converters.pool import die_with_parent, fork_context, portable_error, resolve_workers
+from airflow_resnet_prep.converters.base import Plan, Unit, UnitResult, WorkItem
+from airflow_resnet_prep.converters.pool import fork_context, portable_error, resolve_workers, start_worker
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.formats.crc32c import combine_all, crc32c_of, to_hex
+from airflow_resnet_prep.formats.crc32c import combine_all, crc32c_of
 from airflow_resnet_prep.fsutil import (
     disk_full_as_error,
     fsync_dir,
     tmp_name,
 )
-from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.progress import Progress
 
 
@@ -73,30 +73,31 @@ class _Framed:
     result: UnitResult | None = None
 
 
-def write_direct(converter: ItemFramer, layout: DataDir, work_plan: Plan, workers: int) -> bool:
+def write_direct(converter: ItemFramer, plan: Plan, workers: int) -> bool:
     """Write both splits' ``.rec`` directly; False (nothing done) when some unit is done or being
     written by another process: that conversion goes on unit by unit."""
-    if layout.disk is None:
+    data_dir = plan.data_dir
+    if data_dir.disk is None:
         return False  # in a bucket, units upload the pieces of one multipart upload instead
     # The data_dir lock keeps another run's finish (which clears in-progress files) and conversion out
     # while the .rec files are written; a second run waits a few seconds, then fails clearly.
-    with layout.hold(wait_s=5):
-        if any(work_plan.unit_done_path(u["id"]).exists() for u in work_plan.units) or _units_busy(work_plan):
+    with data_dir.hold(wait_s=5):
+        if any(plan.unit_done_path(u.id).exists() for u in plan.units) or _units_busy(plan):
             return False
         processes = resolve_workers(workers)
-        total = sum(u["items"] for u in work_plan.units)
-        progress = Progress("nvidia conversion (direct)", total)
+        env = plan.connection_env() if processes > 1 else {}  # for sources in a bucket
+        progress = Progress("nvidia conversion (direct)", sum(u.items for u in plan.units))
         for split in ("train", "val"):
-            _write_split(converter, layout, work_plan, split, processes, progress)
+            _write_split(converter, plan, split, processes, env, progress)
         failpoint("finish")
         progress.finish()
     return True
 
 
-def _units_busy(work_plan: Plan) -> bool:
+def _units_busy(plan: Plan) -> bool:
     """Whether another process holds a unit's lock (e.g. a mapped Airflow task converting it now)."""
-    for unit in work_plan.units:
-        lock = work_plan.unit_done_path(unit["id"]).with_suffix(".lock")
+    for unit in plan.units:
+        lock = plan.data_dir.path(plan.unit_lock_key(unit.id))
         try:
             fd = os.open(lock, os.O_RDONLY)
         except FileNotFoundError:
@@ -112,23 +113,23 @@ def _units_busy(work_plan: Plan) -> bool:
 
 def _write_split(
     converter: ItemFramer,
-    layout: DataDir,
-    work_plan: Plan,
+    plan: Plan,
     split: str,
     processes: int,
+    env: Mapping[str, str],
     progress: Progress,
 ) -> None:
-    units = [u for u in work_plan.units if u["split"] == split]
+    units = [u for u in plan.units if u.split == split]
     # Small splits get small chunks, so that every process has work.
-    size = max(1, min(CHUNK_RECORDS, -(-sum(u["items"] for u in units) // (4 * processes))))
+    size = max(1, min(CHUNK_RECORDS, -(-sum(u.items for u in units) // (4 * processes))))
     chunks: list[_Chunk] = []
     for position, unit in enumerate(units):
-        items = work_plan.load_items(unit["id"])
+        items = plan.load_items(unit.id)
         chunks.extend(_Chunk(position, items[i : i + size]) for i in range(0, len(items), size))
-    rec = layout.recordio / f"{split}.rec"
+    rec = plan.data_dir.recordio / f"{split}.rec"
     rec.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(rec)
-    sources = work_plan.split_sources(split)
+    sources = plan.split_sources(split)
     try:
         with disk_full_as_error(rec):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -137,7 +138,9 @@ def _write_split(
                     framed = _run_in_process(converter, sources, chunks, fd, split, progress)
                 else:
                     with fork_context() as ctx:
-                        framed = _run_in_pool(ctx, converter, sources, chunks, fd, split, processes, progress)
+                        framed = _run_in_pool(
+                            ctx, converter, sources, chunks, fd, split, processes, env, progress
+                        )
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -145,7 +148,7 @@ def _write_split(
         fsync_dir(rec.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    _write_done_records(work_plan, units, chunks, framed, split)
+    _write_done_records(plan, units, chunks, framed)
 
 
 def _frame_chunk(
@@ -221,6 +224,7 @@ def _run_in_pool(
     fd: int,
     split: str,
     processes: int,
+    env: Mapping[str, str],
     progress: Progress,
 ) -> list[_Framed]:
     n = len(chunks)
@@ -236,7 +240,7 @@ def _run_in_pool(
     parent = os.getpid()
 
     def worker() -> None:
-        die_with_parent(parent)
+        start_worker(parent, env)
         try:
             with ImageReader(sources) as reader:
                 while True:
@@ -304,15 +308,13 @@ def _run_in_pool(
     return [framed_all[i] for i in range(n)]
 
 
-def _write_done_records(
-    work_plan: Plan, units: list[dict[str, Any]], chunks: list[_Chunk], framed: list[_Framed], split: str
-) -> None:
-    """One done record per unit, exactly as ``run_unit`` would have written it (offsets part-relative)."""
+def _write_done_records(plan: Plan, units: list[Unit], chunks: list[_Chunk], framed: list[_Framed]) -> None:
+    """One done record per unit, as ``run_plan_unit`` would have written it (offsets part-relative)."""
     by_unit: dict[int, list[_Framed]] = {}
     for chunk, f in zip(chunks, framed, strict=True):
         by_unit.setdefault(chunk.unit, []).append(f)
     for position, unit in enumerate(units):
-        result = UnitResult(unit=unit["id"], split=split)
+        result = UnitResult(unit=unit.id, split=unit.split)
         offset = 0
         offsets: list[list[int]] = []
         crc = combine_all((f.crc, f.size) for f in by_unit.get(position, []))
@@ -330,12 +332,8 @@ def _write_done_records(
                 total = result.extra.setdefault("source_reads", {"requests": 0, "bytes_read": 0})
                 for k in total:
                     total[k] += reads[k]
-        result.outputs[unit["outputs"][0]] = {
-            "size": offset,
-            "records": result.records,
-            "crc32c": to_hex(crc),
-        }
+        result.add_output(unit.outputs[0], offset, result.records, crc)
         result.extra["offsets"] = offsets
         result.seconds = round(result.seconds, 3)
         result.extra["written"] = "direct"
-        work_plan.layout.write_json(work_plan.unit_done_key(unit["id"]), result.to_dict())
+        plan.save_done(result)

@@ -25,6 +25,7 @@ from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
 from airflow_resnet_prep.converters.base import (
     Converter,
     Plan,
+    Unit,
     UnitResult,
     UnitSpec,
     WorkItem,
@@ -36,12 +37,12 @@ from airflow_resnet_prep.converters.base import (
 from airflow_resnet_prep.converters.decodecheck import decode_check_param, make_decoder, prepare_decoder
 from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.formats.crc32c import crc32c, to_hex
+from airflow_resnet_prep.formats.crc32c import crc32c
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import encode_example
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
-from airflow_resnet_prep.layout import TFRECORDS, DataDir
+from airflow_resnet_prep.layout import TFRECORDS
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.formats.tfdecode import JpegDecoder
@@ -126,27 +127,27 @@ class TFRecordConverter(Converter):
             units.append(UnitSpec(split, outputs, items))
         return units
 
-    def run_unit(self, layout: DataDir, plan: Plan, unit_id: int, items: list[WorkItem]) -> UnitResult:
-        unit = plan.units[unit_id]
-        result = UnitResult(unit=unit_id, split=unit["split"])
+    def write_unit(self, plan: Plan, unit: Unit, items: list[WorkItem]) -> UnitResult:
+        data_dir = plan.data_dir
+        result = UnitResult(unit=unit.id, split=unit.split)
         on_bad = self.params["on_bad_image"]
         half = max(1, len(items) // 2)  # where the kill-and-resume tests crash a unit
         by_output: dict[int, list[WorkItem]] = {}
         for item in items:
             by_output.setdefault(item.output, []).append(item)
-        for name in unit["outputs"]:
+        for name in unit.outputs:
             # What a killed run of this unit left (the caller holds the unit's lock: no live writer).
-            layout.discard_partial(f"{TFRECORDS}/{name}")
-        sources = plan.split_sources(unit["split"])
+            data_dir.discard_partial(f"{TFRECORDS}/{name}")
+        sources = plan.split_sources(unit.split)
         decoder = make_decoder(self.params)
         # Every image of the unit in the order written, read ahead (from a bucket: close ones coalesced
         # into large requests, several in flight; from a local disk: one pread each, as it is consumed).
-        ordered = [item for index in range(len(unit["outputs"])) for item in by_output.get(index, [])]
+        ordered = [item for index in range(len(unit.outputs)) for item in by_output.get(index, [])]
         with ImageReader(sources) as reader, contextlib.closing(reader.iter_read(ordered)) as reads:
-            for index, name in enumerate(unit["outputs"]):
+            for index, name in enumerate(unit.outputs):
                 key = f"{TFRECORDS}/{name}"
                 sizes: list[int] = []
-                with layout.store.writer(key) as fh:
+                with data_dir.store.writer(key) as fh:
                     writer = TFRecordWriter(fh)  # sums the shard's CRC-32C as it writes
                     for item in by_output.get(index, []):
                         _, data = next(reads)
@@ -160,10 +161,10 @@ class TFRecordConverter(Converter):
                             failpoint("unit-half")
                     if not sizes:
                         raise PrepError(
-                            f"{layout.uri(key)}: every image of this shard was left out; refusing an empty shard"
+                            f"{data_dir.uri(key)}: every image of this shard was left out; refusing an empty shard"
                         )
                 size = sum(sizes) + TFRECORD_OVERHEAD * len(sizes)
-                result.outputs[name] = {"size": size, "records": len(sizes), "crc32c": to_hex(writer.crc)}
+                result.add_output(name, size, len(sizes), writer.crc)
                 result.records += len(sizes)
                 if self.params["dali_index"]:
                     lines, offset = [], 0
@@ -171,13 +172,9 @@ class TFRecordConverter(Converter):
                         lines.append(f"{offset} {size + TFRECORD_OVERHEAD}\n")
                         offset += size + TFRECORD_OVERHEAD
                     text = "".join(lines)
-                    layout.write_text(f"{key}.idx", text)
+                    data_dir.write_text(f"{key}.idx", text)
                     raw = text.encode()
-                    result.outputs[f"{name}.idx"] = {
-                        "size": len(raw),
-                        "records": len(sizes),
-                        "crc32c": to_hex(crc32c(raw)),
-                    }
+                    result.add_output(f"{name}.idx", len(raw), len(sizes), crc32c(raw))
             record_source_reads(reader, result)
         return result
 
@@ -210,16 +207,16 @@ class TFRecordConverter(Converter):
             encoded=data, filename=item.name, label=item.label, synset=item.synset, height=height, width=width
         )
 
-    def finish(self, layout: DataDir, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
+    def finish(self, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         outputs: dict[str, dict[str, int]] = {}
         failpoint("finish")
-        present = {o.key: o.size for o in layout.store.list(TFRECORDS)}
+        present = {o.key: o.size for o in plan.data_dir.store.list(TFRECORDS)}
         for r in sorted(results, key=lambda r: r.unit):
             for name, stats in r.outputs.items():
                 key = f"{TFRECORDS}/{name}"
                 if present.get(key) != stats["size"]:
                     raise PrepError(
-                        f"{layout.uri(key)}: missing or changed since its unit finished; rerun with force=true"
+                        f"{plan.data_dir.uri(key)}: missing or changed since its unit finished; rerun with force=true"
                     )
                 outputs[key] = stats
         return outputs

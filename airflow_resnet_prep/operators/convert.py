@@ -86,26 +86,26 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
         )
         converter = self.make_converter()  # type: ignore[attr-defined]
         workers = as_int(self.workers, "workers")
-        layout = DataDir.of(self.data_dir, self.storage_conn_id or None)
+        data_dir = DataDir.of(self.data_dir, self.storage_conn_id or None)
         if self.step == "plan":
-            plan = base.plan(converter, layout, force=as_bool(self.force))
+            plan = base.plan(converter, data_dir, force=as_bool(self.force))
             fanout = as_int(self.fanout, "fanout") or auto_fanout()
             self.log.info("%d units in %d batches", len(plan.units), min(fanout, len(plan.units)))
-            return batches([u["id"] for u in plan.units], fanout)
+            return batches([u.id for u in plan.units], fanout)
         if self.step == "units":
             ids = [int(i) for i in (self.unit_ids or [])]
-            work_plan = base.Plan.load(layout, converter.implementation)
-            if set(ids) == {u["id"] for u in work_plan.units}:
-                local.run_all(converter, layout, workers=workers)  # one task has it all
+            plan = base.Plan.load(data_dir, converter.implementation)
+            if set(ids) == {u.id for u in plan.units}:
+                local.run_all(converter, plan, workers=workers)  # one task has it all
             else:
-                local.run_units(converter, layout, ids, workers=workers)
+                local.run_units(converter, plan, ids, workers=workers)
             return {"units": ids}
         if self.step == "finish":
-            summary = base.finish(converter, layout)
+            summary = base.finish(converter, base.Plan.load(data_dir, converter.implementation))
         else:
-            summary = local.convert(converter, layout, workers=workers, force=as_bool(self.force))
-        out_dir = layout.uri(converter.output_key)
-        self.record_lineage([layout.url + "/catalog"], [layout.url + "/" + converter.output_key])
+            summary = local.convert(converter, data_dir, workers=workers, force=as_bool(self.force))
+        out_dir = data_dir.uri(converter.output_key)
+        self.record_lineage([data_dir.url + "/catalog"], [data_dir.url + "/" + converter.output_key])
         context["ti"].xcom_push(key=self.output_key, value=out_dir)
         self.log.info("%s: %s", self.output_key, out_dir)
         return summary

@@ -50,12 +50,12 @@ def locate(layout: DataDir, manifest: dict[str, Any], wanted: set[Key]) -> dict[
     found: dict[Key, tuple[str, int]] = {}
     for unit in plan.units:
         written: dict[int, int] = defaultdict(int)  # output index -> records written before this item
-        for item in plan.load_items(unit["id"]):
+        for item in plan.load_items(unit.id):
             key = (item.synset, item.name)
             if key in skipped:
                 continue
             if key in wanted:
-                found[key] = (f"tfrecords/{unit['outputs'][item.output]}", written[item.output])
+                found[key] = (f"tfrecords/{unit.outputs[item.output]}", written[item.output])
             written[item.output] += 1
         if len(found) == len(wanted):
             break

@@ -6,7 +6,7 @@ byte for byte with a local one-process run of the same params (``python -m airfl
 machine every task instance reports the same host name.
 
 To make "the units ran on both workers" and "a worker dies while it runs a unit" deterministic, a test
-holds the lock of every unit (``work/<implementation>/done/<id>.lock``, the lock ``run_unit`` takes)
+holds the lock of every unit (``work/<implementation>/done/<id>.lock``, the lock ``run_plan_unit`` takes)
 before the run starts: the mapped tasks start, block at their first unit, and are released once the
 test has seen what it needs (each worker holds one of them, since a worker has one slot).
 
@@ -66,7 +66,7 @@ def unit_count(data_dir: Path, implementation: str) -> int:
 
 @contextlib.contextmanager
 def holding_units(data_dir: Path, implementation: str, units: int) -> Iterator[None]:
-    """Hold every unit's lock: a task that reaches a unit waits (``run_unit`` waits for a unit another
+    """Hold every unit's lock: a task that reaches a unit waits (``run_plan_unit`` waits for a unit another
     process holds) until the block ends."""
     done = Path(data_dir) / "work" / implementation / "done"
     done.mkdir(parents=True, exist_ok=True)

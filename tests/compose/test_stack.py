@@ -89,7 +89,7 @@ def makedirs_for_airflow(path: Path) -> None:
 
 @contextlib.contextmanager
 def holding_units(data_dir: Path, implementation: str, units: int) -> Iterator[None]:
-    """Hold every unit's lock (``work/<implementation>/done/<id>.lock``, the lock ``run_unit`` takes) from
+    """Hold every unit's lock (``work/<implementation>/done/<id>.lock``, the lock ``run_plan_unit`` takes) from
     the host: a units task that reaches a unit waits until the block ends. The volume is a folder of this
     machine, and flock works across the container boundary (one kernel)."""
     done = data_dir / "work" / implementation / "done"

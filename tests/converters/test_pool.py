@@ -43,18 +43,18 @@ def record_pid(fn):
         return fn(*args, **kwargs)
     return wrapped
 
-local.run_unit = record_pid(local.run_unit)
+local.run_plan_unit = record_pid(local.run_plan_unit)
 recordio_direct._frame_chunk = record_pid(recordio_direct._frame_chunk)
 
 def task():
     assert multiprocessing.current_process().daemon
     converter = make_converter(implementation, params)
-    base.plan(converter, data_dir)
+    plan = base.plan(converter, data_dir)
     if step == "units":
-        local.run_units(converter, data_dir, workers=2)
+        local.run_units(converter, plan, workers=2)
     else:
-        local.run_all(converter, data_dir, workers=2)
-    base.finish(converter, data_dir)
+        local.run_all(converter, plan, workers=2)
+    base.finish(converter, plan)
 
 proc = multiprocessing.get_context("fork").Process(target=task, daemon=True)
 proc.start()

@@ -33,7 +33,6 @@ from airflow_resnet_prep.converters import base, local, recordio
 from airflow_resnet_prep.converters.recordio import RecordIOConverter
 from airflow_resnet_prep.errors import BadImageError, PrepError, SourceError
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
-from airflow_resnet_prep.layout import DataDir
 from tests.support.mxnet_tools import read_with_mxnet, require_mxnet, run_im2rec
 
 M = struct.pack("<I", 0xCED7230A)  # the RecordIO magic as it sits in the file
@@ -373,9 +372,9 @@ def test_identical_across_runs_unit_sizes_and_workers(
     fetch(data_dir, str(sample.train_tar), str(sample.val_tar))
     relabel(data_dir, str(sample.labels))
     converter = RecordIOConverter()
-    base.plan(converter, data_dir)
-    local.run_units(converter, data_dir, workers=2)
-    base.finish(converter, data_dir)
+    plan = base.plan(converter, data_dir)
+    local.run_units(converter, plan, workers=2)
+    base.finish(converter, plan)
     assert outputs_of(data_dir) == reference
     assert not any(
         json.loads(p.read_text())["extra"].get("written") for p in (data_dir / "work").rglob("done/*.json")
@@ -392,20 +391,21 @@ def test_direct_write_spreads_chunks_over_processes(sample, converted: Path, tmp
     relabel(data_dir, str(sample.labels))
     converter = RecordIOConverter()
     work_plan = base.plan(converter, data_dir)
-    assert recordio_direct.write_direct(converter, DataDir.of(data_dir), work_plan, workers=3)
-    done = [json.loads(work_plan.unit_done_path(u["id"]).read_text()) for u in work_plan.units]
+    assert recordio_direct.write_direct(converter, work_plan, workers=3)
+    done = [json.loads(work_plan.unit_done_path(u.id).read_text()) for u in work_plan.units]
     assert all(d["extra"]["written"] == "direct" for d in done)
     assert sum(d["records"] for d in done) == sample.train_count + sample.val_count
-    base.finish(converter, data_dir)
+    base.finish(converter, work_plan)
     assert outputs_of(data_dir) == outputs_of(converted)
     assert tmp_files(data_dir) == []
     # A second call finds the units done and leaves the work to the unit-by-unit path (nothing to do).
-    assert not recordio_direct.write_direct(converter, DataDir.of(data_dir), work_plan, workers=3)
+    assert not recordio_direct.write_direct(converter, work_plan, workers=3)
 
 
 _KILL_SCRIPT = """
 import sys, time
 from airflow_resnet_prep.converters import base, recordio
+from airflow_resnet_prep.layout import DataDir
 data_dir, flag = sys.argv[1:3]
 real, count = recordio.record_buffers, [0]
 def slow(header, image):
@@ -415,7 +415,7 @@ def slow(header, image):
         time.sleep(120)
     return real(header, image)
 recordio.record_buffers = slow
-base.run_unit(recordio.RecordIOConverter(), data_dir, 0)
+base.run_plan_unit(recordio.RecordIOConverter(), base.Plan.load(DataDir.of(data_dir), "nvidia"), 0)
 """
 
 
@@ -451,9 +451,9 @@ def test_unit_killed_midway_then_rerun_gives_the_same_bytes(
         proc.wait(timeout=30)
     assert not (parts / token / "00001").exists()
     with pytest.raises(PrepError, match="units are not done"):
-        base.finish(converter, data_dir)
-    local.run_units(converter, data_dir, workers=2)
-    base.finish(converter, data_dir)
+        base.finish(converter, work_plan)
+    local.run_units(converter, work_plan, workers=2)
+    base.finish(converter, work_plan)
     assert outputs_of(data_dir) == reference == outputs_of(converted)
     assert tmp_files(data_dir) == []
 
@@ -511,8 +511,8 @@ def test_partial_files_left_behind_are_overwritten_and_cleaned(
     (val / ".00001.999999.tmp").write_bytes(b"partial")
     (data_dir / "recordio").mkdir()
     (data_dir / "recordio" / ".train.rec.999999.tmp").write_bytes(b"partial join")
-    local.run_units(converter, data_dir, workers=1)
-    base.finish(converter, data_dir)
+    local.run_units(converter, work_plan, workers=1)
+    base.finish(converter, work_plan)
     assert outputs_of(data_dir) == outputs_of(converted)
     assert tmp_files(data_dir) == []
     assert sorted(p.name for p in (data_dir / "recordio").iterdir()) == sorted(OUTPUTS)

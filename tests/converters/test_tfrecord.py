@@ -333,7 +333,7 @@ def test_dali_index_matches_tfrecord2idx_and_points_at_valid_records(converted: 
 def test_plan_spreads_a_small_set_over_units_of_whole_shards(fresh: Path) -> None:
     work_plan = base.plan(TFRecordConverter(**PARAMS), fresh)
     # One shard per unit here (fewer than 16 shards per split), so two workers share even a small set.
-    assert [(u["split"], u["outputs"], u["items"]) for u in work_plan.units] == [
+    assert [(u.split, u.outputs, u.items) for u in work_plan.units] == [
         *[("train", [n], 6) for n in shard_names("train", 4)],
         *[("val", [n], 6) for n in shard_names("val", 2)],
     ]
@@ -375,6 +375,7 @@ _KILLED_CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from airflow_resnet_prep.converters import base, tfrecord
+    from airflow_resnet_prep.layout import DataDir
 
     data_dir, marker, params = sys.argv[1], Path(sys.argv[2]), eval(sys.argv[3])
     real, calls = tfrecord.encode_example, [0]
@@ -387,7 +388,8 @@ _KILLED_CHILD = textwrap.dedent(
         return real(**kw)
 
     tfrecord.encode_example = encode_then_stall
-    base.run_unit(tfrecord.TFRecordConverter(**params), data_dir, 0)
+    plan = base.Plan.load(DataDir.of(data_dir), "reference")
+    base.run_plan_unit(tfrecord.TFRecordConverter(**params), plan, 0)
     """
 )
 
@@ -398,7 +400,7 @@ def test_unit_killed_midway_leaves_no_partial_shard_and_rerun_gives_the_same_byt
     converter = TFRecordConverter(**PARAMS)
     work_plan = base.plan(converter, fresh)
     unit = work_plan.units[0]
-    assert unit["outputs"] == ["train-00000-of-00004"]
+    assert unit.outputs == ["train-00000-of-00004"]
     marker = fresh / "stalled"
     child = subprocess.Popen(
         [sys.executable, "-c", _KILLED_CHILD, str(fresh), str(marker), repr(PARAMS)],
@@ -421,10 +423,10 @@ def test_unit_killed_midway_leaves_no_partial_shard_and_rerun_gives_the_same_byt
     assert not work_plan.unit_done_path(0).exists()
     assert [n for n in hidden_files(out) if n.startswith(".train-00000-of-00004.")]
     with pytest.raises(PrepError, match="not done"):
-        base.finish(converter, fresh)
+        base.finish(converter, work_plan)
 
-    local.run_units(converter, fresh, workers=1)
-    summary = base.finish(converter, fresh)
+    local.run_units(converter, work_plan, workers=1)
+    summary = base.finish(converter, work_plan)
     assert output_bytes(out) == converted.files
     assert hidden_files(out) == []  # the killed run's temp file is gone too
     assert summary["outputs"] == converted.summary["outputs"]
@@ -550,8 +552,7 @@ def test_foreign_shards_are_refused_then_replaced_with_force(fresh: Path) -> Non
 
 def test_unfinished_plan_with_other_params_is_refused_then_replaced_with_force(fresh: Path) -> None:
     first = TFRecordConverter(**PARAMS)
-    base.plan(first, fresh)
-    base.run_unit(first, fresh, 0)
+    base.run_plan_unit(first, base.plan(first, fresh), 0)
     out = DataDir.of(fresh).tfrecords
     before = output_bytes(out)
     assert "train-00000-of-00004" in before

@@ -196,11 +196,13 @@ def test_killed_run_then_rerun_gives_the_same_bytes(bucket, local_runs, s3_prefi
 _UNIT_SCRIPT = """
 import sys
 from airflow_resnet_prep.converters import base
+from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.pipeline import make_converter
 data_dir, implementation = sys.argv[1], sys.argv[2]
 converter = make_converter(implementation, {"train_shards": 4, "val_shards": 2})
+plan = base.Plan.load(DataDir.of(data_dir), implementation)
 for unit in sys.argv[3:]:
-    base.run_unit(converter, data_dir, int(unit))
+    base.run_plan_unit(converter, plan, int(unit))
 """
 
 
@@ -220,7 +222,7 @@ def test_units_in_processes_sharing_no_local_folder(bucket, local_runs, s3_prefi
     plan = base.plan(converter, s3_prefix)
     procs = []
     for unit in plan.units:
-        home = tmp_path / f"pod-{unit['id']}"
+        home = tmp_path / f"pod-{unit.id}"
         (home / "tmp").mkdir(parents=True)
         env = {
             k: val
@@ -228,14 +230,14 @@ def test_units_in_processes_sharing_no_local_folder(bucket, local_runs, s3_prefi
             if k.startswith(("AIRFLOW_CONN_", "PATH", "PYTHON", "GCSFS_", "VIRTUAL_ENV"))
         }
         env.update(HOME=str(home), TMPDIR=str(home / "tmp"), AIRFLOW_HOME=str(home / "airflow"))
-        cmd = [sys.executable, "-c", _UNIT_SCRIPT, s3_prefix, implementation, str(unit["id"])]
+        cmd = [sys.executable, "-c", _UNIT_SCRIPT, s3_prefix, implementation, str(unit.id)]
         procs.append(subprocess.Popen(cmd, cwd=home, env=env, stderr=subprocess.PIPE, text=True))
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
     for unit in plan.units:  # scratch only: each pod's temporary folder is empty again
-        assert list((tmp_path / f"pod-{unit['id']}" / "tmp").iterdir()) == []
-    base.finish(converter, s3_prefix)
+        assert list((tmp_path / f"pod-{unit.id}" / "tmp").iterdir()) == []
+    base.finish(converter, plan)
     assert remote_digests(s3_prefix, implementation) == local_runs(implementation)
     assert open_uploads(s3_prefix) == []
 

@@ -92,9 +92,10 @@ def test_unit_by_unit_conversion_records_the_same_crc32c(
     )
     converter = make_converter("nvidia", {})
     layout = DataDir.of(str(data_dir))
-    assert len(base.plan(converter, layout, force=True).units) == 5 + 3  # 24 train, 12 val images
-    local.run_units(converter, layout, workers=1)  # unit by unit: pieces of an assembly, then finish
-    summary = base.finish(converter, layout)
+    plan = base.plan(converter, layout, force=True)
+    assert len(plan.units) == 5 + 3  # 24 train, 12 val images
+    local.run_units(converter, plan, workers=1)  # unit by unit: pieces of an assembly, then finish
+    summary = base.finish(converter, plan)
     assert sum(1 for u in summary["outputs"]) == 6
     expected = json.loads((outputs["nvidia"] / "manifest.json").read_text())["outputs"]
     for key, stats in summary["outputs"].items():
