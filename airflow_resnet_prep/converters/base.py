@@ -38,7 +38,6 @@ from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepE
 from airflow_resnet_prep.formats.crc32c import to_hex
 from airflow_resnet_prep.layout import MANIFEST, DataDir, catalog_key, work_key
 from airflow_resnet_prep.sources.bucket import source_store
-from airflow_resnet_prep.storage import is_object_uri
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +204,9 @@ class Plan:
         """What a worker process needs in its environment to reach the data_dir and the sources in a
         bucket (:meth:`~airflow_resnet_prep.storage.Store.connection_env`): a forked worker must not ask
         the task's supervisor for a connection, a spawned one cannot."""
+        # A local store needs nothing: it gives an empty mapping.
         stores = [self.data_dir.store] + [
-            source_store(s["path"])
-            for srcs in self.sources.values()
-            for s in srcs
-            if is_object_uri(s["path"])
+            source_store(s["path"]) for srcs in self.sources.values() for s in srcs
         ]
         env: dict[str, str] = {}
         for store in stores:
