@@ -30,11 +30,16 @@ def extract_split(catalog: SplitCatalog, dest: Path) -> int:
     """Copy every image of ``catalog`` into ``dest``; return how many files were written.
 
     Images already there whole are kept. The caller holds the data_dir lock, so temp files found in a
-    folder are a killed run's leftovers: each folder written to is cleared of them first. The images are
+    folder are a killed run's leftovers: every folder of the split is cleared of them first. The images are
     read as a conversion reads them (from a bucket: coalesced, concurrent ranged reads).
     """
     written = 0
     progress = Progress(f"extracting {catalog.split}", total=len(catalog))
+    # Every folder of the split, not only those with images still to write: a killed run may have
+    # left a temp file beside an image a later run has since completed.
+    for folder in {image_path(dest, r.synset, r.name).parent for r in catalog.images}:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(folder)
     todo = []
     for ref in catalog.images:
         target = image_path(dest, ref.synset, ref.name)
@@ -43,9 +48,6 @@ def extract_split(catalog: SplitCatalog, dest: Path) -> int:
                 progress.advance()
                 continue
         todo.append(ref)
-    for folder in {image_path(dest, r.synset, r.name).parent for r in todo}:
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_tmp(folder)
     with ImageReader(catalog.sources) as reader, contextlib.closing(reader.iter_read(todo)) as reads:
         for ref, data in reads:
             target = image_path(dest, ref.synset, ref.name)
