@@ -8,7 +8,7 @@ import time
 log = logging.getLogger("airflow_resnet_prep")
 
 
-def _fmt_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -50,13 +50,13 @@ class Progress:
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
         if not self.total:  # an unknown total (e.g. members of an archive being indexed): no ETA
-            return f"{self.label}: {self.done:,} {self.unit}, {rate:,.0f} {self.unit}/s, elapsed {_fmt_duration(elapsed)}"
+            return f"{self.label}: {self.done:,} {self.unit}, {rate:,.0f} {self.unit}/s, elapsed {format_duration(elapsed)}"
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta_s = _fmt_duration(eta) if eta != float("inf") else "?"
+        eta_s = format_duration(eta) if eta != float("inf") else "?"
         pct = 100.0 * self.done / self.total
         return (
             f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({pct:.1f}%), "
-            f"{rate:,.0f} {self.unit}/s, elapsed {_fmt_duration(elapsed)}, ETA {eta_s}"
+            f"{rate:,.0f} {self.unit}/s, elapsed {format_duration(elapsed)}, ETA {eta_s}"
         )
 
     def finish(self) -> float:

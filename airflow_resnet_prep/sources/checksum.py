@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from airflow_resnet_prep.errors import SourceError, reason
 from airflow_resnet_prep.fsutil import atomic_write_json, exclusive_lock, read_json
-from airflow_resnet_prep.progress import Progress, _fmt_duration
+from airflow_resnet_prep.progress import Progress, format_duration
 from airflow_resnet_prep.storage import StorageError, Store
 
 if TYPE_CHECKING:
@@ -52,13 +52,13 @@ class ByteProgress(Progress):
         rate = self.done / elapsed  # this session's bytes only: a resumed offset is not throughput
         have = self.offset + self.done
         if self.total:
-            eta = _fmt_duration((self.total - have) / rate) if rate > 0 else "?"
+            eta = format_duration((self.total - have) / rate) if rate > 0 else "?"
             of = f"/{self.total / 1e6:,.1f} MB ({100.0 * have / self.total:.1f}%)"
         else:
             eta, of = "?", " MB"
         return (
             f"{self.label}: {have / 1e6:,.1f}{of}, {rate / 1e6:,.1f} MB/s, "
-            f"elapsed {_fmt_duration(elapsed)}, ETA {eta}"
+            f"elapsed {format_duration(elapsed)}, ETA {eta}"
         )
 
 
