@@ -37,6 +37,23 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
         "/data/imagenet,s3://ml-datasets/imagenet",
         "",
     ),
+    "allowed_sources": (
+        "Comma-separated prefixes a source (train_source, val_source, labels_source) and every redirect "
+        "of its download may lie under: URL prefixes (scheme, host and port exact, the path by whole "
+        "segments), absolute local paths, s3://bucket/prefix, gs://bucket/prefix. Sources the DAG's own "
+        "code names are allowed too. Empty: any public or private http(s) host, local path or bucket "
+        "reached with a connection (fine on a single-user machine; set it on a shared deployment). "
+        "Link-local and unspecified addresses (cloud metadata services) are refused always, and a bucket "
+        "read with the worker's own identity (no connection) must be listed here or named by the DAG.",
+        "https://mirror.example.com/imagenet/,/data/imagenet,s3://ml-datasets/imagenet",
+        "",
+    ),
+    "max_workers": (
+        "The most worker processes one conversion task may start, whatever its workers param asks. "
+        "Empty: the worker machine's CPU count.",
+        "8",
+        "",
+    ),
     "data_dir": (f"Default data_dir. {_DEFAULTS_NOTE}", "/data/imagenet/prepared", ""),
     "train_source": (
         f"Default train_source. {_DEFAULTS_NOTE}",

@@ -23,7 +23,7 @@ from airflow_resnet_prep.operators.publish import PublishOperator
 from airflow_resnet_prep.operators.relabel import RelabelValOperator
 from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
 from airflow_resnet_prep.params import PARAMS
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.policy import Policy, dag_conn_ids, dag_places
 
 DEFAULT_DAG_ID = "mlperf_resnet_prep"
 #: The shipped DAG's Asset keeps the name its consumers already schedule on.
@@ -101,6 +101,10 @@ def mlperf_resnet_prep_dag(
         conns=(resolved_defaults["http_conn_id"], resolved_defaults["storage_conn_id"]),
         locations=[resolved_defaults[n] for n in ("data_dir", "train_source", "val_source", "labels_source")],
     )
+    # The places the defaults name (the DAG author's or the deployment's choice) are the DAG's own.
+    places = dag_places(
+        resolved_defaults[n] for n in ("data_dir", "train_source", "val_source", "labels_source")
+    )
     if asset is None:
         asset = _asset(dag_id)
     if schedule is ...:
@@ -140,6 +144,7 @@ def mlperf_resnet_prep_dag(
             "storage_conn_id": p("storage_conn_id"),
             "download_sources": p("download_sources"),
             "allowed_conn_ids": dag_conns,
+            "allowed_places": places,
         }
         fetch = FetchImagenetOperator(
             task_id="fetch",
@@ -160,7 +165,7 @@ def mlperf_resnet_prep_dag(
             from airflow_resnet_prep.pipeline import fingerprints_of
 
             params = resolved({k: v for k, v in params.items() if k in PARAMS}, resolved_defaults)
-            Policy.load(dag_conns).check_run(
+            Policy.load(dag_conns, dag_places=places).check_run(
                 data_dir=params["data_dir"], conns={"storage_conn_id": params["storage_conn_id"]}
             )
             fingerprints = fingerprints_of(
@@ -184,6 +189,7 @@ def mlperf_resnet_prep_dag(
             "workers": p("workers"),
             "storage_conn_id": p("storage_conn_id"),
             "allowed_conn_ids": dag_conns,
+            "allowed_places": places,
         }
         options = {
             "reference": {
@@ -213,6 +219,7 @@ def mlperf_resnet_prep_dag(
             storage_conn_id=p("storage_conn_id"),
             manifest_params={"mxnet_version": p("mxnet_version")},
             allowed_conn_ids=dag_conns,
+            allowed_places=places,
             asset=asset,
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
         )

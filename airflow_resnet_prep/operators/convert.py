@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from airflow_resnet_prep.operators.lineage import LineageMixin
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.policy import Policy, dag_conn_ids, dag_places
 
 STEPS = ("all", "plan", "units", "finish")
 
@@ -58,6 +58,7 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
         decode_check: bool | str = False,
         storage_conn_id: str | None = None,
         allowed_conn_ids: Collection[str] | None = None,
+        allowed_places: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -75,13 +76,15 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
         self.allowed_conn_ids = dag_conn_ids(
             allowed_conn_ids, conns=(storage_conn_id,), locations=(data_dir,)
         )
+        # Sources and data_dirs the DAG's code names (literally here, or the factory's defaults).
+        self.dag_places = dag_places([*(allowed_places or ()), data_dir])
 
     def execute(self, context: Context) -> Any:
         from airflow_resnet_prep.converters import base, local
         from airflow_resnet_prep.layout import DataDir
         from airflow_resnet_prep.operators.values import as_bool, as_int
 
-        Policy.load(self.allowed_conn_ids).check_run(
+        Policy.load(self.allowed_conn_ids, dag_places=self.dag_places).check_run(
             data_dir=self.data_dir, conns={"storage_conn_id": self.storage_conn_id}
         )
         converter = self.make_converter()  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from airflow_resnet_prep.operators.lineage import LineageMixin
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.policy import Policy, dag_conn_ids, dag_places
 
 
 class FetchImagenetOperator(LineageMixin, BaseOperator):
@@ -65,6 +65,7 @@ class FetchImagenetOperator(LineageMixin, BaseOperator):
         storage_conn_id: str | None = None,
         download_sources: bool | str = False,
         allowed_conn_ids: Collection[str] | None = None,
+        allowed_places: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -82,16 +83,20 @@ class FetchImagenetOperator(LineageMixin, BaseOperator):
             conns=(http_conn_id, storage_conn_id),
             locations=(data_dir, train_source, val_source),
         )
+        # Sources and data_dirs the DAG's code names (literally here, or the factory's defaults).
+        self.dag_places = dag_places([*(allowed_places or ()), data_dir, train_source, val_source])
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.fetch import fetch
         from airflow_resnet_prep.operators.connections import http_credentials_from_connection
         from airflow_resnet_prep.operators.values import as_bool
 
-        Policy.load(self.allowed_conn_ids).check_run(
+        policy = Policy.load(self.allowed_conn_ids, dag_places=self.dag_places)
+        policy.check_run(
             data_dir=self.data_dir,
             conns={"http_conn_id": self.http_conn_id, "storage_conn_id": self.storage_conn_id},
             sources={"train_source": self.train_source, "val_source": self.val_source},
+            nested=True,
         )
         credentials = http_credentials_from_connection(self.http_conn_id)
         result = fetch(
@@ -104,6 +109,7 @@ class FetchImagenetOperator(LineageMixin, BaseOperator):
             extract=as_bool(self.extract),
             storage_conn_id=(self.storage_conn_id or "").strip() or None,
             download_sources=as_bool(self.download_sources),
+            url_guards={p: policy.url_guard(p) for p in ("train_source", "val_source")},
         )
         self.log.info(
             "catalogued %s train and %s validation images%s",

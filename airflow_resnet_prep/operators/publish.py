@@ -9,7 +9,7 @@ from airflow.sdk import Asset, BaseOperator, Context
 
 from airflow_resnet_prep.operators.lineage import LineageMixin
 from airflow_resnet_prep.plugins.links import DatasetReportLink
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.policy import Policy, dag_conn_ids, dag_places
 
 
 class PublishOperator(LineageMixin, BaseOperator):
@@ -55,6 +55,7 @@ class PublishOperator(LineageMixin, BaseOperator):
         relabel_task_id: str = "relabel_val",
         finish_task_id: str = "{implementation}_finish",
         allowed_conn_ids: Collection[str] | None = None,
+        allowed_places: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if asset is not None:
@@ -72,13 +73,15 @@ class PublishOperator(LineageMixin, BaseOperator):
         self.allowed_conn_ids = dag_conn_ids(
             allowed_conn_ids, conns=(storage_conn_id,), locations=(data_dir,)
         )
+        # Sources and data_dirs the DAG's code names (literally here, or the factory's defaults).
+        self.dag_places = dag_places([*(allowed_places or ()), data_dir])
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.params import as_declared
         from airflow_resnet_prep.pipeline import fingerprints_of
         from airflow_resnet_prep.publish import publish_outputs
 
-        Policy.load(self.allowed_conn_ids).check_run(
+        Policy.load(self.allowed_conn_ids, dag_places=self.dag_places).check_run(
             data_dir=self.data_dir, conns={"storage_conn_id": self.storage_conn_id}
         )
         ti = context["ti"]

@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from airflow_resnet_prep.operators.lineage import LineageMixin
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.policy import Policy, dag_conn_ids, dag_places
 
 
 class RelabelValOperator(LineageMixin, BaseOperator):
@@ -52,6 +52,7 @@ class RelabelValOperator(LineageMixin, BaseOperator):
         storage_conn_id: str | None = None,
         download_sources: bool | str = False,
         allowed_conn_ids: Collection[str] | None = None,
+        allowed_places: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -64,13 +65,16 @@ class RelabelValOperator(LineageMixin, BaseOperator):
         self.allowed_conn_ids = dag_conn_ids(
             allowed_conn_ids, conns=(http_conn_id, storage_conn_id), locations=(data_dir, labels_source)
         )
+        # Sources and data_dirs the DAG's code names (literally here, or the factory's defaults).
+        self.dag_places = dag_places([*(allowed_places or ()), data_dir, labels_source])
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.relabel import relabel
         from airflow_resnet_prep.operators.connections import http_credentials_from_connection
         from airflow_resnet_prep.operators.values import as_bool
 
-        Policy.load(self.allowed_conn_ids).check_run(
+        policy = Policy.load(self.allowed_conn_ids, dag_places=self.dag_places)
+        policy.check_run(
             data_dir=self.data_dir,
             conns={"http_conn_id": self.http_conn_id, "storage_conn_id": self.storage_conn_id},
             sources={"labels_source": self.labels_source},
@@ -83,6 +87,7 @@ class RelabelValOperator(LineageMixin, BaseOperator):
             extract=as_bool(self.extract),
             storage_conn_id=(self.storage_conn_id or "").strip() or None,
             download_sources=as_bool(self.download_sources),
+            url_guard=policy.url_guard("labels_source"),
         )
         self.record_lineage([self.labels_source], [f"{self.data_dir.rstrip('/')}/catalog"])
         return result.to_dict()
