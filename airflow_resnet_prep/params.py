@@ -25,6 +25,12 @@ REFERENCE = "reference: TFRecord options"
 NVIDIA = "nvidia: RecordIO options"
 EXECUTION = "Execution"
 
+# Bounds on what whoever triggers may ask for (a param is user input): no string longer than this, no
+# resize beyond this short side (a 30000-pixel side is gigabytes per image), checksums in their one form.
+MAX_STRING = 4096
+MAX_RESIZE = 4096
+CHECKSUM_PATTERN = r"^([mM][dD]5:[0-9a-fA-F]{32}|[sS][hH][aA]256:[0-9a-fA-F]{64})?$"
+
 
 class ParamSpec(NamedTuple):
     default: Any  # what "not given" (null) means
@@ -46,6 +52,8 @@ class ParamSpec(NamedTuple):
     def form_schema(self) -> dict[str, Any]:
         """The schema the form validates: optional params also admit null ("not given")."""
         schema = dict(self.schema)
+        if schema["type"] == "string":
+            schema.setdefault("maxLength", MAX_STRING)
         if not self.required:
             schema["type"] = ["null", schema["type"]]
             if "enum" in schema:  # an enum must list null too, or null fails it
@@ -139,7 +147,7 @@ PARAMS: dict[str, ParamSpec] = {
     ),
     "train_checksum": ParamSpec(
         "",
-        {"type": "string"},
+        {"type": "string", "pattern": CHECKSUM_PATTERN},
         "Optional md5:<hex> or sha256:<hex> of the train tar, verified once before use. Real set: "
         "md5:1d675b47d978889d74fa0da5fadfb00e.",
         section=SOURCES,
@@ -147,7 +155,7 @@ PARAMS: dict[str, ParamSpec] = {
     ),
     "val_checksum": ParamSpec(
         "",
-        {"type": "string"},
+        {"type": "string", "pattern": CHECKSUM_PATTERN},
         "Optional md5:<hex> or sha256:<hex> of the val tar, verified once before use. Real set: "
         "md5:29b22e2961454d5413ddabcf34fc5622.",
         section=SOURCES,
@@ -202,9 +210,9 @@ PARAMS: dict[str, ParamSpec] = {
     ),
     "resize": ParamSpec(
         0,
-        {"type": "integer", "minimum": 0},
-        "nvidia: re-encode with this short side in pixels, as im2rec's --resize (0 = pass-through, the "
-        "default).",
+        {"type": "integer", "minimum": 0, "maximum": MAX_RESIZE},
+        "nvidia: re-encode with this short side in pixels (at most 4096), as im2rec's --resize (0 = "
+        "pass-through, the default).",
         section=NVIDIA,
     ),
     "quality": ParamSpec(
@@ -222,7 +230,8 @@ PARAMS: dict[str, ParamSpec] = {
     "workers": ParamSpec(
         0,
         {"type": "integer", "minimum": 0},
-        "Processes per conversion task (0 = one per core, the default).",
+        "Processes per conversion task (0 = one per core, the default); never more than the deployment's "
+        "max_workers nor than there are units of work.",
         section=EXECUTION,
     ),
     "fanout": ParamSpec(

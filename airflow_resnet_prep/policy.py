@@ -233,7 +233,14 @@ class Policy:
                 f"{param} {text!r} is outside the places this deployment allows; they are set in "
                 f"{_option_hint('allowed_data_roots')}"
             )
-        self._check_ambient(text, param, storage_conn_id, self.data_roots, "allowed_data_roots")
+        self.check_ambient(text, param, storage_conn_id)
+
+    def check_ambient(
+        self, data_dir: str, param: str = "data_dir", storage_conn_id: str | None = None
+    ) -> None:
+        """Refuse a data_dir in a bucket reached with the worker's (or the API server's) own identity
+        outside ``allowed_data_roots`` and what the DAG's code names."""
+        self._check_ambient(data_dir.strip(), param, storage_conn_id, self.data_roots, "allowed_data_roots")
 
     def _check_ambient(
         self, text: str, param: str, storage_conn_id: str | None, roots: tuple[Root, ...], option: str

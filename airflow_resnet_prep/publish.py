@@ -9,7 +9,7 @@ from typing import Any
 from airflow_resnet_prep.layout import MANIFEST, DataDir
 from airflow_resnet_prep.manifest import build_manifest, write_manifest
 from airflow_resnet_prep.pipeline import fingerprints_of, output_paths
-from airflow_resnet_prep.report import REPORT_KEY, RUN_RECORD_KEY, write_report
+from airflow_resnet_prep.report import REPORT_FILES, REPORT_KEY, RUN_RECORD_KEY, write_report
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,10 @@ def publish_outputs(
     else:
         manifest = layout.read_json(MANIFEST) or {}
     if run is not None:
-        layout.write_json(RUN_RECORD_KEY, {"dag_id": run["dag_id"], "run_id": run["run_id"]})
+        # "files": what the report view may serve of report/ (nothing else there is this run's).
+        layout.write_json(
+            RUN_RECORD_KEY, {"dag_id": run["dag_id"], "run_id": run["run_id"], "files": list(REPORT_FILES)}
+        )
     report = _report(layout, rewrite=summary is not None)
     outputs = output_paths(layout, implementation, fetched["imagenet_path"])
     images = manifest.get("images", {})

@@ -34,6 +34,9 @@ REPORT_KEY = f"{REPORT_DIR}/{REPORT_FILE}"  # relative to data_dir
 # Which Airflow run published the report (dag_id, run_id): the UI's report view serves a report only to
 # the run this record names, whatever an (editable) XCom claims.
 RUN_RECORD_KEY = f"{REPORT_DIR}/run.json"
+#: The files of a report (relative to ``report/``), listed in the run record: the report view serves
+#: these and nothing else of the folder, whoever else wrote there.
+REPORT_FILES = (REPORT_FILE,)
 # Up to this many output files get a bar each; more (TFRecord shards) get a size histogram.
 MAX_FILE_BARS = 16
 

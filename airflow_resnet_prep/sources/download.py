@@ -36,6 +36,7 @@ import posixpath
 import re
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import url2pathname
@@ -447,6 +448,14 @@ class _Fetcher:
         raise SourceError(f"{shown}: more than {MAX_REDIRECTS} redirects")
 
 
+def _reason(status: int) -> str:
+    """The standard phrase of an HTTP status: the server's own reason phrase is its text, not shown."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _relative_problem(location: str) -> str | None:
     """:func:`hop_problem` for a relative ``Location`` (a path on the same server)."""
     return hop_problem("http://relative.invalid" + ("" if location.startswith("/") else "/") + location)
@@ -535,12 +544,12 @@ def _attempt(fetch: _Fetcher, url: str, shown: str, part: Path, part_meta: Path,
             part.unlink()
             return False
         if status in (408, 429) or status >= 500:
-            raise _Retry(f"HTTP {status} {resp.reason}")
+            raise _Retry(f"HTTP {status} {_reason(status)}")
         if 400 <= status < 500:
             hint = " (check the credentials of http_conn_id)" if status in (401, 403) else ""
-            raise SourceError(f"{shown}: HTTP {status} {resp.reason}{hint}")
+            raise SourceError(f"{shown}: HTTP {status} {_reason(status)}{hint}")
         if status not in (200, 206):
-            raise SourceError(f"{shown}: unexpected HTTP {status} {resp.reason}")
+            raise SourceError(f"{shown}: unexpected HTTP {status} {_reason(status)}")
 
         encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
         length = resp.headers.get("Content-Length")
@@ -550,7 +559,7 @@ def _attempt(fetch: _Fetcher, url: str, shown: str, part: Path, part_meta: Path,
             if not offset or not m or m.group(1) is None or int(m.group(1)) != offset:
                 part.unlink(missing_ok=True)
                 meta.clear()
-                raise _Retry(f"server answered a different range ({resp.headers.get('Content-Range')})")
+                raise _Retry("server answered a different range than the one asked for")
             new_etag = resp.headers.get("ETag")
             if meta.get("etag") and new_etag and new_etag != meta["etag"]:
                 part.unlink()

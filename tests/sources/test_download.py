@@ -350,7 +350,8 @@ def test_credentials_in_the_url_are_used_and_never_shown(dl: Path, caplog: pytes
 def test_mask_url() -> None:
     assert mask_url("https://u:p@host:8443/a/b.tar?version=1") == "https://host:8443/a/b.tar?version=1"
     assert (
-        mask_url("https://host/b.tar?X-Amz-Signature=abc&x=1#t=2") == "https://host/b.tar?X-Amz-Signature=***&x=***"
+        mask_url("https://host/b.tar?X-Amz-Signature=abc&x=1#t=2")
+        == "https://host/b.tar?X-Amz-Signature=***&x=***"
     )
     assert mask_url("http://[::1]:80/f") == "http://[::1]:80/f"
 
