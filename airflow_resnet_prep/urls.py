@@ -33,11 +33,12 @@ SAFE_QUERY_KEYS = frozenset(
 )
 MASK = "***"
 
-# What a URL in free text looks like: a scheme, then anything up to a space or a quote.
-_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+# What a URL in free text looks like: a scheme, then anything up to a space or a quote (a closing
+# bracket or a full stop right after it is the sentence's).
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]*[^\s\"'<>).,;\]]")
 # A query string inside free text without its URL (urllib3 logs "GET /x.tar?sig=... HTTP/1.1", its errors
 # say "with url: /x.tar?sig=..."): from a '?' after a path character to the next space or quote.
-_QUERY_IN_TEXT = re.compile(r"(?<=[^\s?\"'])\?([^\s\"'<>]*)")
+_QUERY_IN_TEXT = re.compile(r"(?<=[^\s?\"'])\?([^\s\"'<>]*[^\s\"'<>).,;\]])")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 
 # Cloud metadata services that are neither link-local nor unspecified (AWS's IPv6 endpoint, Alibaba's).
