@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
@@ -31,7 +32,14 @@ PR_SET_PDEATHSIG = 1
 
 def max_workers() -> int:
     """``[resnet_prep] max_workers``: the most processes one task may start (default: the CPU count)."""
-    text = config.get("max_workers")
+    if "airflow.configuration" in sys.modules or "airflow.sdk.configuration" in sys.modules:
+        text = config.get("max_workers")  # a task: Airflow's config is loaded already
+    else:  # the CLI and library callers never import Airflow: the variables alone
+        text = (
+            os.environ.get(f"AIRFLOW__{config.SECTION.upper()}__MAX_WORKERS")
+            or os.environ.get(f"{config.LEGACY_ENV_PREFIX}MAX_WORKERS")
+            or ""
+        ).strip()
     if not text:
         return len(os.sched_getaffinity(0))
     if not text.isdigit() or int(text) < 1:
