@@ -33,7 +33,9 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
     "allowed_data_roots": (
         "Comma-separated absolute paths and/or s3://bucket/prefix, gs://bucket/prefix. When set, data_dir "
         "must lie under one of them, and the Dataset report view serves nothing outside them. Empty: any "
-        "place the workers can write (fine on a single-user machine; set it on a shared deployment).",
+        "place the workers can write (fine on a single-user machine; set it on a shared deployment). A "
+        "data_dir in a bucket named without a connection (reached with the worker's own identity) must lie "
+        "under one of these bucket prefixes or be named by the DAG's code, set or not.",
         "/data/imagenet,s3://ml-datasets/imagenet",
         "",
     ),
