@@ -187,3 +187,23 @@ def test_the_dag_names_sources_literally(sources) -> None:
 def test_a_malformed_allowed_source_is_a_clear_error(sources, prefix: str) -> None:
     with pytest.raises(NotAllowedError, match="allowed_sources"):
         sources(prefix)
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_bucket_without_a_connection_needs_a_listed_or_dag_named_prefix(
+    sources, monkeypatch, scheme
+) -> None:
+    """The worker's own identity (instance role, AWS_* variables, GCE default credentials) is borrowed
+    only for prefixes the deployment lists or the DAG's code names; with a connection, as before."""
+    policy = sources("")
+    with pytest.raises(NotAllowedError, match=r"data_dir.*own cloud identity.*allowed_data_roots"):
+        policy.check_data_dir(f"{scheme}://team/prep")
+    policy.check_data_dir(f"{scheme}://conn@team/prep")
+    policy.check_data_dir(f"{scheme}://team/prep", storage_conn_id="conn")
+    Policy.load(dag_places=[f"{scheme}://team/prep"]).check_data_dir(f"{scheme}://team/prep/run1")
+    monkeypatch.setenv("AIRFLOW__RESNET_PREP__ALLOWED_DATA_ROOTS", f"{scheme}://team/prep")
+    Policy.load().check_data_dir(f"{scheme}://team/prep/run1")
+    monkeypatch.setenv("AIRFLOW__RESNET_PREP__ALLOWED_SOURCES", f"{scheme}://team/imagenet")
+    Policy.load().check_source(f"{scheme}://team/imagenet/train.tar", "train_source")
+    with pytest.raises(NotAllowedError, match="train_source"):
+        Policy.load().check_source(f"{scheme}://team/prep/train.tar", "train_source")
