@@ -204,6 +204,18 @@ def test_a_link_local_or_unspecified_source_is_refused_without_a_connection_atte
     assert connect_attempts == []
 
 
+@pytest.mark.parametrize("host", ["2852039166", "0251.0376.0251.0376", "169.254.43518"])
+def test_other_spellings_of_the_metadata_address_are_refused_where_the_socket_is_made(
+    tmp_path, fetched, connect_attempts, host
+) -> None:
+    """Decimal, octal and short forms that the resolver turns into 169.254.169.254: the policy sees a
+    name, the connection sees the address and refuses it, before any connection attempt."""
+    del connect_attempts[:]
+    with pytest.raises(SourceError, match="link-local"):
+        _relabel_op(tmp_path, f"http://{host}/{METADATA_PATH}").execute({"params": {}, "ti": None})
+    assert connect_attempts == []
+
+
 def test_a_name_that_resolves_to_a_metadata_address_is_refused_before_connecting(
     tmp_path, metadata, connect_attempts, monkeypatch
 ) -> None:
