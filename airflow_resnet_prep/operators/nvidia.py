@@ -18,8 +18,6 @@ class NvidiaPrepOperator(ConvertOperatorBase):
     :param data_dir: Working folder holding the catalogs; output goes to ``data_dir/recordio``. (templated)
     :param resize: Short side to re-encode to, as im2rec's ``--resize`` (0 = pass-through). (templated)
     :param quality: JPEG quality when resizing, as im2rec's ``--quality`` (default 95). (templated)
-    :param mxnet_version: The NVIDIA MXNet container the data is meant for; recorded in the manifest
-        by the DAG, it does not change the bytes. (templated)
     :param on_bad_image: ``"fail"`` (default) or ``"skip"`` (left out of .lst, .rec and .idx alike). (templated)
     :param decode_check: Decode every image with TensorFlow's JPEG decoder before writing it; one that
         fails follows ``on_bad_image``. Needs the ``tensorflow`` extra. Default off. (templated)
@@ -32,7 +30,9 @@ class NvidiaPrepOperator(ConvertOperatorBase):
     """
 
     output_key = "preprocessed_path"
-    template_fields = (*ConvertOperatorBase.common_fields, "resize", "quality", "mxnet_version")
+    # No mxnet_version: it changes no byte. A DAG records it in the manifest through
+    # PublishOperator(manifest_params={"mxnet_version": ...}), as the factory does.
+    template_fields = (*ConvertOperatorBase.common_fields, "resize", "quality")
     ui_color = "#e8f5e9"
 
     def __init__(
@@ -40,13 +40,11 @@ class NvidiaPrepOperator(ConvertOperatorBase):
         *,
         resize: int | str = 0,
         quality: int | str = 95,
-        mxnet_version: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.resize = resize
         self.quality = quality
-        self.mxnet_version = mxnet_version
 
     def make_converter(self):
         from airflow_resnet_prep.converters.recordio import RecordIOConverter
