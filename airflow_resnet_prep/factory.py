@@ -23,12 +23,18 @@ from airflow_resnet_prep.operators.nvidia import NvidiaPrepOperator
 from airflow_resnet_prep.operators.publish import PublishOperator
 from airflow_resnet_prep.operators.relabel import RelabelValOperator
 from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
-from airflow_resnet_prep.params import PARAMS, missing_required
+from airflow_resnet_prep.params import IMPLEMENTATIONS, PARAMS, missing_required, recorded
 from airflow_resnet_prep.policy import Policy, dag_conn_ids
 
 DEFAULT_DAG_ID = "mlperf_resnet_prep"
 #: The shipped DAG's Asset keeps the name its consumers already schedule on.
 DEFAULT_ASSET_NAME = "mlperf_resnet_prepared"
+
+
+def recorded_params() -> list[str]:
+    """The params a manifest of any implementation records, in declaration order."""
+    names = {name for implementation in IMPLEMENTATIONS for name in recorded(implementation)}
+    return [name for name in PARAMS if name in names]
 
 
 def _param(name: str, default: Any) -> Param:
@@ -228,7 +234,8 @@ def mlperf_resnet_prep_dag(
             data_dir=p("data_dir"),
             implementation=p("implementation"),
             storage_conn_id=p("storage_conn_id"),
-            manifest_params={"mxnet_version": p("mxnet_version")},
+            # Every param a manifest records: written as they are, or compared with it when reused.
+            manifest_params={name: p(name) for name in recorded_params()},
             allowed_conn_ids=dag_conns,
             asset=asset,
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,

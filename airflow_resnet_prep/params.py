@@ -148,12 +148,12 @@ PARAMS: dict[str, ParamSpec] = {
         {"type": "boolean"},
         "Decode every image with TensorFlow's JPEG decoder (as the reference trainer does) before writing "
         "it; one that fails follows on_bad_image. Catches images whose header is fine but whose data is "
-        "not. About 2 ms of CPU per image; needs the tensorflow extra. Default off. Turning it on converts "
-        f"again; turning it off reuses the output. {_AFTER_FAILURE}",
+        "not. About 2 ms of CPU per image; needs the tensorflow extra. Default off. Turning it on or off "
+        f"converts again (images may be left out or let in). {_AFTER_FAILURE}",
         section=OUTPUT,
         shapes=EVERY_CONVERTER,
-        # Only when on: an output written without the check (or before it existed) stays valid when it is
-        # off; turning it on converts again, since images may be left out.
+        # In the key only when on: an output written before the check existed (its manifest does not
+        # record it) is still reused with it off.
         shapes_if=lambda p: bool(p["decode_check"]),
     ),
     "labels_source": ParamSpec(
