@@ -53,8 +53,10 @@ SHAPES = {
 BASE = {**defaults(), "data_dir": "/d", "train_source": "/t.tar", "val_source": "/v.tar"}
 
 
-def test_every_param_has_another_value_here():
+def test_every_param_has_another_value_here_and_every_implementation_a_row():
     assert set(OTHER) == set(PARAMS)
+    # A new implementation writes here, independently of params.py, which params change its bytes.
+    assert set(SHAPES) == set(IMPLEMENTATIONS)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
