@@ -41,25 +41,25 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse(name: str, text: str) -> Any:
-    """``text`` as the param's type (a JSON value is accepted for any type, as ``--param`` did)."""
+def _parse(name: str, text: str, *, as_json: bool = False) -> Any:
+    """``text`` as the param's type. ``as_json`` (``--param``, as in 0.2.0): a JSON value is taken as
+    it is, so ``on_bad_image="skip"`` is ``skip``; plain text stays text. Anything else that does not
+    parse is handed on as text, for the schema to name what is wrong with it."""
     kind = PARAMS[name].schema["type"]
-    if kind == "boolean":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-    elif kind == "integer":
+    try:
+        decoded: Any = json.loads(text)
+    except json.JSONDecodeError:
+        decoded = text
+    if kind == "string":
+        return decoded if as_json and isinstance(decoded, str) else text
+    if kind == "boolean" and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    if kind == "integer":
         try:
             return int(text)
         except ValueError:
             pass
-    else:
-        return text
-    try:
-        return json.loads(text)  # let the schema say what is wrong with it
-    except json.JSONDecodeError:
-        return text
+    return decoded
 
 
 def check(values: dict[str, Any]) -> None:
@@ -124,7 +124,7 @@ def values_from(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--param {item!r}: expected NAME=VALUE")
         if name not in PARAMS:
             raise UsageError(f"--param {name}: unknown param; the params are: {', '.join(PARAMS)}")
-        given[name] = _parse(name, raw)
+        given[name] = _parse(name, raw, as_json=True)
     for name in PARAMS:
         text = getattr(args, name, None)
         if text is not None:

@@ -77,6 +77,16 @@ def test_missing_required_params_name_the_option_and_the_config(capsys, monkeypa
     assert "--val-source" in text and "--data-dir (" not in text
 
 
+def test_param_values_are_json_or_plain_text_as_in_0_2_0():
+    params = ['on_bad_image="skip"', "mxnet_version=22.04", "workers=2", "decode_check=true"]
+    argv = [*REQUIRED, *(a for p in params for a in ("--param", p)), "--resize", "256"]
+    args = cli.parser().parse_args([*argv, "--labels-source", '"quoted"'])
+    values = cli.values_from(args)
+    assert values["on_bad_image"] == "skip" and values["mxnet_version"] == "22.04"
+    assert values["workers"] == 2 and values["decode_check"] is True and values["resize"] == 256
+    assert values["labels_source"] == '"quoted"'  # an option's text is taken as it is
+
+
 def test_the_deployments_defaults_apply_then_the_command_line(monkeypatch):
     monkeypatch.setenv("AIRFLOW__RESNET_PREP__TRAIN_SOURCE", "/imagenet/train.tar")
     monkeypatch.setenv("AIRFLOW__RESNET_PREP__VAL_SOURCE", "/imagenet/val.tar")
