@@ -64,6 +64,8 @@ def test_the_config_section_is_declared_and_shown_by_airflow(tmp_path):
     assert "[resnet_prep]" in shown.stdout and "allowed_data_roots" in shown.stdout
     assert "allowed_sources" in shown.stdout and "max_workers" in shown.stdout
     assert "allowed_conn_ids = mirror_x" in shown.stdout
+    # The param defaults the DAG reads from the section are declared too, with their descriptions.
+    assert "Default of the param train_shards" in shown.stdout and "\nimplementation = " in shown.stdout
     assert config.OPTIONS["report_view"][2] == "true"
 
 
