@@ -35,9 +35,7 @@ class NvidiaPrepOperator(ConvertOperator):
         mxnet_version: str = "",
         **kwargs: Any,
     ) -> None:
-        self.resize = resize
-        self.quality = quality
-        self.mxnet_version = mxnet_version
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def make_converter(self, args: Arguments | None = None):
