@@ -40,6 +40,7 @@ class FetchImagenetOperator(SourcesOperator):
         "val_checksum",
     )
     source_args = ("train_source", "val_source")
+    starts_data_dir = True
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -64,6 +65,7 @@ class FetchImagenetOperator(SourcesOperator):
             train_checksum=args.train_checksum,
             val_checksum=args.val_checksum,
             **self.source_options(args),
+            url_guards={name: self.url_guard(name) for name in self.source_args},
         )
         self.log.info(
             "catalogued %s train and %s validation images%s",

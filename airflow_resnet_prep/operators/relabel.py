@@ -42,6 +42,11 @@ class RelabelValOperator(SourcesOperator):
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.relabel import relabel
 
-        result = relabel(data_dir, self.labels_source, **self.source_options(args))
+        result = relabel(
+            data_dir,
+            self.labels_source,
+            **self.source_options(args),
+            url_guard=self.url_guard("labels_source"),
+        )
         self.record_lineage([self.labels_source], [f"{self.data_dir.rstrip('/')}/catalog"])
         return result.to_dict()
