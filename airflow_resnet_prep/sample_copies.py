@@ -107,7 +107,7 @@ def _zip64_end_records() -> Iterator[None]:
 
 
 def _write_kaggle_zip(sample: SampleSet, dest: Path) -> None:
-    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w") as zf, _zip64_end_records():
+    with atomic_path(dest) as tmp, _zip64_end_records(), zipfile.ZipFile(tmp, "w") as zf:
         for i, (rel, data) in enumerate(_kaggle_files(sample)):
             info = zipfile.ZipInfo(rel, _ZIP_TIME)
             info.create_system = 3
