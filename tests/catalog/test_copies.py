@@ -45,9 +45,10 @@ def test_each_copy_gives_the_official_catalog(sample, official, layout):
         assert contents(catalog) == contents(official[split])
         one = catalog.images[len(catalog) // 2]  # one image on its own, as a retry reads it
         with ImageReader(catalog.sources) as reader:
-            assert reader.read(one) == dict(((s, n), d) for s, n, d in contents(official[split]))[
-                (one.synset, one.name)
-            ]
+            assert (
+                reader.read(one)
+                == dict(((s, n), d) for s, n, d in contents(official[split]))[(one.synset, one.name)]
+            )
     assert not any("test" in ref.member for ref in build_split_catalog("val", path).images)
 
 
@@ -113,7 +114,10 @@ def test_a_huggingface_name_without_a_wnid_is_refused(sample, tmp_path):
     data = write_copy(sample, "huggingface")
     bad = tmp_path / "val_images.tar.gz"
     _retar(data / "val_images.tar.gz", bad, lambda n: n.rsplit("_", 1)[0] + ".JPEG")
-    with pytest.raises(SourceError, match=r"val_images\.tar\.gz\[ILSVRC2012_val_\d{8}\.JPEG\]: the file name carries no class"):
+    with pytest.raises(
+        SourceError,
+        match=r"val_images\.tar\.gz\[ILSVRC2012_val_\d{8}\.JPEG\]: the file name carries no class",
+    ):
         build_split_catalog("val", bad)
     test = data / "test_images.tar.gz"  # test images carry no class: refused when named as a split
     with pytest.raises(SourceError, match="carries no class"):

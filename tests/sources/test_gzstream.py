@@ -55,7 +55,7 @@ def test_index_and_read_agree_with_the_plain_tar():
 
 
 def test_concatenated_members_and_seeking_back():
-    tgz, tar = make_tgz(MEMBERS)
+    _, tar = make_tgz(MEMBERS)
     half = len(tar) // 2
     two = gzip.compress(tar[:half], mtime=0) + gzip.compress(tar[half:], mtime=0)
     stream = GzipStream(lambda: io.BytesIO(two), "two.gz")
