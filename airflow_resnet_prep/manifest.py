@@ -20,6 +20,7 @@ OUTPUT_PARAMS = {
     "reference": ("train_shards", "val_shards", "shuffle_seed", "on_bad_image", "dali_index", "decode_check"),
     "nvidia": ("resize", "quality", "on_bad_image", "mxnet_version", "decode_check"),
 }
+OUTPUT_PARAMS["webdataset"] = OUTPUT_PARAMS["reference"]  # the same plan, other bytes
 # Recorded only when on, so that an output written before the check existed (or with it off) is
 # still reused as it is; turning it on converts again (images may be left out).
 _ONLY_WHEN_ON = ("decode_check",)

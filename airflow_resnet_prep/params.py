@@ -15,7 +15,7 @@ DEFAULT_LABELS_URL = (
     "https://raw.githubusercontent.com/tensorflow/models/master/research/slim/datasets/"
     "imagenet_2012_validation_synset_labels.txt"
 )
-IMPLEMENTATIONS = ("nvidia", "reference")
+IMPLEMENTATIONS = ("nvidia", "reference", "webdataset")
 
 # Form sections, in the order a user fills them. Required params have no section: they go to the
 # form's first, expanded block; Airflow starts every named section collapsed.
@@ -93,11 +93,13 @@ PARAMS: dict[str, ParamSpec] = {
         "nvidia",
         {"type": "string", "enum": list(IMPLEMENTATIONS)},
         "nvidia: MXNet RecordIO (.lst/.rec/.idx) as im2rec writes them; reference: TFRecord shards for the "
-        "MLPerf reference TensorFlow ResNet. Default nvidia.",
+        "MLPerf reference TensorFlow ResNet; webdataset: tar shards for PyTorch (webdataset, timm, DALI). "
+        "Default nvidia.",
         section=OUTPUT,
         values_display={
             "nvidia": "nvidia: MXNet RecordIO (.lst/.rec/.idx) for NVIDIA MXNet/DALI",
             "reference": "reference: TFRecord shards for the MLPerf reference TensorFlow ResNet",
+            "webdataset": "webdataset: tar shards for PyTorch (webdataset, timm, DALI)",
         },
     ),
     "extract": ParamSpec(
@@ -179,25 +181,26 @@ PARAMS: dict[str, ParamSpec] = {
     "train_shards": ParamSpec(
         1024,
         {"type": "integer", "minimum": 1},
-        "reference: number of train TFRecord shards (at least 1). Default 1024, as imagenet_to_gcs.py.",
+        "reference, webdataset: number of train shards (at least 1). Default 1024, as imagenet_to_gcs.py.",
         section=REFERENCE,
     ),
     "val_shards": ParamSpec(
         128,
         {"type": "integer", "minimum": 1},
-        "reference: number of validation TFRecord shards (at least 1). Default 128.",
+        "reference, webdataset: number of validation shards (at least 1). Default 128.",
         section=REFERENCE,
     ),
     "shuffle_seed": ParamSpec(
         0,
         {"type": "integer", "minimum": 0},
-        "reference: seed of the train shuffle; the same seed gives the same shards. Default 0.",
+        "reference, webdataset: seed of the train shuffle; the same seed gives the same shards. Default 0.",
         section=REFERENCE,
     ),
     "dali_index": ParamSpec(
         False,
         {"type": "boolean"},
-        "reference: also write <shard>.idx so NVIDIA DALI can read the shards. Default off.",
+        "reference, webdataset: also write DALI index files (<shard>.idx, <shard>.tar.idx) so NVIDIA DALI can "
+        "read the shards. Default off.",
         section=REFERENCE,
     ),
     "resize": ParamSpec(

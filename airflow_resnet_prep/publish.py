@@ -28,8 +28,8 @@ def publish_outputs(
     params recorded in the manifest. ``run`` (``dag_id``, ``run_id``: the Airflow run publishing) is
     written to ``report/run.json``, the record by which the UI's report view knows whose report this is.
     Then writes ``report/index.html`` (always after a conversion; for a reused output only when it is
-    missing). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path`` or
-    ``preprocessed_path``, plus ``manifest``, ``cached``, ``report`` (the report's path or URI, or None
+    missing). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path``,
+    ``preprocessed_path`` or ``webdataset_path``, plus ``manifest``, ``cached``, ``report`` (the report's path or URI, or None
     when it could not be written) and ``storage_conn_id`` (the data_dir's connection, from its URI or the
     param; None for a local data_dir).
     """
