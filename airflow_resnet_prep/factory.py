@@ -117,7 +117,8 @@ def mlperf_resnet_prep_dag(
     dag = DAG(
         dag_id=dag_id,
         description=dag_kwargs.pop(
-            "description", "Prepare ImageNet for ResNet-50 training (MXNet RecordIO, TFRecords or WebDataset shards)."
+            "description",
+            "Prepare ImageNet for ResNet-50 training (MXNet RecordIO, TFRecords or WebDataset shards).",
         ),
         schedule=schedule,
         start_date=start_date or pendulum.datetime(2024, 1, 1, tz="UTC"),

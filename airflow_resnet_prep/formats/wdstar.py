@@ -104,7 +104,9 @@ class Component:
     name: str
 
 
-def sample_members(key: str, parts: Iterable[tuple[str, bytes]], start: int) -> tuple[list[bytes], list[Component]]:
+def sample_members(
+    key: str, parts: Iterable[tuple[str, bytes]], start: int
+) -> tuple[list[bytes], list[Component]]:
     """The buffers of a sample ``key`` whose members are ``(ext, data)`` in the order given, written at
     archive offset ``start``; and its components (for the index)."""
     buffers: list[bytes] = []
@@ -163,7 +165,9 @@ def parse_header(block: bytes, where: str, offset: int) -> Entry | None:
             f"{where}: member {name!r} at offset {offset:,} is not a regular file "
             f"(type {block[156:157].decode('latin-1')!r})"
         )
-    deterministic = size <= SIZE_MAX and name and len(name.encode()) <= NAME_MAX and header(name, size) == block
+    deterministic = (
+        size <= SIZE_MAX and name and len(name.encode()) <= NAME_MAX and header(name, size) == block
+    )
     return Entry(offset, name, size, bool(deterministic))
 
 

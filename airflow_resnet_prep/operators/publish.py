@@ -107,7 +107,11 @@ class PublishOperator(LineageMixin, BaseOperator):
         fingerprints = fingerprints_of(fetched, relabelled)
         self.record_lineage(
             [(fp or {}).get("source") for fp in fingerprints.values()],
-            [v for k, v in outputs.items() if k in ("tfrecords_path", "preprocessed_path", "webdataset_path", "manifest")],
+            [
+                v
+                for k, v in outputs.items()
+                if k in ("tfrecords_path", "preprocessed_path", "webdataset_path", "manifest")
+            ],
         )
         if self.asset is not None:
             # Every successful run updates the Asset; ``cached`` tells consumers whether the data changed.
