@@ -7,7 +7,8 @@ key, so a sample's members must follow each other.
 
 The headers are written here, not by :mod:`tarfile`, so that the bytes depend only on the members'
 names and contents: ``mtime`` 0, uid/gid 0, empty ``uname``/``gname``, mode ``0644``, type ``0``
-(regular file), ``ustar\\0`` + ``00``. A member is its 512-byte header, its data and zero padding to a
+(regular file), ``ustar\\0`` + ``00``: the header Python's ``tarfile`` writes in ``USTAR_FORMAT`` for
+those fields (tested byte for byte). A member is its 512-byte header, its data and zero padding to a
 multiple of 512; an archive ends with two zero blocks (1024 bytes; no padding to tar's 10 KiB record,
 which only tapes need). So a member's bytes can be made anywhere, in any process, and a shard written
 in pieces (a bucket's multipart upload) is the same as one written at once.
@@ -64,8 +65,8 @@ def header(name: str, size: int) -> bytes:
         USTAR_MAGIC,
         bytes(32),  # uname
         bytes(32),  # gname
-        _octal(0, 8),  # devmajor
-        _octal(0, 8),  # devminor
+        bytes(8),  # devmajor: empty for a regular file, as tarfile writes it
+        bytes(8),  # devminor
         bytes(155),  # prefix
     ]
     block = b"".join(fields).ljust(BLOCK, b"\0")
