@@ -394,21 +394,30 @@ def _scan_webdataset(
         text = store.read_bytes(f"{key}.idx").decode("utf-8", "replace")
     except FileNotFoundError:
         return
-    wanted = wdstar.dali_index(samples).splitlines() if samples else []
-    result.findings.extend(compare_lines(f"{key}.idx", text, wanted, "the shard"))
+    # The first line says the index version and the number of samples; then one line per sample.
+    wanted = wdstar.dali_index(samples).splitlines() if samples else ["", ""]
+    head, _, rest = text.partition("\n")
+    if head != wanted[0]:
+        result.findings.append(
+            Finding(f"{key}.idx", f"first line {head[:40]!r}; the shard needs {wanted[0]!r}")
+        )
+    result.findings.extend(compare_lines(f"{key}.idx", rest, wanted[1:], "the shard", first_line=2))
 
 
-def compare_lines(key: str, text: str, wanted: list[str], what: str) -> list[Finding]:
+def compare_lines(key: str, text: str, wanted: list[str], what: str, first_line: int = 1) -> list[Finding]:
     """``key``'s lines against ``wanted`` (what the data file says they must be), naming the first
-    differences; a deleted or added line shows as a count difference and the first shifted line."""
+    differences; a deleted or added line shows as a count difference and the first shifted line.
+    ``first_line``: the number of ``text``'s first line in its file (after a header line: 2)."""
     lines = text.splitlines()
     findings = []
     if len(lines) != len(wanted):
-        findings.append(Finding(key, f"{len(lines):,} lines, the data file says {len(wanted):,}"))
+        findings.append(Finding(key, f"{len(lines):,} lines, the data file has {len(wanted):,} records"))
     for i, (line, want) in enumerate(zip(lines, wanted, strict=False)):
         if line.split() != want.split():
             findings.append(
-                Finding(key, f"line {i + 1:,} is {line[:200]!r}; {what} there says {want[:200]!r}", i)
+                Finding(
+                    key, f"line {i + first_line:,} is {line[:200]!r}; {what} there says {want[:200]!r}", i
+                )
             )
             if len(findings) >= 3:  # after a deleted line every later one differs: the first few say it
                 break
