@@ -84,7 +84,7 @@ def write_direct(converter: ItemFramer, plan: Plan, workers: int) -> bool:
     with data_dir.hold(wait_s=5):
         if any(plan.unit_done_path(u.id).exists() for u in plan.units) or _units_busy(plan):
             return False
-        processes = resolve_workers(workers)
+        processes = resolve_workers(workers, sum(u.items for u in plan.units))
         env = plan.connection_env() if processes > 1 else {}  # for sources in a bucket
         progress = Progress("nvidia conversion (direct)", sum(u.items for u in plan.units))
         for split in ("train", "val"):

@@ -48,6 +48,7 @@ class FetchImagenetOperator(PrepOperator):
     )
     conn_args = ("http_conn_id", "storage_conn_id")
     source_args = ("train_source", "val_source")
+    starts_data_dir = True
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -85,6 +86,7 @@ class FetchImagenetOperator(PrepOperator):
             extract=args.extract,
             storage_conn_id=args.storage_conn_id,
             download_sources=args.download_sources,
+            url_guards={name: self.url_guard(name) for name in self.source_args},
         )
         self.log.info(
             "catalogued %s train and %s validation images%s",

@@ -68,6 +68,7 @@ class RelabelValOperator(PrepOperator):
             extract=args.extract,
             storage_conn_id=args.storage_conn_id,
             download_sources=args.download_sources,
+            url_guard=self.url_guard("labels_source"),
         )
         self.record_lineage([self.labels_source], [f"{self.data_dir.rstrip('/')}/catalog"])
         return result.to_dict()

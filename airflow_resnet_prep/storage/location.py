@@ -43,7 +43,8 @@ class ObjectLocation:
 
 def parse_object_uri(uri: str | os.PathLike[str]) -> ObjectLocation | None:
     """The parts of an object URI; None for anything else. Refuses a URI holding a password (without
-    echoing it) or no bucket."""
+    echoing it), no bucket, or a key with an empty, ``.`` or ``..`` segment (``pre//x``, ``pre/../x``); a
+    trailing slash is no segment. Policy and stores share this parser, so they agree on every key."""
     text = str(uri).strip()
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
@@ -58,6 +59,14 @@ def parse_object_uri(uri: str | os.PathLike[str]) -> ObjectLocation | None:
         )
     if not bucket:
         raise StorageError(f"{text}: no bucket in the URI")
+    # A key is compared by its text (a root "pre/" must not contain "pre/../secret"), and object stores
+    # keep "." and ".." as names while paths resolve them: refuse such keys rather than guess.
+    segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+    if any(s in ("", ".", "..") for s in segments):
+        raise StorageError(
+            f"{display_uri(text)}: an object key with an empty, '.' or '..' segment is ambiguous; spell the "
+            "key without them"
+        )
     return ObjectLocation(
         OBJECT_SCHEMES[scheme], (userinfo if at else "") or None, bucket, parts.path.strip("/")
     )

@@ -489,10 +489,16 @@ def test_publish_writes_the_report_and_returns_its_path(sample, tmp_path: Path, 
     assert out["report"] == str(report) and out["cached"] is False
     assert report.is_file() and (data_dir / "manifest.json").is_file()
     assert len(thumbnails(Page(report.read_text()))) == 36
-    # A reused output keeps its report as it is ...
-    report.write_text("kept")
-    again = publish_outputs(p, fetched=fetched, relabelled=relabelled, summary=None)
-    assert again["report"] == str(report) and again["cached"] is True and report.read_text() == "kept"
+    assert "reused this output" not in report.read_text()
+    # A reused output's report is rewritten saying so on top, with the settings that did not matter ...
+    report.write_text("stale")
+    quality_80 = {**p, "quality": 80}  # unused with resize=0: no reason to convert
+    again = publish_outputs(quality_80, fetched=fetched, relabelled=relabelled, summary=None)
+    assert again["report"] == str(report) and again["cached"] is True
+    assert "quality=80 (written with 95)" in again["reused"]
+    page = report.read_text()
+    assert "The latest run reused this output" in page and "quality=80 (written with 95)" in page
+    assert "Sample records" in page
     # ... and gets one when it has none.
     report.unlink()
     assert publish_outputs(p, fetched=fetched, relabelled=relabelled, summary=None)["report"] == str(report)
@@ -585,7 +591,7 @@ def test_a_report_that_fails_does_not_fail_publish(sample, tmp_path: Path, monke
         }
     )
 
-    def broken(data_dir):
+    def broken(data_dir, **kwargs):
         raise RuntimeError("renderer broke")
 
     monkeypatch.setattr(publish, "write_report", broken)
