@@ -96,6 +96,12 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
         "cat",
         0.6,
     ),
+    "webdataset": (
+        "WebDataset converter, same definition as reference (same shards, tar members instead of "
+        "records); ratio against cat_sync, since every shard is synced before its rename",
+        "cat_sync",
+        None,
+    ),
     "nvidia_from_tars": (
         "raw tars to RecordIO end to end in a fresh data_dir: fetch (catalog) + relabel + plan + units + "
         "finish, no extraction",
@@ -673,7 +679,8 @@ def row_spec(name: str, sample: Sample, run_root: Path, workers: int) -> dict[st
     impl, _, tail = name.partition("_")
     from_tars = tail == "from_tars" or tail in COPY_ROWS
     data_dir = sample.job_dir(run_root, name, with_catalog=not from_tars)
-    params: dict[str, Any] = reference_params(sample.train, sample.val) if impl == "reference" else {}
+    sharded = impl in ("reference", "webdataset")
+    params: dict[str, Any] = reference_params(sample.train, sample.val) if sharded else {}
     if tail == "decode_check":
         params["decode_check"] = True
     spec: dict[str, Any] = {
@@ -714,7 +721,7 @@ def verify_source(sample: Sample, impl: str) -> Path:
                 "val_source": str(sample.set.val_tar),
                 "labels_source": str(sample.set.labels),
                 "implementation": impl,
-                **(reference_params(sample.train, sample.val) if impl == "reference" else {}),
+                **(reference_params(sample.train, sample.val) if impl in ("reference", "webdataset") else {}),
             }
         )
     return data_dir
@@ -1227,7 +1234,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-top", type=int, default=25, help="functions listed per profile (25)")
     parser.add_argument("--dag", action="store_true", help="also time one whole `airflow dags test`")
     parser.add_argument(
-        "--dag-implementation", default="nvidia", choices=["nvidia", "reference"], help="for --dag"
+        "--dag-implementation",
+        default="nvidia",
+        choices=["nvidia", "reference", "webdataset"],
+        help="for --dag",
     )
     ns = parser.parse_args(argv)
     if ns.job is None:
