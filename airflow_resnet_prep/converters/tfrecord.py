@@ -39,7 +39,7 @@ from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.crc32c import crc32c
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
-from airflow_resnet_prep.formats.tfexample import encode_example
+from airflow_resnet_prep.formats.tfexample import example_parts
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
 from airflow_resnet_prep.layout import TFRECORDS
@@ -154,8 +154,7 @@ class TFRecordConverter(Converter):
                         record = self._example(data, sources, item, on_bad, result, decoder)
                         if record is None:
                             continue
-                        writer.write(record)
-                        sizes.append(len(record))
+                        sizes.append(writer.write_parts(record) - TFRECORD_OVERHEAD)
                         result.bytes_in += item.size
                         if result.records + len(sizes) == half:
                             failpoint("unit-half")
@@ -186,7 +185,8 @@ class TFRecordConverter(Converter):
         on_bad: str,
         result: UnitResult,
         decoder: JpegDecoder | None = None,
-    ) -> bytes | None:
+    ) -> tuple[bytes, bytes, bytes] | None:
+        """The record of ``item`` as the pieces of its ``tf.train.Example``, or None when left out."""
         where = sources[item.src].describe(item.ref)
         data = read_or_report(None, item, where, on_bad, result, data)
         if data is None:
@@ -203,7 +203,7 @@ class TFRecordConverter(Converter):
                 decoder.check(data, where)
         except BadImageError as exc:
             return bad_image(exc, item, on_bad, result)
-        return encode_example(
+        return example_parts(
             encoded=data, filename=item.name, label=item.label, synset=item.synset, height=height, width=width
         )
 
