@@ -14,16 +14,18 @@ from typing import Any
 
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, Asset, Param, TriggerRule, task
+from airflow.sdk import DAG, Asset, Param, TriggerRule
 
 from airflow_resnet_prep import config
+from airflow_resnet_prep.operators.base import PrepOperator
+from airflow_resnet_prep.operators.branch import ChooseImplementationOperator
 from airflow_resnet_prep.operators.fetch import FetchImagenetOperator
 from airflow_resnet_prep.operators.nvidia import NvidiaPrepOperator
 from airflow_resnet_prep.operators.publish import PublishOperator
 from airflow_resnet_prep.operators.relabel import RelabelValOperator
 from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
 from airflow_resnet_prep.params import PARAMS
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.policy import dag_conn_ids
 
 DEFAULT_DAG_ID = "mlperf_resnet_prep"
 #: The shipped DAG's Asset keeps the name its consumers already schedule on.
@@ -133,70 +135,24 @@ def mlperf_resnet_prep_dag(
         **dag_kwargs,
     )
     with dag:
-        sources = {
-            "data_dir": p("data_dir"),
-            "http_conn_id": p("http_conn_id"),
-            "extract": p("extract"),
-            "storage_conn_id": p("storage_conn_id"),
-            "download_sources": p("download_sources"),
-            "allowed_conn_ids": dag_conns,
-        }
-        fetch = FetchImagenetOperator(
-            task_id="fetch",
-            train_source=p("train_source"),
-            val_source=p("val_source"),
-            train_checksum=p("train_checksum"),
-            val_checksum=p("val_checksum"),
-            **sources,
+
+        def templated(operator: type[PrepOperator]) -> dict[str, Any]:
+            """The operator's arguments named for params, each taken from the run's params."""
+            fields = [name for name in operator.template_fields if name in PARAMS]
+            return {name: p(name) for name in fields} | {"allowed_conn_ids": dag_conns}
+
+        fetch = FetchImagenetOperator(task_id="fetch", **templated(FetchImagenetOperator))
+        relabel = RelabelValOperator(task_id="relabel_val", **templated(RelabelValOperator))
+        branch = ChooseImplementationOperator(
+            task_id="choose_implementation",
+            defaults=resolved_defaults,
+            **templated(ChooseImplementationOperator),
         )
-        relabel = RelabelValOperator(task_id="relabel_val", labels_source=p("labels_source"), **sources)
-
-        @task.branch(task_id="choose_implementation")
-        def choose_implementation(params: dict, ti=None) -> str:
-            """The converter of ``implementation``, or ``reuse_existing`` when the manifest is up to date."""
-            from airflow_resnet_prep.layout import DataDir
-            from airflow_resnet_prep.manifest import cached_manifest
-            from airflow_resnet_prep.params import resolved
-            from airflow_resnet_prep.pipeline import fingerprints_of
-
-            params = resolved({k: v for k, v in params.items() if k in PARAMS}, resolved_defaults)
-            Policy.load(dag_conns).check_run(
-                data_dir=params["data_dir"], conns={"storage_conn_id": params["storage_conn_id"]}
-            )
-            fingerprints = fingerprints_of(
-                ti.xcom_pull(task_ids="fetch"), ti.xcom_pull(task_ids="relabel_val")
-            )
-            if not params["force"] and cached_manifest(
-                DataDir.of(params["data_dir"], params["storage_conn_id"] or None),
-                params["implementation"],
-                params,
-                fingerprints,
-            ):
-                return "reuse_existing"
-            return f"{params['implementation']}_plan"
-
-        branch = choose_implementation()
         reuse = EmptyOperator(task_id="reuse_existing")
-        common = {
-            "data_dir": p("data_dir"),
-            "on_bad_image": p("on_bad_image"),
-            "decode_check": p("decode_check"),
-            "workers": p("workers"),
-            "storage_conn_id": p("storage_conn_id"),
-            "allowed_conn_ids": dag_conns,
-        }
-        options = {
-            "reference": {
-                name: p(name) for name in ("train_shards", "val_shards", "shuffle_seed", "dali_index")
-            },
-            "nvidia": {name: p(name) for name in ("resize", "quality", "mxnet_version")},
-        }
         finishes = []
         for name, operator in (("reference", ConvertTFRecordOperator), ("nvidia", NvidiaPrepOperator)):
-            kwargs = {**options[name], **common}
-            plan = operator(
-                task_id=f"{name}_plan", step="plan", fanout=p("fanout"), force=p("force"), **kwargs
-            )
+            kwargs = templated(operator)
+            plan = operator(task_id=f"{name}_plan", step="plan", **kwargs)
             units = operator.partial(task_id=f"{name}_units", step="units", retries=2, **kwargs).expand(
                 unit_ids=plan.output
             )
@@ -208,13 +164,10 @@ def mlperf_resnet_prep_dag(
         # opens the run's Dataset report tab.
         publish = PublishOperator(
             task_id="publish",
-            data_dir=p("data_dir"),
-            implementation=p("implementation"),
-            storage_conn_id=p("storage_conn_id"),
             manifest_params={"mxnet_version": p("mxnet_version")},
-            allowed_conn_ids=dag_conns,
             asset=asset,
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+            **templated(PublishOperator),
         )
 
         fetch >> relabel >> branch >> reuse

@@ -96,6 +96,11 @@ class DataDir:
         path = path.resolve()
         return cls(LocalStore(path), str(path), path)
 
+    @classmethod
+    def at(cls, data_dir: DataDir | str | os.PathLike[str], conn_id: str | None = None) -> DataDir:
+        """``data_dir`` itself when it is parsed already (what a caller hands down), else :meth:`of`."""
+        return data_dir if isinstance(data_dir, DataDir) else cls.of(data_dir, conn_id)
+
     # -- where ---------------------------------------------------------------------------------------------
     @property
     def url(self) -> str:

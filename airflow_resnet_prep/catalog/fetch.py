@@ -61,7 +61,7 @@ def check_remote_data_dir(layout: DataDir, sources: list[str], download_sources:
 
 
 def fetch(
-    data_dir: str | os.PathLike[str],
+    data_dir: DataDir | str | os.PathLike[str],
     train_source: str,
     val_source: str,
     *,
@@ -76,8 +76,8 @@ def fetch(
 
     Sources in a bucket (``s3://[conn_id@]bucket/key``, ``gs://...``) use the connection of their URI,
     else ``storage_conn_id``; they are read in place unless ``download_sources`` copies them to
-    ``downloads/`` first."""
-    layout = DataDir.of(data_dir, storage_conn_id).ensure()
+    ``downloads/`` first. ``data_dir`` is a :class:`DataDir`, or text naming one."""
+    layout = DataDir.at(data_dir, storage_conn_id).ensure()
     if layout.disk is None:
         check_remote_data_dir(layout, [train_source, val_source], download_sources, extract)
     started = time.monotonic()

@@ -128,7 +128,7 @@ def labelled_by_source(val: SplitCatalog) -> bool:
 
 
 def relabel(
-    data_dir: str | os.PathLike[str],
+    data_dir: DataDir | str | os.PathLike[str],
     labels_source: str,
     *,
     credentials: HttpCredentials | None = None,
@@ -138,7 +138,7 @@ def relabel(
 ) -> RelabelResult:
     """The relabel step: check the labels file against the catalogs, then assign classes (docs/formats.md, Relabelling).
     A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``."""
-    layout = DataDir.of(data_dir, storage_conn_id)
+    layout = DataDir.at(data_dir, storage_conn_id)
     val_key = catalog_key("val")
     with layout.hold(wait_s=5):
         train = SplitCatalog.load(layout.store, catalog_key("train"))

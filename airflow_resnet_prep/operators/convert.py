@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 
-from airflow_resnet_prep.operators.lineage import LineageMixin
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.operators.base import Arguments, PrepOperator, default
+
+if TYPE_CHECKING:
+    from airflow_resnet_prep.converters.base import Converter
+    from airflow_resnet_prep.layout import DataDir
 
 STEPS = ("all", "plan", "units", "finish")
 
 
-class ConvertOperatorBase(LineageMixin, BaseOperator):
+class ConvertOperator(PrepOperator):
     """Run one step of a conversion (see :mod:`airflow_resnet_prep.converters.base`).
 
     - ``step="all"`` (default): plan, run every unit with ``workers`` processes, finish; one task.
@@ -23,47 +26,52 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
       a batch holding every unit runs the format's one-machine path, as ``step="all"`` does.
     - ``step="finish"``: check every unit is done and put the outputs under their final names.
 
-    ``data_dir`` is a local path or an ``s3://`` / ``gs://`` URI, whose connection is the URI's own
-    (``s3://conn_id@bucket/prefix``) or ``storage_conn_id``. That connection must be allowed (in
-    ``[resnet_prep] allowed_conn_ids``, ``allowed_conn_ids`` or given literally) and ``data_dir`` must lie
-    under ``[resnet_prep] allowed_data_roots`` when it is set; see :mod:`airflow_resnet_prep.policy`.
+    For ``data_dir`` (the working folder holding the catalogs; the output goes below it),
+    ``storage_conn_id`` and ``allowed_conn_ids`` see :class:`~airflow_resnet_prep.operators.base.PrepOperator`.
 
     Steps ``all`` and ``finish`` push the output folder under :attr:`output_key` and return the
-    conversion summary. A concrete operator sets :attr:`output_key` and defines ``make_converter()``,
-    which imports its converter lazily so that parsing a DAG never loads TensorFlow.
+    conversion summary. A concrete operator sets :attr:`output_key`, lists its own arguments after
+    :attr:`common_fields` in ``template_fields`` and defines ``make_converter()``, which imports its
+    converter lazily so that parsing a DAG never loads TensorFlow.
+
+    :param on_bad_image: ``"fail"`` (default) names an unreadable image and fails; ``"skip"`` leaves it
+        out (of every output file) and lists it in the manifest. (templated)
+    :param decode_check: Decode every image with TensorFlow's JPEG decoder before writing it; one that
+        fails follows ``on_bad_image``. Needs the ``tensorflow`` extra. Default off. (templated)
+    :param workers: Processes used by this task (0 = all cores). (templated)
+    :param force: Replace an unfinished conversion with different params. (templated)
+    :param step: ``"all"``, ``"plan"``, ``"units"`` or ``"finish"``.
+    :param unit_ids: With ``step="units"``: the units to run (mappable). (templated)
+    :param fanout: With ``step="plan"``: how many batches of units to return; 0 (default) = auto, one
+        batch with a local executor, eight with a distributed one. (templated)
     """
 
-    output_key: str = ""
-    common_fields: tuple[str, ...] = (
-        "data_dir",
+    output_key: ClassVar[str] = ""
+    common_fields: ClassVar[tuple[str, ...]] = (
+        *PrepOperator.base_fields,
         "workers",
         "force",
         "on_bad_image",
         "decode_check",
         "unit_ids",
         "fanout",
-        "storage_conn_id",
     )
+    arg_types = {"unit_ids": lambda value, name: [int(i) for i in (value or [])]}
 
     def __init__(
         self,
         *,
-        data_dir: str,
         step: str = "all",
         unit_ids: Sequence[int] | str | None = None,
-        fanout: int | str = 0,
-        workers: int | str = 0,
-        force: bool | str = False,
-        on_bad_image: str = "fail",
-        decode_check: bool | str = False,
-        storage_conn_id: str | None = None,
-        allowed_conn_ids: Collection[str] | None = None,
+        fanout: int | str = default("fanout"),
+        workers: int | str = default("workers"),
+        force: bool | str = default("force"),
+        on_bad_image: str = default("on_bad_image"),
+        decode_check: bool | str = default("decode_check"),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         if step not in STEPS:
             raise ValueError(f"step must be one of {STEPS}, got {step!r}")
-        self.data_dir = data_dir
         self.step = step
         self.unit_ids = unit_ids
         self.fanout = fanout
@@ -71,39 +79,33 @@ class ConvertOperatorBase(LineageMixin, BaseOperator):
         self.force = force
         self.on_bad_image = on_bad_image
         self.decode_check = decode_check
-        self.storage_conn_id = storage_conn_id
-        self.allowed_conn_ids = dag_conn_ids(
-            allowed_conn_ids, conns=(storage_conn_id,), locations=(data_dir,)
-        )
+        super().__init__(**kwargs)
 
-    def execute(self, context: Context) -> Any:
+    def make_converter(self, args: Arguments | None = None) -> Converter:
+        """The converter, configured from ``args`` (default: this operator's rendered arguments)."""
+        raise NotImplementedError
+
+    def run(self, context: Context, data_dir: DataDir, args: Arguments) -> Any:
         from airflow_resnet_prep.converters import base, local
-        from airflow_resnet_prep.layout import DataDir
-        from airflow_resnet_prep.operators.values import as_bool, as_int
 
-        Policy.load(self.allowed_conn_ids).check_run(
-            data_dir=self.data_dir, conns={"storage_conn_id": self.storage_conn_id}
-        )
-        converter = self.make_converter()  # type: ignore[attr-defined]
-        workers = as_int(self.workers, "workers")
-        data_dir = DataDir.of(self.data_dir, self.storage_conn_id or None)
+        converter = self.make_converter(args)
         if self.step == "plan":
-            plan = base.plan(converter, data_dir, force=as_bool(self.force))
-            fanout = as_int(self.fanout, "fanout") or auto_fanout()
+            plan = base.plan(converter, data_dir, force=args.force)
+            fanout = args.fanout or auto_fanout()
             self.log.info("%d units in %d batches", len(plan.units), min(fanout, len(plan.units)))
             return batches([u.id for u in plan.units], fanout)
         if self.step == "units":
-            ids = [int(i) for i in (self.unit_ids or [])]
+            ids = args.unit_ids
             plan = base.Plan.load(data_dir, converter.implementation)
             if set(ids) == {u.id for u in plan.units}:
-                local.run_all(converter, plan, workers=workers)  # one task has it all
+                local.run_all(converter, plan, workers=args.workers)  # one task has it all
             else:
-                local.run_units(converter, plan, ids, workers=workers)
+                local.run_units(converter, plan, ids, workers=args.workers)
             return {"units": ids}
         if self.step == "finish":
             summary = base.finish(converter, base.Plan.load(data_dir, converter.implementation))
         else:
-            summary = local.convert(converter, data_dir, workers=workers, force=as_bool(self.force))
+            summary = local.convert(converter, data_dir, workers=args.workers, force=args.force)
         out_dir = data_dir.uri(converter.output_key)
         self.record_lineage([data_dir.url + "/catalog"], [data_dir.url + "/" + converter.output_key])
         context["ti"].xcom_push(key=self.output_key, value=out_dir)

@@ -4,57 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_resnet_prep.operators.convert import ConvertOperatorBase
+from airflow_resnet_prep.operators.base import Arguments, default
+from airflow_resnet_prep.operators.convert import ConvertOperator
 
 
-class NvidiaPrepOperator(ConvertOperatorBase):
+class NvidiaPrepOperator(ConvertOperator):
     """Write ``recordio/{train,val}.{lst,rec,idx}`` as ``im2rec.py --list --recursive`` then
     ``--pass-through`` would (docs/formats.md, RecordIO), without MXNet, a container or an extracted copy.
 
     The work is :class:`airflow_resnet_prep.converters.recordio.RecordIOConverter`; see
-    :class:`~airflow_resnet_prep.operators.convert.ConvertOperatorBase` for ``step``. Pushes
-    ``preprocessed_path`` (the RecordIO folder) to XCom when the output is complete.
+    :class:`~airflow_resnet_prep.operators.convert.ConvertOperator` for ``step`` and the arguments every
+    conversion takes. Pushes ``preprocessed_path`` (the RecordIO folder) to XCom when the output is
+    complete. Defaults are the params' (:data:`airflow_resnet_prep.params.PARAMS`).
 
-    :param data_dir: Working folder holding the catalogs; output goes to ``data_dir/recordio``. (templated)
     :param resize: Short side to re-encode to, as im2rec's ``--resize`` (0 = pass-through). (templated)
-    :param quality: JPEG quality when resizing, as im2rec's ``--quality`` (default 95). (templated)
+    :param quality: JPEG quality when resizing, as im2rec's ``--quality``. (templated)
     :param mxnet_version: The NVIDIA MXNet container the data is meant for; recorded in the manifest
         by the DAG, it does not change the bytes. (templated)
-    :param on_bad_image: ``"fail"`` (default) or ``"skip"`` (left out of .lst, .rec and .idx alike). (templated)
-    :param decode_check: Decode every image with TensorFlow's JPEG decoder before writing it; one that
-        fails follows ``on_bad_image``. Needs the ``tensorflow`` extra. Default off. (templated)
-    :param workers: Processes used by this task (0 = all cores). (templated)
-    :param force: Replace an unfinished conversion with different params. (templated)
-    :param step: ``"all"``, ``"plan"``, ``"units"`` or ``"finish"``.
-    :param unit_ids: With ``step="units"``: the units to run (mappable). (templated)
-    :param fanout: With ``step="plan"``: how many batches of units to return; 0 (default) = auto, one
-        batch with a local executor, eight with a distributed one. (templated)
     """
 
     output_key = "preprocessed_path"
-    template_fields = (*ConvertOperatorBase.common_fields, "resize", "quality", "mxnet_version")
+    template_fields = (*ConvertOperator.common_fields, "resize", "quality", "mxnet_version")
     ui_color = "#e8f5e9"
 
     def __init__(
         self,
         *,
-        resize: int | str = 0,
-        quality: int | str = 95,
+        resize: int | str = default("resize"),
+        quality: int | str = default("quality"),
         mxnet_version: str = "",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
         self.resize = resize
         self.quality = quality
         self.mxnet_version = mxnet_version
+        super().__init__(**kwargs)
 
-    def make_converter(self):
-        from airflow_resnet_prep.converters.recordio import RecordIOConverter
-        from airflow_resnet_prep.operators.values import as_bool, as_int
+    def make_converter(self, args: Arguments | None = None):
+        from airflow_resnet_prep.converters.recordio import RecordIOConverter, params_from
 
-        return RecordIOConverter(
-            resize=as_int(self.resize, "resize"),
-            quality=as_int(self.quality, "quality"),
-            on_bad_image=self.on_bad_image,
-            decode_check=as_bool(self.decode_check),
-        )
+        return RecordIOConverter(**params_from(self.arguments() if args is None else args))

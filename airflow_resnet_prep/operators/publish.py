@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator, Context
+from airflow.sdk import Asset, Context
 
-from airflow_resnet_prep.operators.lineage import LineageMixin
+from airflow_resnet_prep.operators.base import Arguments, PrepOperator
 from airflow_resnet_prep.plugins.links import DatasetReportLink
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+
+if TYPE_CHECKING:
+    from airflow_resnet_prep.layout import DataDir
 
 
-class PublishOperator(LineageMixin, BaseOperator):
+class PublishOperator(PrepOperator):
     """Write ``manifest.json`` (last, atomically), push the output paths and update an Asset.
 
     The work is :func:`airflow_resnet_prep.publish.publish_outputs`, given this task's arguments and the
@@ -22,11 +24,10 @@ class PublishOperator(LineageMixin, BaseOperator):
     ``preprocessed_path``, ``manifest``, ``cached``, ``report``, ``storage_conn_id``) is pushed as an
     XCom of its own, and the whole dict is the return value. It also writes ``report/run.json`` naming
     this DAG run, which the *Dataset report* tab checks before showing the report; the task's extra link
-    opens that tab.
+    opens that tab. For ``data_dir``, ``storage_conn_id`` and ``allowed_conn_ids`` see
+    :class:`~airflow_resnet_prep.operators.base.PrepOperator`.
 
-    :param data_dir: Working and output folder (path or ``s3://``/``gs://`` URI). (templated)
     :param implementation: ``"nvidia"`` or ``"reference"``: which converter's output to publish. (templated)
-    :param storage_conn_id: Connection for a ``data_dir`` URI that names none. (templated)
     :param manifest_params: Output params recorded in the manifest besides the converter's own (which
         come with its summary), e.g. ``{"mxnet_version": "22.04"}``. Never a credential. (templated)
     :param asset: An Asset to update: it is added to ``outlets``, and its event's extra gets the
@@ -35,52 +36,39 @@ class PublishOperator(LineageMixin, BaseOperator):
     :param relabel_task_id: The task whose return value holds the validation labels' fingerprint.
     :param finish_task_id: The converter's finish task, ``{implementation}`` replaced by the
         implementation; its return value is the conversion summary (none when it was skipped).
-    :param allowed_conn_ids: Connections this task may use besides ``[resnet_prep] allowed_conn_ids``
-        and those given here literally; see :mod:`airflow_resnet_prep.policy`.
     """
 
-    template_fields: Sequence[str] = ("data_dir", "implementation", "storage_conn_id", "manifest_params")
+    template_fields: Sequence[str] = (*PrepOperator.base_fields, "implementation", "manifest_params")
     operator_extra_links = (DatasetReportLink(),)
     ui_color = "#fff8e1"
 
     def __init__(
         self,
         *,
-        data_dir: str,
         implementation: str,
-        storage_conn_id: str | None = None,
         manifest_params: Mapping[str, Any] | None = None,
         asset: Asset | None = None,
         fetch_task_id: str = "fetch",
         relabel_task_id: str = "relabel_val",
         finish_task_id: str = "{implementation}_finish",
-        allowed_conn_ids: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if asset is not None:
             outlets = list(kwargs.pop("outlets", None) or [])
             kwargs["outlets"] = outlets if asset in outlets else [*outlets, asset]
-        super().__init__(**kwargs)
-        self.data_dir = data_dir
         self.implementation = implementation
-        self.storage_conn_id = storage_conn_id
         self.manifest_params = dict(manifest_params or {})
         self.asset = asset
         self.fetch_task_id = fetch_task_id
         self.relabel_task_id = relabel_task_id
         self.finish_task_id = finish_task_id
-        self.allowed_conn_ids = dag_conn_ids(
-            allowed_conn_ids, conns=(storage_conn_id,), locations=(data_dir,)
-        )
+        super().__init__(**kwargs)
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def run(self, context: Context, data_dir: DataDir, args: Arguments) -> dict[str, Any]:
         from airflow_resnet_prep.params import as_declared
         from airflow_resnet_prep.pipeline import fingerprints_of
         from airflow_resnet_prep.publish import publish_outputs
 
-        Policy.load(self.allowed_conn_ids).check_run(
-            data_dir=self.data_dir, conns={"storage_conn_id": self.storage_conn_id}
-        )
         ti = context["ti"]
         implementation = self.implementation
         fetched = ti.xcom_pull(task_ids=self.fetch_task_id)
@@ -91,7 +79,7 @@ class PublishOperator(LineageMixin, BaseOperator):
             **as_declared(self.manifest_params),
             "data_dir": self.data_dir,
             "implementation": implementation,
-            "storage_conn_id": (self.storage_conn_id or "").strip() or None,
+            "storage_conn_id": args.storage_conn_id,
         }
         outputs = publish_outputs(
             params,

@@ -21,3 +21,11 @@ def as_int(value: Any, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def as_text(value: Any) -> str | None:
+    """A string argument: stripped, None when empty or not given (a template rendered to a native object
+    may turn ``22.04`` into a number: it is a string again here)."""
+    if value is None:
+        return None
+    return str(value).strip() or None
