@@ -41,6 +41,7 @@ FETCH_RECORD = "catalog/fetch.json"  # written last by fetch: the source fingerp
 RELABEL_RECORD = "catalog/relabel.json"
 TFRECORDS = "tfrecords"
 RECORDIO = "recordio"
+WEBDATASET = "webdataset"
 WORK = "work"  # plans and finished units of conversions in progress
 MANIFEST = "manifest.json"
 LOCK = ".lock"

@@ -30,8 +30,8 @@ def publish_outputs(
     params recorded in the manifest (this run's values: for a reused output, the task log, the report and
     the XCom ``reused`` say which of them differ from the recorded ones without changing a byte). ``run`` (``dag_id``, ``run_id``: the Airflow run publishing) is
     written to ``report/run.json``, the record by which the UI's report view knows whose report this is.
-    Then writes ``report/index.html`` (always: for a reused output with a note saying so on top). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path`` or
-    ``preprocessed_path``, plus ``manifest``, ``cached``, ``reused`` (None, or why the output was reused), ``report`` (the report's path or URI, or None
+    Then writes ``report/index.html`` (always: for a reused output with a note saying so on top). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path``,
+    ``preprocessed_path`` or ``webdataset_path``, plus ``manifest``, ``cached``, ``reused`` (None, or why the output was reused), ``report`` (the report's path or URI, or None
     when it could not be written) and ``storage_conn_id`` (the data_dir's connection, from its URI or the
     param; None for a local data_dir).
     """

@@ -21,7 +21,7 @@ class ChooseImplementationOperator(AfterSourcesOperator, BranchMixIn):
     For ``data_dir``, ``storage_conn_id`` and ``allowed_conn_ids`` see
     :class:`~airflow_resnet_prep.operators.base.PrepOperator`.
 
-    :param implementation: ``"nvidia"`` or ``"reference"``. (templated)
+    :param implementation: ``"nvidia"``, ``"reference"`` or ``"webdataset"``. (templated)
     :param force: Rebuild even when the manifest says the output is up to date. (templated)
     :param defaults: What a param the run left empty (null) means: the DAG's resolved defaults; the run's
         params are compared with the manifest's after filling them in.

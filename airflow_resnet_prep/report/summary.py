@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, DataDir
+from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, WEBDATASET, DataDir
 from airflow_resnet_prep.report.build import REPORT_KEY
 
 
@@ -20,7 +20,7 @@ def summary(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = No
         return f"{layout.uri(MANIFEST)}: no manifest: the output is not complete"
     outputs = manifest["outputs"]
     size = sum(o["size"] for o in outputs.values())
-    folder = TFRECORDS if manifest["implementation"] == "reference" else RECORDIO
+    folder = {"reference": TFRECORDS, "webdataset": WEBDATASET}.get(manifest["implementation"], RECORDIO)
     lines = [
         f"{manifest['implementation']}: {layout.uri(folder)}",
         f"  images: {manifest['images']['train']:,} train, {manifest['images']['val']:,} val, "
