@@ -21,8 +21,10 @@ def publish_outputs(
     relabelled: dict[str, Any],
     summary: dict[str, Any] | None,
     run: dict[str, str] | None = None,
+    data_dir: DataDir | None = None,
 ) -> dict[str, Any]:
     """With a conversion ``summary``, write the manifest; without one (reused output), read it back.
+    ``data_dir``: the params' data_dir, when the caller has it parsed already.
 
     ``params`` holds ``data_dir``, ``implementation``, ``storage_conn_id`` (optional) and the output
     params recorded in the manifest (this run's values: for a reused output, the task log, the report and
@@ -33,7 +35,7 @@ def publish_outputs(
     when it could not be written) and ``storage_conn_id`` (the data_dir's connection, from its URI or the
     param; None for a local data_dir).
     """
-    layout = DataDir.of(params["data_dir"], params.get("storage_conn_id") or None)
+    layout = DataDir.at(params["data_dir"] if data_dir is None else data_dir, params.get("storage_conn_id"))
     implementation = params["implementation"]
     if summary is not None:
         unit_seconds = round(sum(s["unit_seconds"] for s in summary["splits"].values()), 3)

@@ -39,7 +39,7 @@ from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.crc32c import crc32c
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
-from airflow_resnet_prep.formats.tfexample import encode_example
+from airflow_resnet_prep.formats.tfexample import example_parts
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
 from airflow_resnet_prep.layout import TFRECORDS
@@ -159,8 +159,7 @@ class TFRecordConverter(Converter):
                         record = self._example(data, sources, item, on_bad, result, decoder)
                         if record is None:
                             continue
-                        writer.write(record)
-                        sizes.append(len(record))
+                        sizes.append(writer.write_parts(record) - TFRECORD_OVERHEAD)
                         result.bytes_in += item.size
                         if result.records + len(sizes) == half:
                             failpoint("unit-half")
@@ -192,12 +191,13 @@ class TFRecordConverter(Converter):
         on_bad: str,
         result: UnitResult,
         decoder: JpegDecoder | None = None,
-    ) -> bytes | None:
+    ) -> tuple[bytes, bytes, bytes] | None:
+        """The record of ``item`` as the pieces of its ``tf.train.Example``, or None when left out."""
         image = cls.stored_image(data, sources, item, on_bad, result, decoder)
         if image is None:
             return None
         data, height, width = image
-        return encode_example(
+        return example_parts(
             encoded=data, filename=item.name, label=item.label, synset=item.synset, height=height, width=width
         )
 

@@ -45,12 +45,8 @@ class ChooseImplementationOperator(PrepOperator, BranchMixIn):
         reuse_task_id: str = "reuse_existing",
         **kwargs: Any,
     ) -> None:
-        self.implementation = implementation
-        self.force = force
+        self.keep(locals())
         self.defaults = dict(defaults or {})
-        self.fetch_task_id = fetch_task_id
-        self.relabel_task_id = relabel_task_id
-        self.reuse_task_id = reuse_task_id
         super().__init__(**kwargs)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> Any:

@@ -54,15 +54,11 @@ class PublishOperator(PrepOperator):
         finish_task_id: str = "{implementation}_finish",
         **kwargs: Any,
     ) -> None:
+        self.keep(locals())
+        self.manifest_params = dict(manifest_params or {})
         if asset is not None:
             outlets = list(kwargs.pop("outlets", None) or [])
             kwargs["outlets"] = outlets if asset in outlets else [*outlets, asset]
-        self.implementation = implementation
-        self.manifest_params = dict(manifest_params or {})
-        self.asset = asset
-        self.fetch_task_id = fetch_task_id
-        self.relabel_task_id = relabel_task_id
-        self.finish_task_id = finish_task_id
         super().__init__(**kwargs)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> dict[str, Any]:
@@ -88,6 +84,7 @@ class PublishOperator(PrepOperator):
             relabelled=relabelled,
             summary=summary,
             run={"dag_id": ti.dag_id, "run_id": ti.run_id},
+            data_dir=data_dir,
         )
         for key, value in outputs.items():
             ti.xcom_push(key=key, value=value)

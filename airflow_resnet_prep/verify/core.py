@@ -111,7 +111,7 @@ def verify(
 ) -> VerifyReport:
     """Check the data set at ``data_dir`` (path or ``s3://`` / ``gs://`` URI) against its manifest."""
     started = time.monotonic()
-    layout = data_dir if isinstance(data_dir, DataDir) else DataDir.of(data_dir, conn_id)
+    layout = DataDir.at(data_dir, conn_id)
     report = VerifyReport(layout.url, decode=decode)
     manifest = _manifest(layout, report)
     if manifest is None:
