@@ -1,7 +1,7 @@
 """The pipeline as a DAG: :func:`mlperf_resnet_prep_dag` builds it, so that a deployment can ship it with
 a few lines and run several side by side (other ids, defaults, schedules, Assets).
 
-fetch -> relabel_val -> choose_implementation -> {nvidia|reference}_plan -> *_units (mapped) -> *_finish -> publish
+fetch -> relabel_val -> choose_implementation -> {nvidia|reference|webdataset}_plan -> *_units (mapped) -> *_finish -> publish
                                               \\-> reuse_existing (manifest says the output is up to date) -/
 
 Building it imports no TensorFlow and reads no data: the heavy work is imported inside tasks.
@@ -25,6 +25,7 @@ from airflow_resnet_prep.operators.nvidia import NvidiaPrepOperator
 from airflow_resnet_prep.operators.publish import PublishOperator
 from airflow_resnet_prep.operators.relabel import RelabelValOperator
 from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
+from airflow_resnet_prep.operators.webdataset import ConvertWebDatasetOperator
 from airflow_resnet_prep.params import IMPLEMENTATIONS, PARAMS, missing_required, recorded
 from airflow_resnet_prep.policy import dag_conn_ids, dag_places
 
@@ -145,7 +146,8 @@ def mlperf_resnet_prep_dag(
     dag = DAG(
         dag_id=dag_id,
         description=dag_kwargs.pop(
-            "description", "Prepare ImageNet for MLPerf ResNet-50 training (MXNet RecordIO or TFRecords)."
+            "description",
+            "Prepare ImageNet for ResNet-50 training (MXNet RecordIO, TFRecords or WebDataset shards).",
         ),
         schedule=schedule,
         start_date=start_date or pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -180,7 +182,11 @@ def mlperf_resnet_prep_dag(
         )
         reuse = EmptyOperator(task_id="reuse_existing")
         finishes = []
-        for name, operator in (("reference", ConvertTFRecordOperator), ("nvidia", NvidiaPrepOperator)):
+        for name, operator in (
+            ("reference", ConvertTFRecordOperator),
+            ("nvidia", NvidiaPrepOperator),
+            ("webdataset", ConvertWebDatasetOperator),
+        ):
             kwargs = templated(operator)
             plan = operator(task_id=f"{name}_plan", step="plan", **kwargs)
             units = operator.partial(task_id=f"{name}_units", step="units", retries=2, **kwargs).expand(

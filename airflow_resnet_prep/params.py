@@ -28,9 +28,11 @@ DEFAULT_LABELS_URL = (
     f"https://raw.githubusercontent.com/tensorflow/models/{LABELS_COMMIT}/research/slim/datasets/"
     "imagenet_2012_validation_synset_labels.txt"
 )
-IMPLEMENTATIONS = ("nvidia", "reference")
+IMPLEMENTATIONS = ("nvidia", "reference", "webdataset")
 #: ``shapes`` of a param every converter reads (a new implementation is in it once it is in IMPLEMENTATIONS).
 EVERY_CONVERTER = IMPLEMENTATIONS
+#: ``shapes`` of the shard params: ``webdataset`` plans its shards with the ``reference`` code.
+SHARDED = ("reference", "webdataset")
 
 # Form sections, in the order a user fills them. Required params have no section: they go to the
 # form's first, expanded block; Airflow starts every named section collapsed.
@@ -92,10 +94,11 @@ PARAMS: dict[str, ParamSpec] = {
         {"type": "string", "enum": list(IMPLEMENTATIONS)},
         "Which trainer the output is for. nvidia: MXNet RecordIO (.lst/.rec/.idx) as im2rec writes them, for "
         "NVIDIA's MLPerf MXNet/DALI ResNet; reference: TFRecord shards for the MLPerf reference TensorFlow "
-        "ResNet. Default nvidia.",
+        "ResNet; webdataset: tar shards for PyTorch (webdataset, timm, DALI). Default nvidia.",
         values_display={
             "nvidia": "nvidia: MXNet RecordIO (.lst/.rec/.idx) for NVIDIA MXNet/DALI",
             "reference": "reference: TFRecord shards for the MLPerf reference TensorFlow ResNet",
+            "webdataset": "webdataset: tar shards for PyTorch (webdataset, timm, DALI)",
         },
     ),
     "data_dir": ParamSpec(
@@ -218,33 +221,34 @@ PARAMS: dict[str, ParamSpec] = {
     "train_shards": ParamSpec(
         1024,
         {"type": "integer", "minimum": 1},
-        "reference: number of train TFRecord shards (at least 1). Default 1024, as imagenet_to_gcs.py: the "
-        f"MLPerf reference trainer reads exactly 1024 train and 128 validation shards. {_AFTER_FAILURE}",
+        "reference, webdataset: number of train shards (at least 1). Default 1024, as imagenet_to_gcs.py: "
+        f"the MLPerf reference trainer reads exactly 1024 train and 128 validation shards. {_AFTER_FAILURE}",
         section=REFERENCE,
-        shapes=("reference",),
+        shapes=SHARDED,
     ),
     "val_shards": ParamSpec(
         128,
         {"type": "integer", "minimum": 1},
-        "reference: number of validation TFRecord shards (at least 1). Default 128, what the MLPerf "
+        "reference, webdataset: number of validation shards (at least 1). Default 128, what the MLPerf "
         f"reference trainer reads. {_AFTER_FAILURE}",
         section=REFERENCE,
-        shapes=("reference",),
+        shapes=SHARDED,
     ),
     "shuffle_seed": ParamSpec(
         0,
         {"type": "integer", "minimum": 0},
-        f"reference: seed of the train shuffle; the same seed gives the same shards. Default 0. {_AFTER_FAILURE}",
+        "reference, webdataset: seed of the train shuffle; the same seed gives the same shards. Default 0. "
+        f"{_AFTER_FAILURE}",
         section=REFERENCE,
-        shapes=("reference",),
+        shapes=SHARDED,
     ),
     "dali_index": ParamSpec(
         False,
         {"type": "boolean"},
-        "reference: also write <shard>.idx so NVIDIA DALI can read the shards (the reference trainer "
-        f"itself does not need them). Default off. {_AFTER_FAILURE}",
+        "reference, webdataset: also write DALI index files (<shard>.idx, <shard>.tar.idx) so NVIDIA DALI "
+        f"can read the shards (the trainers themselves do not need them). Default off. {_AFTER_FAILURE}",
         section=REFERENCE,
-        shapes=("reference",),
+        shapes=SHARDED,
     ),
     "resize": ParamSpec(
         0,

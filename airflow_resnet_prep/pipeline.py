@@ -14,9 +14,9 @@ from airflow_resnet_prep.catalog.relabel import relabel
 from airflow_resnet_prep.converters import local
 from airflow_resnet_prep.converters.base import Converter
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, DataDir
+from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, WEBDATASET, DataDir
 from airflow_resnet_prep.manifest import build_manifest, cached_manifest, reuse_note, write_manifest
-from airflow_resnet_prep.params import resolved
+from airflow_resnet_prep.params import IMPLEMENTATIONS, resolved
 from airflow_resnet_prep.sources.credentials import HttpCredentials
 
 
@@ -30,7 +30,11 @@ def make_converter(implementation: str, params: dict[str, Any]) -> Converter:
         from airflow_resnet_prep.converters.recordio import RecordIOConverter, params_from
 
         return RecordIOConverter(**params_from(params))
-    raise ValueError(f"implementation must be 'nvidia' or 'reference', got {implementation!r}")
+    if implementation == "webdataset":
+        from airflow_resnet_prep.converters.webdataset import WebDatasetConverter, params_from
+
+        return WebDatasetConverter(**params_from(params))
+    raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
 
 
 def output_paths(data_dir: DataDir, implementation: str, imagenet_path: str) -> dict[str, str]:
@@ -38,6 +42,8 @@ def output_paths(data_dir: DataDir, implementation: str, imagenet_path: str) -> 
     paths = {"data_path": data_dir.url, "imagenet_path": imagenet_path}
     if implementation == "reference":
         paths["tfrecords_path"] = data_dir.uri(TFRECORDS)
+    elif implementation == "webdataset":
+        paths["webdataset_path"] = data_dir.uri(WEBDATASET)
     else:
         paths["preprocessed_path"] = data_dir.uri(RECORDIO)
     return paths

@@ -21,19 +21,21 @@ def publish_outputs(
     relabelled: dict[str, Any],
     summary: dict[str, Any] | None,
     run: dict[str, str] | None = None,
+    data_dir: DataDir | None = None,
 ) -> dict[str, Any]:
     """With a conversion ``summary``, write the manifest; without one (reused output), read it back.
+    ``data_dir``: the params' data_dir, when the caller has it parsed already.
 
     ``params`` holds ``data_dir``, ``implementation``, ``storage_conn_id`` (optional) and the output
     params recorded in the manifest (this run's values: for a reused output, the task log, the report and
     the XCom ``reused`` say which of them differ from the recorded ones without changing a byte). ``run`` (``dag_id``, ``run_id``: the Airflow run publishing) is
     written to ``report/run.json``, the record by which the UI's report view knows whose report this is.
-    Then writes ``report/index.html`` (always: for a reused output with a note saying so on top). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path`` or
-    ``preprocessed_path``, plus ``manifest``, ``cached``, ``reused`` (None, or why the output was reused), ``report`` (the report's path or URI, or None
+    Then writes ``report/index.html`` (always: for a reused output with a note saying so on top). Returns the XCom outputs: ``data_path``, ``imagenet_path`` and ``tfrecords_path``,
+    ``preprocessed_path`` or ``webdataset_path``, plus ``manifest``, ``cached``, ``reused`` (None, or why the output was reused), ``report`` (the report's path or URI, or None
     when it could not be written) and ``storage_conn_id`` (the data_dir's connection, from its URI or the
     param; None for a local data_dir).
     """
-    layout = DataDir.of(params["data_dir"], params.get("storage_conn_id") or None)
+    layout = DataDir.at(params["data_dir"] if data_dir is None else data_dir, params.get("storage_conn_id"))
     implementation = params["implementation"]
     if summary is not None:
         unit_seconds = round(sum(s["unit_seconds"] for s in summary["splits"].values()), 3)

@@ -49,6 +49,14 @@ OTHER: dict[str, Any] = {
 SHAPES = {
     "nvidia": {"on_bad_image", "decode_check", "resize"},  # quality only when resizing: see below
     "reference": {"on_bad_image", "decode_check", "train_shards", "val_shards", "shuffle_seed", "dali_index"},
+    "webdataset": {
+        "on_bad_image",
+        "decode_check",
+        "train_shards",
+        "val_shards",
+        "shuffle_seed",
+        "dali_index",
+    },
 }
 BASE = {**defaults(), "data_dir": "/d", "train_source": "/t.tar", "val_source": "/v.tar"}
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 DAG_FILE = REPO / "dags" / "mlperf_resnet_prep.py"
 DAG_ID = "mlperf_resnet_prep"
 ASSET_NAME = "mlperf_resnet_prepared"
-IMPLEMENTATIONS = ("reference", "nvidia")
+IMPLEMENTATIONS = ("reference", "nvidia", "webdataset")
 # The params the DAG promises (docs/usage.md), written out here independently of params.py.
 SPEC_PARAMS = {
     "implementation",
@@ -67,8 +67,12 @@ OUTPUT_FILES = {
         "validation-00001-of-00002",
     },
     "nvidia": {f"{split}.{ext}" for split in ("train", "val") for ext in ("lst", "rec", "idx")},
+    "webdataset": {f"imagenet1k-train-{i:04d}.tar" for i in range(4)}
+    | {f"imagenet1k-validation-{i:04d}.tar" for i in range(2)}
+    | {"_info.json"},
 }
-OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path"}
+OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path", "webdataset": "webdataset_path"}
+FOLDER = {"reference": "tfrecords", "nvidia": "recordio", "webdataset": "webdataset"}
 FANOUT = 3
 PYTHON_TYPES = {"string": str, "integer": int, "boolean": bool}
 
@@ -168,8 +172,8 @@ def converter_tasks(implementation: str) -> list[str]:
     return [f"{implementation}_{step}" for step in ("plan", "units", "finish")]
 
 
-def other(implementation: str) -> str:
-    return "nvidia" if implementation == "reference" else "reference"
+def others(implementation: str) -> list[str]:
+    return [i for i in IMPLEMENTATIONS if i != implementation]
 
 
 @pytest.fixture(scope="module")
@@ -301,8 +305,8 @@ def test_every_spec_param_has_type_default_and_description(dag):
     assert list(dag.params)[:4] == ["implementation", "data_dir", "train_source", "val_source"]
     implementation = dag.params.get_param("implementation")
     assert "section" not in implementation.schema
-    assert implementation.schema["enum"] == [None, "nvidia", "reference"]
-    assert set(implementation.schema["values_display"]) == {"nvidia", "reference"}
+    assert implementation.schema["enum"] == [None, "nvidia", "reference", "webdataset"]
+    assert set(implementation.schema["values_display"]) == {"nvidia", "reference", "webdataset"}
     assert implementation.value == "nvidia"
     assert dag.params.get_param("on_bad_image").schema["enum"] == [None, "fail", "skip"]
 
@@ -344,7 +348,10 @@ def test_params_left_empty_run_with_their_defaults(dag, sample, tmp_path):
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"implementation": "tensorflow"}, "'tensorflow' is not one of [None, 'nvidia', 'reference']"),
+        (
+            {"implementation": "tensorflow"},
+            "'tensorflow' is not one of [None, 'nvidia', 'reference', 'webdataset']",
+        ),
         ({"train_shards": -8}, "-8 is less than the minimum of 1"),
         ({"val_shards": 0}, "0 is less than the minimum of 1"),
         ({"fanout": -1}, "-1 is less than the minimum of 0"),
@@ -419,10 +426,8 @@ def test_end_to_end(clean_runs, sample, implementation):
     # XComs of publish, named after the recipe's outputs.
     assert run.published["data_path"] == str(data_dir)
     assert run.published["imagenet_path"] == str(sample.train_tar.resolve())
-    assert run.published[OUTPUT_KEY[implementation]] == str(
-        data_dir / ("tfrecords" if implementation == "reference" else "recordio")
-    )
-    assert OUTPUT_KEY[other(implementation)] not in run.published
+    assert run.published[OUTPUT_KEY[implementation]] == str(data_dir / FOLDER[implementation])
+    assert not {OUTPUT_KEY[o] for o in others(implementation)} & set(run.published)
     assert run.published["cached"] is False
     assert run.published["manifest"] == str(data_dir / "manifest.json")
 
@@ -434,10 +439,12 @@ def test_end_to_end(clean_runs, sample, implementation):
     assert set(manifest["outputs"]) == {f"{run.output_dir.name}/{n}" for n in OUTPUT_FILES[implementation]}
     for name, stats in manifest["outputs"].items():
         assert (data_dir / name).stat().st_size == stats["size"], name
-    if implementation == "reference":
-        records = {n: s["records"] for n, s in manifest["outputs"].items() if not n.endswith(".idx")}
-        assert sum(r for n, r in records.items() if "/train-" in n) == sample.train_count
-        assert sum(r for n, r in records.items() if "/validation-" in n) == sample.val_count
+    if implementation != "nvidia":
+        records = {
+            n: s["records"] for n, s in manifest["outputs"].items() if not n.endswith((".idx", ".json"))
+        }
+        assert sum(r for n, r in records.items() if "train-" in n) == sample.train_count
+        assert sum(r for n, r in records.items() if "validation-" in n) == sample.val_count
     else:
         assert len((run.output_dir / "train.lst").read_text().splitlines()) == sample.train_count
         assert len((run.output_dir / "val.lst").read_text().splitlines()) == sample.val_count
@@ -450,7 +457,7 @@ def test_end_to_end(clean_runs, sample, implementation):
     assert mapped >= 2, "the sample should give the converter at least two mapped tasks"
     assert run.states[f"{implementation}_units"] == ["success"] * mapped
     assert run.states[f"{implementation}_finish"] == ["success"]
-    for task_id in [*converter_tasks(other(implementation)), "reuse_existing"]:
+    for task_id in [t for o in others(implementation) for t in converter_tasks(o)] + ["reuse_existing"]:
         assert run.states[task_id] == ["skipped"], task_id
 
 
@@ -489,7 +496,7 @@ def test_second_run_reuses_the_output_then_force_rebuilds_it(dag, sample, clean_
     assert again.published["reused"].startswith("same sources and on_bad_image='fail'"), again.published
     report = (first.data_dir / "report" / "index.html").read_text()
     assert "The latest run reused this output" in report
-    for task_id in converter_tasks("reference") + converter_tasks("nvidia"):
+    for task_id in [t for i in IMPLEMENTATIONS for t in converter_tasks(i)]:
         assert again.states[task_id] == ["skipped"], task_id
     assert again.published["cached"] is True
     paths = {k: v for k, v in first.published.items() if k.endswith("_path")}
@@ -507,6 +514,18 @@ def test_second_run_reuses_the_output_then_force_rebuilds_it(dag, sample, clean_
     after = mtimes(first.output_dir)
     assert all(after[name] != before[name] for name in OUTPUT_FILES["reference"]), "force rewrote nothing"
     assert forced.digests == first.digests  # same inputs, same bytes
+
+
+def test_webdataset_second_run_reuses_the_output(dag, sample, clean_runs):
+    first = clean_runs("webdataset")
+    # force given: a run of the same DAG object before this one may have left its forced value behind
+    again = run_dag(dag, {**conf_for(sample, first.data_dir, "webdataset"), "force": False})
+    assert again.state == "success", again.states
+    assert again.states["reuse_existing"] == ["success"]
+    assert again.states["webdataset_plan"] == ["skipped"]
+    assert again.published["cached"] is True
+    assert again.published["webdataset_path"] == first.published["webdataset_path"]
+    assert again.digests == first.digests
 
 
 def test_changed_source_rebuilds(dag, tmp_path):
@@ -557,8 +576,8 @@ def test_retried_unit_gives_the_same_output_as_a_clean_run(dag, sample, clean_ru
         groups = unit_batches(data_dir, implementation)
         index = max(range(len(groups)), key=lambda i: sum(len(plan.units[u].outputs) for u in groups[i]))
         last = groups[index][-1]
-        if implementation == "reference":  # units write final shard names
-            folder = layout.tfrecords
+        if implementation != "nvidia":  # units write final shard names
+            folder = layout.path(FOLDER[implementation])
             names = [name for u in groups[index] for name in plan.units[u].outputs]
         else:  # units write numbered pieces of their split's .rec, which finish assembles
             split = plan.units[last].split
@@ -594,7 +613,7 @@ def test_retried_unit_gives_the_same_output_as_a_clean_run(dag, sample, clean_ru
     tries = {i: n for (t, i), n in run.tries.items() if t == task_id}
     assert tries == {i: 2 if i == target["map_index"] else 1 for i in tries}, "no single failed try"
     assert set(seen) == {1, 2}
-    if implementation == "reference":
+    if implementation != "nvidia":
         # Shards are units of their own here, so the target batch holds several: the fault is mid-task.
         assert target["before"], target
     # The failed try left the outputs written before the fault; the retry found them.

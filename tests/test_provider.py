@@ -29,6 +29,7 @@ def test_listed_operator_modules_hold_the_five_operators():
         "RelabelValOperator",
         "ConvertTFRecordOperator",
         "NvidiaPrepOperator",
+        "ConvertWebDatasetOperator",
         "PublishOperator",
         "VerifyOperator",
     } <= names

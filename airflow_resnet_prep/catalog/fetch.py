@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_resnet_prep.catalog.build import build_split_catalog
+from airflow_resnet_prep.catalog.copies import OFFICIAL
 from airflow_resnet_prep.catalog.extract import extract_split, is_on_disk
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import PrepError
@@ -36,6 +37,7 @@ class FetchResult:
     imagenet_path: str  # raw/train when extracted, else the train tar (or folder)
     fingerprints: dict[str, dict[str, Any]]
     counts: dict[str, int]
+    layouts: dict[str, str] = field(default_factory=dict)  # which copy each source is (catalog/copies.py)
     reused: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -126,6 +128,7 @@ def fetch(
                 layout.uri("catalog"),
             )
             counts = record["counts"]
+            layouts = record.get("layouts", {})
         else:
             layout.delete(FETCH_RECORD)  # the catalogs below are about to change
             catalogs: dict[str, SplitCatalog] = {}
@@ -145,12 +148,14 @@ def fetch(
                     "%s: %d images in %d classes", split, len(catalogs[split]), len(catalogs[split].synsets)
                 )
             counts = {split: len(c) for split, c in catalogs.items()}
+            layouts = {split: c.layout for split, c in catalogs.items()}
             layout.write_json(
                 FETCH_RECORD,
                 {
                     "fingerprints": fingerprints,
                     "paths": paths,
                     "counts": counts,
+                    "layouts": layouts,
                     "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
             )
@@ -164,6 +169,12 @@ def fetch(
                     extract_split(catalog, layout.raw(split))
                     if split == "train":
                         imagenet_path = str(layout.raw("train"))
+    # A copy's layout goes into its fingerprint (so into the manifest and the report); the official
+    # layout adds nothing, so data sets made before copies were read keep their cache keys.
+    fingerprints = {
+        split: {**fp, "layout": layouts[split]} if layouts.get(split, OFFICIAL) != OFFICIAL else fp
+        for split, fp in fingerprints.items()
+    }
     return FetchResult(
         data_dir=layout.url,
         train_catalog=layout.uri(catalog_key("train")),
@@ -171,6 +182,7 @@ def fetch(
         imagenet_path=imagenet_path,
         fingerprints=fingerprints,
         counts=counts,
+        layouts=layouts,
         reused=reused,
         timings={
             "download_s": round(t_download, 3),

@@ -14,8 +14,9 @@ It holds what every operator repeats, once:
   :meth:`PrepOperator.run`.
 
 A subclass declares which of its arguments are connections (``conn_args``) and sources (``source_args``),
-lists its template fields, sets its own arguments and then calls ``super().__init__(**kwargs)`` *last*:
-the base reads the literal connection and source arguments while it is constructed.
+lists its template fields, keeps its own arguments (:meth:`PrepOperator.keep`: each as the attribute of
+its name) and then calls ``super().__init__(**kwargs)`` *last*: the base reads the literal connection and
+source arguments while it is constructed.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ class PrepOperator(LineageMixin, BaseOperator):
             [*(allowed_places or ()), data_dir, *(getattr(self, name) for name in self.source_args)]
         )
 
+    def keep(self, arguments: Mapping[str, Any]) -> None:
+        """Keep a subclass's own arguments (its ``locals()`` on entering ``__init__``), each as the
+        attribute of its name, before ``super().__init__``."""
+        for name, value in arguments.items():
+            if name not in ("self", "kwargs", "__class__"):
+                setattr(self, name, value)
+
     # -- the one door --------------------------------------------------------------------------------------
     def check_policy(self) -> None:
         """Refuse a connection, source or ``data_dir`` the deployment and the DAG's code do not allow;
@@ -153,3 +161,46 @@ class PrepOperator(LineageMixin, BaseOperator):
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> Any:
         """The operator's work, given its checked, typed arguments."""
         raise NotImplementedError
+
+
+class SourcesOperator(PrepOperator):
+    """The base of the operators that read sources (fetch, relabel): how a source is reached.
+
+    :param http_conn_id: Optional Airflow connection whose login/password or extra headers
+        authenticate downloads. Credentials never reach logs, XCom or the manifest. (templated)
+    :param extract: Also lay the images out as ``raw/{train,val}/...`` folders. (templated)
+    :param download_sources: Copy sources in a bucket to ``data_dir/downloads/`` first, instead of
+        reading them in place. (templated)
+    """
+
+    source_fields: ClassVar[tuple[str, ...]] = (
+        *PrepOperator.base_fields,
+        "http_conn_id",
+        "extract",
+        "download_sources",
+    )
+    conn_args = ("http_conn_id", "storage_conn_id")
+
+    def __init__(
+        self,
+        *,
+        http_conn_id: str | None = None,
+        extract: bool | str = default("extract"),
+        download_sources: bool | str = default("download_sources"),
+        **kwargs: Any,
+    ) -> None:
+        self.keep(locals())
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def source_options(args: Arguments) -> dict[str, Any]:
+        """The keyword arguments of :func:`~airflow_resnet_prep.catalog.fetch.fetch` and
+        :func:`~airflow_resnet_prep.catalog.relabel.relabel` that say how sources are reached."""
+        from airflow_resnet_prep.operators.connections import http_credentials_from_connection
+
+        return {
+            "credentials": http_credentials_from_connection(args.http_conn_id),
+            "extract": args.extract,
+            "storage_conn_id": args.storage_conn_id,
+            "download_sources": args.download_sources,
+        }

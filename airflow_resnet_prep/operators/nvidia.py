@@ -34,8 +34,7 @@ class NvidiaPrepOperator(ConvertOperator):
         quality: int | str = default("quality"),
         **kwargs: Any,
     ) -> None:
-        self.resize = resize
-        self.quality = quality
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def make_converter(self, args: Arguments | None = None):

@@ -46,19 +46,15 @@ class ReportError(PrepError):
     """The report cannot be made: there is no finished output to describe."""
 
 
-def _data_dir(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> DataDir:
-    return data_dir if isinstance(data_dir, DataDir) else DataDir.of(data_dir, conn_id)
-
-
 def report_path(data_dir: str | os.PathLike[str] | DataDir) -> Path:
     """Where the report of a local ``data_dir`` lives: ``data_dir/report/index.html`` (see
     :func:`report_uri` for a data_dir in a bucket)."""
-    return _data_dir(data_dir).path(REPORT_KEY)
+    return DataDir.at(data_dir).path(REPORT_KEY)
 
 
 def report_uri(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> str:
     """The path or URI (without its connection) of the report of ``data_dir``, local or in a bucket."""
-    return _data_dir(data_dir, conn_id).uri(REPORT_KEY)
+    return DataDir.at(data_dir, conn_id).uri(REPORT_KEY)
 
 
 def build_page(layout: DataDir) -> Page:
@@ -117,7 +113,7 @@ def write_report(
     ``data_dir`` has no manifest. ``reused``: the run publishing reused the output, and why (shown on top).
     """
     started = time.monotonic()
-    layout = _data_dir(data_dir, conn_id)
+    layout = DataDir.at(data_dir, conn_id)
     try:
         page = build_page(layout)
         if reused:

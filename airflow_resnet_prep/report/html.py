@@ -23,6 +23,7 @@ SPLIT_NAMES = {"train": "train", "val": "validation"}
 FORMATS = {
     "reference": "TFRecord shards (MLPerf reference TensorFlow ResNet)",
     "nvidia": "MXNet RecordIO (NVIDIA MXNet/DALI ResNet)",
+    "webdataset": "WebDataset tar shards (PyTorch: webdataset, timm, DALI)",
 }
 MAX_TABLE_ROWS = 200
 MAX_PROBLEMS = 20
