@@ -387,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-per-class", type=int, default=5, help="val images per class (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed for everything generated (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="render processes (default 1)")
+    parser.add_argument(
+        "--layout",
+        default="official",
+        choices=("official", "kaggle", "kaggle-zip", "huggingface"),
+        help="also lay the same images out as that copy (Kaggle's tree or zip, Hugging Face's shards); "
+        "its path is printed as 'copy:' and is both train_source and val_source",
+    )
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -397,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val:    {s.val_tar} ({s.val_count} images)")
     print(f"labels: {s.labels}")
     print(f"quirks: {len(s.quirks)} files ({', '.join(sorted(set(s.quirks.values())))})")
+    if ns.layout != "official":
+        from airflow_resnet_prep.sample_copies import write_copy
+
+        print(f"copy:   {write_copy(s, ns.layout)} ({ns.layout})")
     return 0
 
 

@@ -483,7 +483,7 @@ def delete_prefix(uri: str) -> None:
     from airflow_resnet_prep.layout import DataDir
 
     layout = DataDir.of(uri)
-    layout.store.abort_uploads("")
+    layout.discard_partial("")
     layout.delete_tree("")
 
 

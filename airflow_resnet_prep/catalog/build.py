@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
+from airflow_resnet_prep.catalog.copies import OFFICIAL, index_copy
 from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.progress import Progress
@@ -163,15 +164,24 @@ def build_split_catalog(
     ``store``: the store of ``source`` when the caller has one (e.g. to read its request counts)."""
     store = store if store is not None else source_store(source, conn_id)
     where = store.url
+    layout, labels = OFFICIAL, ""
     try:
-        try:
-            size = store.size()
-        except ObjectNotFoundError:
-            kind, refs = DIR, _index_dir(store, where)
-            if not refs and not store.exists() and not store.list():
-                raise SourceError(f"{where}: {split} source does not exist (no file, no folder)") from None
+        copy = index_copy(split, store, where)
+        if copy is not None:
+            layout, sources, refs, labels = copy
         else:
-            kind, refs = TAR, _index_tar(store, where, size)
+            try:
+                size = store.size()
+            except ObjectNotFoundError:
+                kind, refs = DIR, _index_dir(store, where)
+                if not refs and not store.exists() and not store.list():
+                    raise SourceError(
+                        f"{where}: {split} source does not exist (no file, no folder)"
+                    ) from None
+            else:
+                kind, refs = TAR, _index_tar(store, where, size)
+            # The source's address carries its connection: every later step and worker reaches it the same way.
+            sources = [Source(kind, store.address)]
     except (StorageError, OSError) as exc:
         if isinstance(exc, SourceError):
             raise
@@ -202,5 +212,10 @@ def build_split_catalog(
     for prev, cur in itertools.pairwise(refs):
         if prev.synset == cur.synset and prev.name == cur.name:
             raise SourceError(f"{where}: duplicate image {cur.synset + '/' if cur.synset else ''}{cur.name}")
-    # The source's address carries its connection: every later step and worker reaches it the same way.
-    return SplitCatalog(split=split, sources=[Source(kind, store.address)], images=refs)
+    if labels:  # a copy's validation images, classes already given: a name must not come twice in any class
+        seen: set[str] = set()
+        for ref in refs:
+            if ref.name in seen:
+                raise SourceError(f"{where}: duplicate validation image {ref.name} (in two classes)")
+            seen.add(ref.name)
+    return SplitCatalog(split=split, sources=sources, images=refs, layout=layout, labels=labels)

@@ -9,19 +9,22 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_resnet_prep.catalog.build import build_split_catalog
+from airflow_resnet_prep.catalog.copies import OFFICIAL
 from airflow_resnet_prep.catalog.extract import extract_split, is_on_disk
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import FETCH_RECORD, DataDir, catalog_key
 from airflow_resnet_prep.sources.credentials import HttpCredentials
-from airflow_resnet_prep.sources.download import resolve_source
+from airflow_resnet_prep.sources.download import UrlGuard, resolve_source
 from airflow_resnet_prep.storage import display_uri, is_object_uri
+from airflow_resnet_prep.urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class FetchResult:
     imagenet_path: str  # raw/train when extracted, else the train tar (or folder)
     fingerprints: dict[str, dict[str, Any]]
     counts: dict[str, int]
+    layouts: dict[str, str] = field(default_factory=dict)  # which copy each source is (catalog/copies.py)
     reused: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -54,7 +58,7 @@ def check_remote_data_dir(layout: DataDir, sources: list[str], download_sources:
     for source in sources:
         if "://" in source and not is_object_uri(source) and not source.startswith("file://"):
             raise PrepError(
-                f"{display_uri(source)}: a URL is downloaded to a local disk, which the workers of an "
+                f"{mask_url(display_uri(source))}: a URL is downloaded to a local disk, which the workers of an "
                 f"object-store data_dir ({layout.url}) do not share; copy it into a bucket and give its "
                 "s3:// or gs:// URI"
             )
@@ -71,12 +75,15 @@ def fetch(
     extract: bool = False,
     storage_conn_id: str | None = None,
     download_sources: bool = False,
+    url_guards: Mapping[str, UrlGuard] | None = None,
 ) -> FetchResult:
     """Resolve both sources, build (or reuse) their catalogs, optionally extract; see the module doc.
 
     Sources in a bucket (``s3://[conn_id@]bucket/key``, ``gs://...``) use the connection of their URI,
     else ``storage_conn_id``; they are read in place unless ``download_sources`` copies them to
-    ``downloads/`` first. ``data_dir`` is a :class:`DataDir`, or text naming one."""
+    ``downloads/`` first. ``data_dir`` is a :class:`DataDir`, or text naming one. ``url_guards``
+    (``{"train_source": guard, "val_source": guard}``) refuse a URL before it is requested, the source's
+    and each redirect hop's (see :func:`resolve_source`)."""
     layout = DataDir.at(data_dir, storage_conn_id).ensure()
     if layout.disk is None:
         check_remote_data_dir(layout, [train_source, val_source], download_sources, extract)
@@ -84,10 +91,23 @@ def fetch(
     with layout.hold(wait_s=5):
         bucket = {"storage_conn_id": storage_conn_id or None, "download": bool(download_sources)}
         downloads = layout.local_downloads
+        guards = url_guards or {}
         train = resolve_source(
-            train_source, downloads, checksum=train_checksum, credentials=credentials, **bucket
+            train_source,
+            downloads,
+            checksum=train_checksum,
+            credentials=credentials,
+            url_guard=guards.get("train_source"),
+            **bucket,
         )
-        val = resolve_source(val_source, downloads, checksum=val_checksum, credentials=credentials, **bucket)
+        val = resolve_source(
+            val_source,
+            downloads,
+            checksum=val_checksum,
+            credentials=credentials,
+            url_guard=guards.get("val_source"),
+            **bucket,
+        )
         fingerprints = {"train": train.fingerprint, "val": val.fingerprint}
         # Where the catalogs read from: the same object read in place or from its downloaded copy has
         # one fingerprint (same output), but a catalog of the other is not reused.
@@ -108,6 +128,7 @@ def fetch(
                 layout.uri("catalog"),
             )
             counts = record["counts"]
+            layouts = record.get("layouts", {})
         else:
             layout.delete(FETCH_RECORD)  # the catalogs below are about to change
             catalogs: dict[str, SplitCatalog] = {}
@@ -127,12 +148,14 @@ def fetch(
                     "%s: %d images in %d classes", split, len(catalogs[split]), len(catalogs[split].synsets)
                 )
             counts = {split: len(c) for split, c in catalogs.items()}
+            layouts = {split: c.layout for split, c in catalogs.items()}
             layout.write_json(
                 FETCH_RECORD,
                 {
                     "fingerprints": fingerprints,
                     "paths": paths,
                     "counts": counts,
+                    "layouts": layouts,
                     "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
             )
@@ -146,6 +169,12 @@ def fetch(
                     extract_split(catalog, layout.raw(split))
                     if split == "train":
                         imagenet_path = str(layout.raw("train"))
+    # A copy's layout goes into its fingerprint (so into the manifest and the report); the official
+    # layout adds nothing, so data sets made before copies were read keep their cache keys.
+    fingerprints = {
+        split: {**fp, "layout": layouts[split]} if layouts.get(split, OFFICIAL) != OFFICIAL else fp
+        for split, fp in fingerprints.items()
+    }
     return FetchResult(
         data_dir=layout.url,
         train_catalog=layout.uri(catalog_key("train")),
@@ -153,6 +182,7 @@ def fetch(
         imagenet_path=imagenet_path,
         fingerprints=fingerprints,
         counts=counts,
+        layouts=layouts,
         reused=reused,
         timings={
             "download_s": round(t_download, 3),

@@ -17,6 +17,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from airflow_resnet_prep.catalog.members import (
+    COPY_KINDS,
+    ZIP,
+    StreamedReads,
+    iter_zip_members,
+    read_copy_member,
+)
 from airflow_resnet_prep.errors import SourceError, reason
 from airflow_resnet_prep.storage import ObjectNotFoundError, StorageError, Store, display_uri, shared_store
 
@@ -76,6 +83,8 @@ class SplitCatalog:
     split: str  # "train" or "val"
     sources: list[Source]
     images: list[ImageRef] = field(default_factory=list)
+    layout: str = "official"  # which copy the source is (catalog/copies.py)
+    labels: str = ""  # where a copy's validation classes came from; "" when the labels file gives them
 
     def __len__(self) -> int:
         return len(self.images)
@@ -110,6 +119,8 @@ class SplitCatalog:
             "sources": [{"kind": s.kind, "path": s.path} for s in self.sources],
             "images": len(self.images),
         }
+        if self.layout != "official":
+            header.update(layout=self.layout, labels=self.labels)
         yield "# " + json.dumps(header, sort_keys=True) + "\n"
         for r in self.images:
             yield f"{r.synset}\t{r.name}\t{r.src}\t{r.offset}\t{r.size}\t{r.member}\n"
@@ -156,7 +167,8 @@ class SplitCatalog:
             raise SourceError(f"{path}: damaged catalog (line {number}: {exc}); {rerun}") from None
         if len(images) != count:
             raise SourceError(f"{path}: holds {len(images)} images, its header says {count}; {rerun}")
-        return cls(split=split, sources=sources, images=images)
+        layout, labels = header.get("layout", "official"), header.get("labels", "")
+        return cls(split=split, sources=sources, images=images, layout=layout, labels=labels)
 
 
 class ImageReader:
@@ -200,6 +212,8 @@ class ImageReader:
         try:
             if source.kind == DIR:
                 return store.read_bytes(ref.member)
+            if source.kind in COPY_KINDS:
+                return read_copy_member(store, source, ref)
             return store.read_range("", ref.offset, ref.size)
         except ObjectNotFoundError:
             what = "image" if source.kind == DIR else "archive"
@@ -213,20 +227,27 @@ class ImageReader:
         one would). Close the iterator (``contextlib.closing``) when stopping early: it may have
         requests in flight."""
         refs = list(refs)
-        start = 0
-        while start < len(refs):
-            src = refs[start].src
-            end = start
-            while end < len(refs) and refs[end].src == src:
-                end += 1
-            yield from self._iter_run(src, refs[start:end])
-            start = end
+        # Images of a compressed stream are read first, one pass per stream (they interleave with others).
+        with StreamedReads(self, refs) as streamed:
+            start = 0
+            while start < len(refs):
+                src = refs[start].src
+                end = start
+                while end < len(refs) and refs[end].src == src:
+                    end += 1
+                if src in streamed:
+                    yield from streamed.run(start, end)
+                else:
+                    yield from self._iter_run(src, refs[start:end])
+                start = end
 
     def _iter_run(self, src: int, run: list[_R]) -> Iterator[tuple[_R, bytes]]:
         """The images of one source: ranges of a tar, or objects of a folder, as the store reads best."""
         store, source = self.store(src), self.sources[src]
         if source.kind == TAR:
             pieces = store.iter_ranges("", [(r.offset, r.size) for r in run], concurrency=READ_CONCURRENCY)
+        elif source.kind == ZIP:
+            pieces = iter_zip_members(store, source, run, READ_CONCURRENCY)
         else:
             pieces = store.iter_objects((r.member for r in run), concurrency=READ_CONCURRENCY)
         done = 0

@@ -17,9 +17,10 @@ from airflow_resnet_prep.catalog.extract import move_val_into_classes
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import LabelsError
 from airflow_resnet_prep.layout import DataDir, catalog_key
+from airflow_resnet_prep.params import DEFAULT_LABELS_URL
 from airflow_resnet_prep.sources.bucket import read_source_bytes
 from airflow_resnet_prep.sources.credentials import HttpCredentials
-from airflow_resnet_prep.sources.download import resolve_source
+from airflow_resnet_prep.sources.download import UrlGuard, resolve_source
 from airflow_resnet_prep.storage import display_uri
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
         raise LabelsError(
-            f"{path}: not an ASCII text file (byte {exc.start} is {exc.object[exc.start]:#x})"
+            f"{path}: not a labels file: line {line} holds a byte that is not ASCII text (the file's "
+            "content is not shown: it may be anything)"
         ) from None
     lines = text.replace("\r\n", "\n").split("\n")
     while lines and not lines[-1].strip():
@@ -49,7 +52,11 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
         if not synset:
             raise LabelsError(f"{path}: line {number} is blank; every line must name the class of one image")
         if not _SYNSET.fullmatch(synset):
-            raise LabelsError(f"{path}: line {number} is {synset[:40]!r}, not a synset id like n01440764")
+            # Never quote the line: a labels_source may name any file or URL the worker can read.
+            raise LabelsError(
+                f"{path}: line {number} is not a synset id like n01440764 (one per line; the line is not "
+                "shown, since a file that is not a labels file may hold anything)"
+            )
         labels.append(synset)
     if not labels:
         raise LabelsError(f"{path}: the labels file is empty")
@@ -109,6 +116,23 @@ def check_labelled(val: SplitCatalog, train_synsets: list[str]) -> None:
             )
 
 
+def check_copy_labels(val: SplitCatalog, labels: list[str], labels_path: str) -> None:
+    """An explicit labels file given with a copy that has labels of its own must agree with them."""
+    if len(labels) != len(val):
+        raise LabelsError(
+            f"{labels_path}: has {len(labels):,} lines but the validation set has {len(val):,} images"
+        )
+    for ref in val.images:
+        number = val_number(ref.name)
+        if number is None or not 1 <= number <= len(labels):
+            raise LabelsError(f"{val.where(ref)}: image number out of range of {labels_path}")
+        if labels[number - 1] != ref.synset:
+            raise LabelsError(
+                f"{labels_path}: line {number} disagrees with the class the copy gives {ref.name} "
+                f"({val.labels})"
+            )
+
+
 @dataclass
 class RelabelResult:
     val_catalog: str
@@ -127,33 +151,74 @@ def labelled_by_source(val: SplitCatalog) -> bool:
     return all("/" in ref.member for ref in val.images)
 
 
+def _copy_labels(
+    layout: DataDir,
+    val: SplitCatalog,
+    train_synsets: list[str],
+    labels_source: str | None,
+    credentials: HttpCredentials | None,
+    storage_conn_id: str | None,
+    download_sources: bool,
+) -> RelabelResult:
+    """A copy's own validation classes: used as they are; a labels file named explicitly (neither empty
+    nor the default) is read and checked against them, never downloaded otherwise."""
+    check_labelled(val, train_synsets)
+    val_key = catalog_key("val")
+    if not labels_source or labels_source == DEFAULT_LABELS_URL:
+        log.info("validation: %d images labelled by the copy itself (%s)", len(val), val.labels)
+        return RelabelResult(layout.uri(val_key), val.labels, None, len(val), len(val.synsets), 0)
+    fetched = resolve_source(
+        labels_source,
+        layout.local_downloads,
+        credentials=credentials,
+        storage_conn_id=storage_conn_id or None,
+        download=bool(download_sources),
+    )
+    shown = display_uri(fetched.path)
+    check_copy_labels(val, read_labels(fetched.path), shown)
+    log.info("validation: %s agrees with the copy's own classes (%s)", shown, val.labels)
+    return RelabelResult(layout.uri(val_key), shown, fetched.fingerprint, len(val), len(val.synsets), 0)
+
+
 def relabel(
     data_dir: DataDir | str | os.PathLike[str],
-    labels_source: str,
+    labels_source: str | None,
     *,
     credentials: HttpCredentials | None = None,
     extract: bool = False,
     storage_conn_id: str | None = None,
     download_sources: bool = False,
+    url_guard: UrlGuard | None = None,
 ) -> RelabelResult:
     """The relabel step: check the labels file against the catalogs, then assign classes (docs/formats.md, Relabelling).
-    A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``."""
+    A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``; ``url_guard``
+    refuses a URL before it is requested (see :func:`resolve_source`)."""
     layout = DataDir.at(data_dir, storage_conn_id)
     val_key = catalog_key("val")
     with layout.hold(wait_s=5):
         train = SplitCatalog.load(layout.store, catalog_key("train"))
         val = SplitCatalog.load(layout.store, val_key)
         train_synsets = train.synsets
+        if val.labels:  # a copy that labels its own validation images (catalog/copies.py)
+            return _copy_labels(
+                layout, val, train_synsets, labels_source, credentials, storage_conn_id, download_sources
+            )
         if labelled_by_source(val):
             check_labelled(val, train_synsets)
             log.info("validation images already come in class folders: the labels file is not needed")
             return RelabelResult(layout.uri(val_key), None, None, len(val), len(val.synsets), 0)
+        if not labels_source:
+            raise LabelsError(
+                "labels_source is empty: the validation images carry no classes of their own "
+                f"({val.sources[0].shown}), so a labels file must give them"
+            )
         fetched = resolve_source(
             labels_source,
             layout.local_downloads,
             credentials=credentials,
             storage_conn_id=storage_conn_id or None,
             download=bool(download_sources),
+            url_guard=url_guard,
         )
         labels = read_labels(fetched.path)
         shown = display_uri(fetched.path)

@@ -59,6 +59,7 @@ from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.crc32c import combine_all, crc32c, from_hex, to_hex
 from airflow_resnet_prep.layout import RECORDIO, DataDir, work_key
+from airflow_resnet_prep.params import MAX_RESIZE
 from airflow_resnet_prep.storage import Assembly, Part, is_object_uri
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,10 @@ class RecordIOConverter(Converter):
     def __init__(
         self, resize: int = 0, quality: int = 95, on_bad_image: str = "fail", decode_check: bool = False
     ) -> None:
-        if int(resize) < 0:
+        if not 0 <= int(resize) <= MAX_RESIZE:
             raise ValueError(
-                f"resize must be 0 (keep the images as they are) or a short side >= 1, got {resize}"
+                f"resize must be 0 (keep the images as they are) or a short side from 1 to {MAX_RESIZE}, "
+                f"got {resize}"
             )
         if not 1 <= int(quality) <= 100:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")

@@ -64,7 +64,7 @@ def write_in_place(plan: Plan, workers: int) -> bool:
     with data_dir.hold(wait_s=5), _hold_units(plan) as held:
         if not held or any(plan.done(u.id) is not None for u in plan.units):
             return False
-        processes = resolve_workers(workers)
+        processes = resolve_workers(workers, sum(u.items for u in plan.units))
         env = plan.connection_env() if processes > 1 else {}  # for sources in a bucket
         progress = Progress("nvidia conversion (direct)", sum(u.items for u in plan.units))
         for split in ("train", "val"):
