@@ -12,11 +12,12 @@
 ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2
 FROM ${AIRFLOW_BASE_IMAGE}
 
-# The dependencies first, from pyproject.toml alone (with a placeholder package): this layer is rebuilt
-# only when pyproject.toml changes, not on every change of the code.
+# The dependencies first, from pyproject.toml alone (with a placeholder package that has the
+# __version__ pyproject reads): this layer is rebuilt only when pyproject.toml changes, not on every
+# change of the code.
 COPY --chown=airflow:0 pyproject.toml /opt/airflow-resnet-prep/
 RUN cd /opt/airflow-resnet-prep \
-    && mkdir airflow_resnet_prep && touch airflow_resnet_prep/__init__.py README.md \
+    && mkdir airflow_resnet_prep && echo '__version__ = "0"' > airflow_resnet_prep/__init__.py && touch README.md \
     && AIRFLOW_VERSION="$(python -c 'from importlib.metadata import version; print(version("apache-airflow"))')" \
     && pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" /opt/airflow-resnet-prep \
     && pip uninstall -y -q airflow-resnet-prep \

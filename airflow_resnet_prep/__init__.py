@@ -26,7 +26,7 @@ def get_provider_info() -> dict:
     return {
         "package-name": "airflow-resnet-prep",
         "name": "MLPerf ResNet data preparation",
-        "description": "Turns the raw ImageNet download into MXNet RecordIO or TFRecord training inputs.",
+        "description": "Turns the raw ImageNet download into MXNet RecordIO, TFRecord or WebDataset training inputs.",
         "versions": [__version__],
         "integrations": [
             {
@@ -43,6 +43,7 @@ def get_provider_info() -> dict:
                     "airflow_resnet_prep.operators.relabel",
                     "airflow_resnet_prep.operators.tfrecord",
                     "airflow_resnet_prep.operators.nvidia",
+                    "airflow_resnet_prep.operators.webdataset",
                     "airflow_resnet_prep.operators.publish",
                     "airflow_resnet_prep.operators.verify",
                 ],

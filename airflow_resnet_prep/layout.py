@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from airflow_resnet_prep.errors import OutputConflictError, PrepError
 from airflow_resnet_prep.storage import (
@@ -29,8 +28,7 @@ from airflow_resnet_prep.storage import (
     LocalStore,
     StorageError,
     Store,
-    canonical_uri,
-    is_object_uri,
+    resolve_location,
     shared_store,
 )
 from airflow_resnet_prep.storage.base import check_key
@@ -43,6 +41,7 @@ FETCH_RECORD = "catalog/fetch.json"  # written last by fetch: the source fingerp
 RELABEL_RECORD = "catalog/relabel.json"
 TFRECORDS = "tfrecords"
 RECORDIO = "recordio"
+WEBDATASET = "webdataset"
 WORK = "work"  # plans and finished units of conversions in progress
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -59,6 +58,11 @@ def work_key(implementation: str) -> str:
     return f"{WORK}/{implementation}"
 
 
+def _local(key: str) -> property:
+    """A property of :class:`DataDir`: the local path of ``key`` (see :meth:`DataDir.path`)."""
+    return property(lambda data_dir: data_dir.path(key), doc=f"The local path of {key or 'the data_dir'!r}.")
+
+
 @dataclass(frozen=True)
 class DataDir:
     store: Store
@@ -69,31 +73,24 @@ class DataDir:
     disk: Path | None = None
 
     @classmethod
-    def of(cls, data_dir: str | os.PathLike[str], conn_id: str | None = None) -> DataDir:
-        """The data_dir at a local path or object-store URI; ``conn_id`` is the Airflow connection for a
-        URI that names none. Refuses what would mean a different place on every worker."""
+    def of(
+        cls, data_dir: str | os.PathLike[str], conn_id: str | None = None, *, cwd: str | None = None
+    ) -> DataDir:
+        """The data_dir at a local path or object-store URI (read by
+        :func:`~airflow_resnet_prep.storage.resolve_location`); ``conn_id`` is the Airflow connection for
+        a URI that names none. Refuses what would mean a different place on every worker: a relative
+        path, unless ``cwd`` says where it was typed (a command in a shell)."""
         text = str(data_dir).strip()
         if not text:
             # An empty param would otherwise mean the worker's current folder.
             raise PrepError("data_dir is empty: set the data_dir param (or MLPERF_RESNET_PREP_DATA_DIR)")
-        if is_object_uri(text):
-            try:
-                address = canonical_uri(text, conn_id).rstrip("/")
-            except StorageError as exc:
-                raise PrepError(f"data_dir: {exc}") from None
-            return cls(shared_store(address), address)
-        if text.lower().startswith("file://"):  # as every store location: a file URL is its path
-            text = unquote(urlsplit(text).path)
-        elif "://" in text:
-            raise PrepError(
-                f"data_dir {text!r}: unsupported URI; give an absolute local path (a folder every worker "
-                "sees) or an s3:// or gs:// URI"
-            )
-        path = Path(text).expanduser()
-        if not path.is_absolute():
-            # A relative path names a different folder on every worker (each has its own current folder).
-            raise PrepError(f"data_dir {text!r} is a relative path: give an absolute path")
-        path = path.resolve()
+        try:
+            location = resolve_location(text, conn_id, cwd=cwd)
+        except StorageError as exc:
+            raise PrepError(f"data_dir {exc}") from None
+        if location.path is None:
+            return cls(shared_store(location), location.address)
+        path = Path(location.path).resolve()
         return cls(LocalStore(path), str(path), path)
 
     @classmethod
@@ -190,52 +187,23 @@ class DataDir:
         """What a worker process needs in its environment to reach this data_dir (see Store)."""
         return self.store.connection_env()
 
-    # -- the local view ----------------------------------------------------------------------------------
-    @property
-    def root(self) -> Path:
-        return self.path()
-
-    @property
-    def downloads(self) -> Path:
-        return self.path(DOWNLOADS)
-
-    @property
-    def catalog(self) -> Path:
-        return self.path(CATALOG)
+    # -- the local view: the local path of each place of the layout (only for a data_dir on a disk) ----------
+    root = _local("")
+    downloads = _local(DOWNLOADS)
+    catalog = _local(CATALOG)
+    fetch_record = _local(FETCH_RECORD)
+    relabel_record = _local(RELABEL_RECORD)
+    tfrecords = _local(TFRECORDS)
+    recordio = _local(RECORDIO)
+    work = _local(WORK)
+    manifest = _local(MANIFEST)
+    lock = _local(LOCK)
 
     def catalog_file(self, split: str) -> Path:
         return self.path(catalog_key(split))
 
-    @property
-    def fetch_record(self) -> Path:
-        return self.path(FETCH_RECORD)
-
-    @property
-    def relabel_record(self) -> Path:
-        return self.path(RELABEL_RECORD)
-
     def raw(self, split: str) -> Path:
         return self.path(f"raw/{split}")
-
-    @property
-    def tfrecords(self) -> Path:
-        return self.path(TFRECORDS)
-
-    @property
-    def recordio(self) -> Path:
-        return self.path(RECORDIO)
-
-    @property
-    def work(self) -> Path:
-        return self.path(WORK)
-
-    @property
-    def manifest(self) -> Path:
-        return self.path(MANIFEST)
-
-    @property
-    def lock(self) -> Path:
-        return self.path(LOCK)
 
     def ensure(self) -> DataDir:
         if self.disk is not None:

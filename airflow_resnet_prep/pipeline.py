@@ -1,16 +1,11 @@
-"""The whole job as plain function calls, for the CLI, the benchmark and the operators.
-
-``python -m airflow_resnet_prep.pipeline --data-dir D --train-source T --val-source V --labels-source L
-[--implementation nvidia|reference] [--param name=value ...]`` runs fetch -> relabel -> convert ->
-manifest in one process, with the same caching as the DAG.
+"""The whole job as plain function calls (a library): :func:`run` does fetch -> relabel -> convert ->
+manifest in one process, with the same caching as the DAG; the operators, ``publish`` and the factory
+share its helpers. The command line is :mod:`airflow_resnet_prep.cli` (``python -m airflow_resnet_prep``;
+``python -m airflow_resnet_prep.pipeline`` still runs it).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
 import time
 from typing import Any
 
@@ -19,9 +14,9 @@ from airflow_resnet_prep.catalog.relabel import relabel
 from airflow_resnet_prep.converters import local
 from airflow_resnet_prep.converters.base import Converter
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, DataDir
-from airflow_resnet_prep.manifest import build_manifest, cached_manifest, write_manifest
-from airflow_resnet_prep.params import resolved
+from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, WEBDATASET, DataDir
+from airflow_resnet_prep.manifest import build_manifest, cached_manifest, reuse_note, write_manifest
+from airflow_resnet_prep.params import IMPLEMENTATIONS, resolved
 from airflow_resnet_prep.sources.credentials import HttpCredentials
 
 
@@ -35,7 +30,11 @@ def make_converter(implementation: str, params: dict[str, Any]) -> Converter:
         from airflow_resnet_prep.converters.recordio import RecordIOConverter, params_from
 
         return RecordIOConverter(**params_from(params))
-    raise ValueError(f"implementation must be 'nvidia' or 'reference', got {implementation!r}")
+    if implementation == "webdataset":
+        from airflow_resnet_prep.converters.webdataset import WebDatasetConverter, params_from
+
+        return WebDatasetConverter(**params_from(params))
+    raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
 
 
 def output_paths(data_dir: DataDir, implementation: str, imagenet_path: str) -> dict[str, str]:
@@ -43,6 +42,8 @@ def output_paths(data_dir: DataDir, implementation: str, imagenet_path: str) -> 
     paths = {"data_path": data_dir.url, "imagenet_path": imagenet_path}
     if implementation == "reference":
         paths["tfrecords_path"] = data_dir.uri(TFRECORDS)
+    elif implementation == "webdataset":
+        paths["webdataset_path"] = data_dir.uri(WEBDATASET)
     else:
         paths["preprocessed_path"] = data_dir.uri(RECORDIO)
     return paths
@@ -53,7 +54,11 @@ def fingerprints_of(fetched: dict[str, Any], relabelled: dict[str, Any]) -> dict
 
 
 def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -> dict[str, Any]:
-    """Run the whole pipeline; return the output paths plus ``cached`` and ``manifest``."""
+    """Run the whole pipeline; return the output paths plus ``cached`` and ``manifest`` (and, for a reused
+    output, ``reused``: why, and which params differ without changing a byte).
+
+    ``values`` are params (built-in defaults for the rest); ``credentials`` authenticate downloads (the
+    DAG's ``http_conn_id``, resolved by the caller)."""
     p = resolved(values)
     data_dir = DataDir.of(p["data_dir"], p["storage_conn_id"] or None)
     steps: dict[str, dict[str, float]] = {}
@@ -85,7 +90,8 @@ def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -
     if not p["force"]:
         manifest = cached_manifest(data_dir, p["implementation"], p, fingerprints)
         if manifest is not None:
-            return {**paths, "cached": True, "manifest": data_dir.uri(MANIFEST)}
+            note = reuse_note(p["implementation"], manifest.get("params") or {}, p)
+            return {**paths, "cached": True, "manifest": data_dir.uri(MANIFEST), "reused": note}
     converter = make_converter(p["implementation"], p)
     t2 = time.monotonic()
     summary = local.convert(converter, data_dir, workers=p["workers"], force=p["force"])
@@ -107,38 +113,7 @@ def run(values: dict[str, Any], *, credentials: HttpCredentials | None = None) -
     return {**paths, "cached": False, "manifest": write_manifest(data_dir, manifest)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--train-source", required=True)
-    parser.add_argument("--val-source", required=True)
-    parser.add_argument("--labels-source")
-    parser.add_argument("--implementation", default="nvidia", choices=["nvidia", "reference"])
-    parser.add_argument(
-        "--param", action="append", default=[], help="name=value (JSON value or plain string)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    values: dict[str, Any] = {
-        # one machine: a relative path is relative to where the CLI runs
-        "data_dir": args.data_dir if "://" in args.data_dir else os.path.abspath(args.data_dir),
-        "train_source": args.train_source,
-        "val_source": args.val_source,
-        "implementation": args.implementation,
-    }
-    if args.labels_source:
-        values["labels_source"] = args.labels_source
-    for item in args.param:
-        name, _, raw = item.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
-    print(json.dumps(run(values), indent=2))
-    return 0
+if __name__ == "__main__":  # the command of 0.2.0, kept working
+    from airflow_resnet_prep.cli import main
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python -m airflow_resnet_prep.pipeline"))

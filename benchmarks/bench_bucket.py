@@ -22,7 +22,7 @@ measures in one run, alternating (the order rotates each repetition), ``--repeat
   in the bucket too (``s3://conn@bucket/<fresh prefix>``): catalog, plan, done records, outputs and
   manifest in the bucket (``recordio/train.rec`` one multipart upload whose parts the units upload;
   ``tfrecords/`` shards written straight to the bucket);
-- ``cat_tars``, ``nvidia_from_tars``, ``reference_from_tars``: bench.py's own rows from the local tars,
+- ``cat_tars``, ``cat_tars_sync``, ``nvidia_from_tars``, ``reference_from_tars``: bench.py's own rows from the local tars,
   for comparison (run by bench.py's job code, unchanged).
 
 Per row it reports images/s, the ratio to its baseline (per repetition, then the median), requests and
@@ -109,6 +109,7 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
         TARGET,
     ),
     "cat_tars": (bench.DEFINITIONS["cat_tars"][0], "cat_tars", None),
+    "cat_tars_sync": (bench.DEFINITIONS["cat_tars_sync"][0], "cat_tars_sync", None),
     "nvidia_from_tars": bench.DEFINITIONS["nvidia_from_tars"],
     "reference_from_tars": bench.DEFINITIONS["reference_from_tars"],
 }
@@ -482,7 +483,7 @@ def delete_prefix(uri: str) -> None:
     from airflow_resnet_prep.layout import DataDir
 
     layout = DataDir.of(uri)
-    layout.store.abort_uploads("")
+    layout.discard_partial("")
     layout.delete_tree("")
 
 

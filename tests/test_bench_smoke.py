@@ -52,7 +52,8 @@ def test_table_and_scale_out(workdir: Path) -> None:
         assert row["ratio_to_cat"] > 0, name
         assert row["images"] == 200
     assert rows["cat"]["ratio_to_cat"] == 1.0
-    assert rows["nvidia_from_tars"]["baseline"] == "cat_tars"
+    assert rows["nvidia_from_tars"]["baseline"] == "cat_tars_sync"
+    assert rows["cat_tars_sync"]["phases_s"].keys() == {"fsync"}
     assert rows["nvidia"]["baseline"] == "cat"
     assert rows["nvidia"]["target"] == 0.8 and isinstance(rows["nvidia"]["met"], bool)
     # The from-tars rows timed the whole path, catalog building included.

@@ -105,7 +105,7 @@ def test_worker_slots_do_not_oversubscribe_a_laptop(compose):
     env = compose["x-airflow-common"]["environment"]
     assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "${AIRFLOW_WORKER_CONCURRENCY:-1}"
     # ... and the deployment's `workers` default, for those who raise it, is empty unless set.
-    assert env["MLPERF_RESNET_PREP_WORKERS"] == "${MLPERF_RESNET_PREP_WORKERS:-}"
+    assert env["AIRFLOW__RESNET_PREP__WORKERS"] == "${AIRFLOW__RESNET_PREP__WORKERS:-}"
 
 
 def test_celery_executor_with_redis_and_postgres(compose):
@@ -180,19 +180,37 @@ def test_dags_and_one_shared_data_volume_on_every_airflow_container(compose):
     env = compose["services"]["airflow-worker"]["environment"]
     assert env["DUMB_INIT_SETSID"] == "0"
     # The DAG's default data_dir lies on the shared volume.
-    assert env["MLPERF_RESNET_PREP_DATA_DIR"].split(":-")[-1].rstrip("}").startswith(DATA_MOUNT + "/")
+    assert env["AIRFLOW__RESNET_PREP__DATA_DIR"].split(":-")[-1].rstrip("}").startswith(DATA_MOUNT + "/")
 
 
 def test_param_defaults_set_by_compose_name_real_params(compose):
     env = compose["x-airflow-common"]["environment"]
     names = [
-        k.removeprefix("MLPERF_RESNET_PREP_").lower() for k in env if k.startswith("MLPERF_RESNET_PREP_")
+        k.removeprefix("AIRFLOW__RESNET_PREP__").lower()
+        for k in env
+        if k.startswith("AIRFLOW__RESNET_PREP__")
     ]
     assert "schedule" in names
     for name in names:
         if name != "schedule":
-            assert name in PARAMS, f"MLPERF_RESNET_PREP_{name.upper()} names no param"
+            assert name in PARAMS, f"AIRFLOW__RESNET_PREP__{name.upper()} names no param"
             assert name in OPTIONS, f"{name}: not a [resnet_prep] option, the DAG reads no default for it"
+
+
+def test_one_naming_convention_and_the_image_tag_follows_the_package_version(compose):
+    """Only ``AIRFLOW__RESNET_PREP__*`` (Airflow's own form of ``[resnet_prep]``) in the compose file and
+    its docs; the image built from this checkout is tagged with the package's version."""
+    from airflow_resnet_prep import __version__
+
+    for path in (COMPOSE, REPO / "docs" / "compose.md", DOCKERFILE):
+        assert "MLPERF_RESNET_PREP" not in path.read_text(encoding="utf-8"), path.name
+    assert (
+        compose["x-airflow-common"]["image"] == f"${{AIRFLOW_IMAGE_NAME:-airflow-resnet-prep:{__version__}}}"
+    )
+    # pyproject.toml reads the version from the package: one place to change it.
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'version = { attr = "airflow_resnet_prep.__version__" }' in pyproject
 
 
 # -- the same stack as the test cluster (tests/cluster) ---------------------------------------------------
@@ -236,4 +254,4 @@ def test_compose_and_cluster_fixture_share_settings(compose):
             assert key in compose["services"][name]["environment"], (name, key)
             assert key in fixture or key in DAG_DEFAULTS, key
     for variable, param in DAG_DEFAULTS.items():
-        assert variable == "MLPERF_RESNET_PREP_" + param.upper() and param in PARAMS
+        assert variable == "AIRFLOW__RESNET_PREP__" + param.upper() and param in PARAMS

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 DAG_FILE = REPO / "dags" / "mlperf_resnet_prep.py"
 DAG_ID = "mlperf_resnet_prep"
 ASSET_NAME = "mlperf_resnet_prepared"
-IMPLEMENTATIONS = ("reference", "nvidia")
+IMPLEMENTATIONS = ("reference", "nvidia", "webdataset")
 # The params the DAG promises (docs/usage.md), written out here independently of params.py.
 SPEC_PARAMS = {
     "implementation",
@@ -67,8 +67,12 @@ OUTPUT_FILES = {
         "validation-00001-of-00002",
     },
     "nvidia": {f"{split}.{ext}" for split in ("train", "val") for ext in ("lst", "rec", "idx")},
+    "webdataset": {f"imagenet1k-train-{i:04d}.tar" for i in range(4)}
+    | {f"imagenet1k-validation-{i:04d}.tar" for i in range(2)}
+    | {"_info.json"},
 }
-OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path"}
+OUTPUT_KEY = {"reference": "tfrecords_path", "nvidia": "preprocessed_path", "webdataset": "webdataset_path"}
+FOLDER = {"reference": "tfrecords", "nvidia": "recordio", "webdataset": "webdataset"}
 FANOUT = 3
 PYTHON_TYPES = {"string": str, "integer": int, "boolean": bool}
 
@@ -168,8 +172,8 @@ def converter_tasks(implementation: str) -> list[str]:
     return [f"{implementation}_{step}" for step in ("plan", "units", "finish")]
 
 
-def other(implementation: str) -> str:
-    return "nvidia" if implementation == "reference" else "reference"
+def others(implementation: str) -> list[str]:
+    return [i for i in IMPLEMENTATIONS if i != implementation]
 
 
 @pytest.fixture(scope="module")
@@ -207,19 +211,23 @@ print(json.dumps({
     "data_dir": module.dag.params["data_dir"],
     "train_source": module.dag.params["train_source"],
     "labels_source": module.dag.params["labels_source"],
+    "implementation": module.dag.params["implementation"],
 }))
 """
 
 
 @pytest.fixture(scope="module")
 def parsed_in_fresh_process() -> dict[str, Any]:
-    """Import the DAG file in a new interpreter, with the schedule and two defaults set by environment."""
+    """Import the DAG file in a new interpreter, with the schedule and the defaults set by environment
+    (one of them by its deprecated name, which still works in this release)."""
     env = {
         **os.environ,
-        "MLPERF_RESNET_PREP_SCHEDULE": "@monthly",
-        "MLPERF_RESNET_PREP_DATA_DIR": "/data/mlperf-resnet",
-        "MLPERF_RESNET_PREP_TRAIN_SOURCE": "/imagenet/ILSVRC2012_img_train.tar",
-        "MLPERF_RESNET_PREP_LABELS_SOURCE": "",  # as docker compose passes an unset variable
+        "AIRFLOW__RESNET_PREP__SCHEDULE": "@monthly",
+        "AIRFLOW__RESNET_PREP__DATA_DIR": "/data/mlperf-resnet",
+        "AIRFLOW__RESNET_PREP__TRAIN_SOURCE": "/imagenet/ILSVRC2012_img_train.tar",
+        "AIRFLOW__RESNET_PREP__VAL_SOURCE": "/imagenet/ILSVRC2012_img_val.tar",
+        "AIRFLOW__RESNET_PREP__LABELS_SOURCE": "",  # as docker compose passes an unset variable
+        "MLPERF_RESNET_PREP_IMPLEMENTATION": "reference",
     }
     started = time.monotonic()
     out = subprocess.run(
@@ -228,6 +236,7 @@ def parsed_in_fresh_process() -> dict[str, Any]:
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_s"] = time.monotonic() - started
+    result["output"] = out.stdout + out.stderr
     return result
 
 
@@ -257,9 +266,13 @@ def test_schedule_and_defaults_come_from_the_environment(parsed_in_fresh_process
     assert result["data_dir"] == "/data/mlperf-resnet"
     assert result["train_source"] == "/imagenet/ILSVRC2012_img_train.tar"
     assert result["labels_source"] == PARAMS["labels_source"][0]  # empty variable: built-in default
-    # Without the variables (this process): no schedule, the params.py defaults.
+    # The deprecated name still works, and says which name replaces it.
+    assert result["implementation"] == "reference"
+    assert "MLPERF_RESNET_PREP_IMPLEMENTATION is deprecated" in result["output"]
+    assert "set AIRFLOW__RESNET_PREP__IMPLEMENTATION" in result["output"]
+    # Without the variables (this process): no schedule, the params.py defaults; none for a required one.
     assert dag.schedule is None
-    assert dag.params["data_dir"] == PARAMS["data_dir"][0]
+    assert not dag.params.get_param("data_dir").has_value
 
 
 # -- params ---------------------------------------------------------------------------------------------
@@ -270,24 +283,30 @@ def test_every_spec_param_has_type_default_and_description(dag):
         spec = PARAMS[name]
         base_type = spec.schema["type"]
         if spec.required:
+            # Required: no default (Airflow's "not set"), and never an empty string.
             assert param.schema["type"] == base_type, name
+            assert param.schema["minLength"] == 1, name
             assert "section" not in param.schema, name
+            assert not param.has_value and spec.default is None, name
         else:
             # Optional: the form may leave it empty (null), which means the default.
             assert param.schema["type"] == ["null", base_type], name
-            assert param.schema["section"] == spec.section, name
-        assert param.value == spec.form_default, name
-        assert param.value is None or isinstance(param.value, PYTHON_TYPES[base_type]), name
-        assert isinstance(spec.default, PYTHON_TYPES[base_type]), name
+            assert param.schema.get("section") == spec.section, name
+            assert param.value == spec.form_default, name
+            assert param.value is None or isinstance(param.value, PYTHON_TYPES[base_type]), name
+            assert isinstance(spec.default, PYTHON_TYPES[base_type]), name
         # The form renders description_md only when description is None: never both.
         text = param.description or param.schema.get("description_md")
         assert text and len(text) > 10, name
         assert not (param.description and param.schema.get("description_md")), name
         assert param.schema.get("title") == name
     assert [n for n in dag.params if PARAMS[n].required] == ["data_dir", "train_source", "val_source"]
+    # The choice that matters most comes first, in the form's expanded block, before the required three.
+    assert list(dag.params)[:4] == ["implementation", "data_dir", "train_source", "val_source"]
     implementation = dag.params.get_param("implementation")
-    assert implementation.schema["enum"] == [None, "nvidia", "reference"]
-    assert set(implementation.schema["values_display"]) == {"nvidia", "reference"}
+    assert "section" not in implementation.schema
+    assert implementation.schema["enum"] == [None, "nvidia", "reference", "webdataset"]
+    assert set(implementation.schema["values_display"]) == {"nvidia", "reference", "webdataset"}
     assert implementation.value == "nvidia"
     assert dag.params.get_param("on_bad_image").schema["enum"] == [None, "fail", "skip"]
 
@@ -329,7 +348,10 @@ def test_params_left_empty_run_with_their_defaults(dag, sample, tmp_path):
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"implementation": "tensorflow"}, "'tensorflow' is not one of [None, 'nvidia', 'reference']"),
+        (
+            {"implementation": "tensorflow"},
+            "'tensorflow' is not one of [None, 'nvidia', 'reference', 'webdataset']",
+        ),
         ({"train_shards": -8}, "-8 is less than the minimum of 1"),
         ({"val_shards": 0}, "0 is less than the minimum of 1"),
         ({"fanout": -1}, "-1 is less than the minimum of 0"),
@@ -356,6 +378,44 @@ def test_invalid_param_is_refused_before_any_task_runs(dag, sample, tmp_path, ba
         assert session.query(DagRun).count() == runs_before
 
 
+@pytest.mark.parametrize("name", ["data_dir", "train_source", "val_source"])
+@pytest.mark.parametrize("how", ["missing", "empty"])
+def test_a_missing_or_empty_required_param_creates_no_run(dag, sample, tmp_path, name, how):
+    """What ``airflow dags test -c '{}'`` and a REST trigger with an empty conf meet: Airflow's own param
+    validation refuses the run before it is created, naming the param (the REST API: tests/ui)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    conf = conf_for(sample, tmp_path / "data", "nvidia")
+    if how == "missing":
+        del conf[name]
+    else:
+        conf[name] = ""
+    with create_session() as session:
+        runs_before = session.query(DagRun).count()
+    with pytest.raises(ValueError) as excinfo:
+        dag.test(run_conf=conf)
+    text = str(excinfo.value)
+    assert f"Invalid input for param {name}" in text
+    assert ("No value passed" if how == "missing" else "should be non-empty") in text, text
+    with create_session() as session:
+        assert session.query(DagRun).count() == runs_before
+    assert not (tmp_path / "data").exists()
+
+
+def test_dags_test_with_an_empty_conf_is_refused_naming_the_first_required_param(tmp_path):
+    """The command a user types: ``airflow dags test mlperf_resnet_prep -c '{}'`` exits non-zero naming
+    ``data_dir``; no task runs."""
+    from tests.support.airflow_cli import dags_test
+
+    out = dags_test(DAG_ID, {}, home=tmp_path / "home", dags_folder=DAG_FILE.parent, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-3000:]
+    assert "Invalid input for param data_dir" in text, text[-3000:]
+    assert "No value passed" in text, text[-3000:]
+    assert "fetch" not in {line.split()[-1] for line in text.splitlines() if "Running task" in line}
+
+
 # -- end to end -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_end_to_end(clean_runs, sample, implementation):
@@ -366,10 +426,8 @@ def test_end_to_end(clean_runs, sample, implementation):
     # XComs of publish, named after the recipe's outputs.
     assert run.published["data_path"] == str(data_dir)
     assert run.published["imagenet_path"] == str(sample.train_tar.resolve())
-    assert run.published[OUTPUT_KEY[implementation]] == str(
-        data_dir / ("tfrecords" if implementation == "reference" else "recordio")
-    )
-    assert OUTPUT_KEY[other(implementation)] not in run.published
+    assert run.published[OUTPUT_KEY[implementation]] == str(data_dir / FOLDER[implementation])
+    assert not {OUTPUT_KEY[o] for o in others(implementation)} & set(run.published)
     assert run.published["cached"] is False
     assert run.published["manifest"] == str(data_dir / "manifest.json")
 
@@ -381,10 +439,12 @@ def test_end_to_end(clean_runs, sample, implementation):
     assert set(manifest["outputs"]) == {f"{run.output_dir.name}/{n}" for n in OUTPUT_FILES[implementation]}
     for name, stats in manifest["outputs"].items():
         assert (data_dir / name).stat().st_size == stats["size"], name
-    if implementation == "reference":
-        records = {n: s["records"] for n, s in manifest["outputs"].items() if not n.endswith(".idx")}
-        assert sum(r for n, r in records.items() if "/train-" in n) == sample.train_count
-        assert sum(r for n, r in records.items() if "/validation-" in n) == sample.val_count
+    if implementation != "nvidia":
+        records = {
+            n: s["records"] for n, s in manifest["outputs"].items() if not n.endswith((".idx", ".json"))
+        }
+        assert sum(r for n, r in records.items() if "train-" in n) == sample.train_count
+        assert sum(r for n, r in records.items() if "validation-" in n) == sample.val_count
     else:
         assert len((run.output_dir / "train.lst").read_text().splitlines()) == sample.train_count
         assert len((run.output_dir / "val.lst").read_text().splitlines()) == sample.val_count
@@ -397,7 +457,7 @@ def test_end_to_end(clean_runs, sample, implementation):
     assert mapped >= 2, "the sample should give the converter at least two mapped tasks"
     assert run.states[f"{implementation}_units"] == ["success"] * mapped
     assert run.states[f"{implementation}_finish"] == ["success"]
-    for task_id in [*converter_tasks(other(implementation)), "reuse_existing"]:
+    for task_id in [t for o in others(implementation) for t in converter_tasks(o)] + ["reuse_existing"]:
         assert run.states[task_id] == ["skipped"], task_id
 
 
@@ -429,10 +489,14 @@ def test_second_run_reuses_the_output_then_force_rebuilds_it(dag, sample, clean_
     before = mtimes(first.output_dir)
     manifest_mtime = (first.data_dir / "manifest.json").stat().st_mtime_ns
 
-    again = run_dag(dag, conf)
+    # Settings that change no byte of a reference output (nvidia's options) are no reason to convert.
+    again = run_dag(dag, {**conf, "resize": 224, "quality": 50, "mxnet_version": "24.04"})
     assert again.state == "success", again.states
     assert again.states["reuse_existing"] == ["success"]
-    for task_id in converter_tasks("reference") + converter_tasks("nvidia"):
+    assert again.published["reused"].startswith("same sources and on_bad_image='fail'"), again.published
+    report = (first.data_dir / "report" / "index.html").read_text()
+    assert "The latest run reused this output" in report
+    for task_id in [t for i in IMPLEMENTATIONS for t in converter_tasks(i)]:
         assert again.states[task_id] == ["skipped"], task_id
     assert again.published["cached"] is True
     paths = {k: v for k, v in first.published.items() if k.endswith("_path")}
@@ -442,12 +506,26 @@ def test_second_run_reuses_the_output_then_force_rebuilds_it(dag, sample, clean_
 
     forced = run_dag(dag, {**conf, "force": True})
     assert forced.state == "success", forced.states
+    assert forced.published["reused"] is None
+    assert "reused this output" not in (first.data_dir / "report" / "index.html").read_text()
     assert forced.states["reuse_existing"] == ["skipped"]
     assert set(forced.states["reference_units"]) == {"success"}
     assert forced.published["cached"] is False
     after = mtimes(first.output_dir)
     assert all(after[name] != before[name] for name in OUTPUT_FILES["reference"]), "force rewrote nothing"
     assert forced.digests == first.digests  # same inputs, same bytes
+
+
+def test_webdataset_second_run_reuses_the_output(dag, sample, clean_runs):
+    first = clean_runs("webdataset")
+    # force given: a run of the same DAG object before this one may have left its forced value behind
+    again = run_dag(dag, {**conf_for(sample, first.data_dir, "webdataset"), "force": False})
+    assert again.state == "success", again.states
+    assert again.states["reuse_existing"] == ["success"]
+    assert again.states["webdataset_plan"] == ["skipped"]
+    assert again.published["cached"] is True
+    assert again.published["webdataset_path"] == first.published["webdataset_path"]
+    assert again.digests == first.digests
 
 
 def test_changed_source_rebuilds(dag, tmp_path):
@@ -498,8 +576,8 @@ def test_retried_unit_gives_the_same_output_as_a_clean_run(dag, sample, clean_ru
         groups = unit_batches(data_dir, implementation)
         index = max(range(len(groups)), key=lambda i: sum(len(plan.units[u].outputs) for u in groups[i]))
         last = groups[index][-1]
-        if implementation == "reference":  # units write final shard names
-            folder = layout.tfrecords
+        if implementation != "nvidia":  # units write final shard names
+            folder = layout.path(FOLDER[implementation])
             names = [name for u in groups[index] for name in plan.units[u].outputs]
         else:  # units write numbered pieces of their split's .rec, which finish assembles
             split = plan.units[last].split
@@ -535,7 +613,7 @@ def test_retried_unit_gives_the_same_output_as_a_clean_run(dag, sample, clean_ru
     tries = {i: n for (t, i), n in run.tries.items() if t == task_id}
     assert tries == {i: 2 if i == target["map_index"] else 1 for i in tries}, "no single failed try"
     assert set(seen) == {1, 2}
-    if implementation == "reference":
+    if implementation != "nvidia":
         # Shards are units of their own here, so the target batch holds several: the fault is mid-task.
         assert target["before"], target
     # The failed try left the outputs written before the fault; the retry found them.
@@ -564,20 +642,31 @@ def test_auto_fanout_runs_every_unit_in_one_task_and_nvidia_writes_in_place(
     assert run.digests == clean.digests
 
 
-# -- README -----------------------------------------------------------------------------------------------
-def test_readme_lists_every_param_with_its_default():
+# -- README and docs/params.md -----------------------------------------------------------------------------
+def test_readme_starts_with_the_two_commands_and_stays_short():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert readme.startswith("# airflow-resnet-prep")
     first_lines = readme.splitlines()[:6]
     assert any(line.startswith("make demo") for line in first_lines)
     assert any(line.startswith("make test") for line in first_lines)
+    assert len(readme.splitlines()) <= 250, "README.md: move detail to docs/"
+
+
+def test_docs_list_every_param_with_its_default_and_what_it_shapes():
+    text = (REPO / "docs" / "params.md").read_text(encoding="utf-8")
     rows = {}
-    for line in readme.splitlines():
+    for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| `") and len(cells) >= 3:
+        if line.startswith("| `") and len(cells) >= 4:
             rows[cells[0].strip("`")] = cells
-    missing = sorted(set(PARAMS) - set(rows))
-    assert not missing, f"README params table lacks {missing}"
+    assert list(rows) == list(PARAMS), "docs/params.md: one row per param, in the form's order"
     for name, spec in PARAMS.items():
         assert rows[name][1] == spec.schema["type"] + ("" if spec.required else " or null"), name
-        assert rows[name][2] == f"`{json.dumps(spec.default)}`", name
+        if spec.required:
+            assert rows[name][2] == "none: required", name
+        elif name != "labels_source":  # a long URL: named, not copied
+            assert rows[name][2] == f"`{json.dumps(spec.default)}`", name
+        for implementation in spec.shapes:
+            assert implementation in rows[name][3] or "every implementation" in rows[name][3], name
+        if not spec.shapes and name != "implementation":
+            assert rows[name][3] == "no", name

@@ -29,6 +29,7 @@ def test_listed_operator_modules_hold_the_five_operators():
         "RelabelValOperator",
         "ConvertTFRecordOperator",
         "NvidiaPrepOperator",
+        "ConvertWebDatasetOperator",
         "PublishOperator",
         "VerifyOperator",
     } <= names
@@ -46,6 +47,7 @@ def test_the_config_section_is_declared_and_shown_by_airflow(tmp_path):
 
     options = get_provider_info()["config"]["resnet_prep"]["options"]
     assert {"allowed_conn_ids", "allowed_data_roots", "report_view", "data_dir", "schedule"} <= set(options)
+    assert {"allowed_sources", "max_workers"} <= set(options)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")},
         "AIRFLOW_HOME": str(tmp_path),
@@ -61,7 +63,10 @@ def test_the_config_section_is_declared_and_shown_by_airflow(tmp_path):
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "[resnet_prep]" in shown.stdout and "allowed_data_roots" in shown.stdout
+    assert "allowed_sources" in shown.stdout and "max_workers" in shown.stdout
     assert "allowed_conn_ids = mirror_x" in shown.stdout
+    # The param defaults the DAG reads from the section are declared too, with their descriptions.
+    assert "Default of the param train_shards" in shown.stdout and "\nimplementation = " in shown.stdout
     assert config.OPTIONS["report_view"][2] == "true"
 
 

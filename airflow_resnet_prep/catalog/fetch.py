@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,8 +22,9 @@ from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.layout import FETCH_RECORD, DataDir, catalog_key
 from airflow_resnet_prep.sources.credentials import HttpCredentials
-from airflow_resnet_prep.sources.download import resolve_source
+from airflow_resnet_prep.sources.download import UrlGuard, resolve_source
 from airflow_resnet_prep.storage import display_uri, is_object_uri
+from airflow_resnet_prep.urls import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def check_remote_data_dir(layout: DataDir, sources: list[str], download_sources:
     for source in sources:
         if "://" in source and not is_object_uri(source) and not source.startswith("file://"):
             raise PrepError(
-                f"{display_uri(source)}: a URL is downloaded to a local disk, which the workers of an "
+                f"{mask_url(display_uri(source))}: a URL is downloaded to a local disk, which the workers of an "
                 f"object-store data_dir ({layout.url}) do not share; copy it into a bucket and give its "
                 "s3:// or gs:// URI"
             )
@@ -73,12 +75,15 @@ def fetch(
     extract: bool = False,
     storage_conn_id: str | None = None,
     download_sources: bool = False,
+    url_guards: Mapping[str, UrlGuard] | None = None,
 ) -> FetchResult:
     """Resolve both sources, build (or reuse) their catalogs, optionally extract; see the module doc.
 
     Sources in a bucket (``s3://[conn_id@]bucket/key``, ``gs://...``) use the connection of their URI,
     else ``storage_conn_id``; they are read in place unless ``download_sources`` copies them to
-    ``downloads/`` first. ``data_dir`` is a :class:`DataDir`, or text naming one."""
+    ``downloads/`` first. ``data_dir`` is a :class:`DataDir`, or text naming one. ``url_guards``
+    (``{"train_source": guard, "val_source": guard}``) refuse a URL before it is requested, the source's
+    and each redirect hop's (see :func:`resolve_source`)."""
     layout = DataDir.at(data_dir, storage_conn_id).ensure()
     if layout.disk is None:
         check_remote_data_dir(layout, [train_source, val_source], download_sources, extract)
@@ -86,10 +91,23 @@ def fetch(
     with layout.hold(wait_s=5):
         bucket = {"storage_conn_id": storage_conn_id or None, "download": bool(download_sources)}
         downloads = layout.local_downloads
+        guards = url_guards or {}
         train = resolve_source(
-            train_source, downloads, checksum=train_checksum, credentials=credentials, **bucket
+            train_source,
+            downloads,
+            checksum=train_checksum,
+            credentials=credentials,
+            url_guard=guards.get("train_source"),
+            **bucket,
         )
-        val = resolve_source(val_source, downloads, checksum=val_checksum, credentials=credentials, **bucket)
+        val = resolve_source(
+            val_source,
+            downloads,
+            checksum=val_checksum,
+            credentials=credentials,
+            url_guard=guards.get("val_source"),
+            **bucket,
+        )
         fingerprints = {"train": train.fingerprint, "val": val.fingerprint}
         # Where the catalogs read from: the same object read in place or from its downloaded copy has
         # one fingerprint (same output), but a catalog of the other is not reused.

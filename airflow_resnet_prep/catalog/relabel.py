@@ -20,7 +20,7 @@ from airflow_resnet_prep.layout import DataDir, catalog_key
 from airflow_resnet_prep.params import DEFAULT_LABELS_URL
 from airflow_resnet_prep.sources.bucket import read_source_bytes
 from airflow_resnet_prep.sources.credentials import HttpCredentials
-from airflow_resnet_prep.sources.download import resolve_source
+from airflow_resnet_prep.sources.download import UrlGuard, resolve_source
 from airflow_resnet_prep.storage import display_uri
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
         raise LabelsError(
-            f"{path}: not an ASCII text file (byte {exc.start} is {exc.object[exc.start]:#x})"
+            f"{path}: not a labels file: line {line} holds a byte that is not ASCII text (the file's "
+            "content is not shown: it may be anything)"
         ) from None
     lines = text.replace("\r\n", "\n").split("\n")
     while lines and not lines[-1].strip():
@@ -50,7 +52,11 @@ def read_labels(path: str | os.PathLike[str]) -> list[str]:
         if not synset:
             raise LabelsError(f"{path}: line {number} is blank; every line must name the class of one image")
         if not _SYNSET.fullmatch(synset):
-            raise LabelsError(f"{path}: line {number} is {synset[:40]!r}, not a synset id like n01440764")
+            # Never quote the line: a labels_source may name any file or URL the worker can read.
+            raise LabelsError(
+                f"{path}: line {number} is not a synset id like n01440764 (one per line; the line is not "
+                "shown, since a file that is not a labels file may hold anything)"
+            )
         labels.append(synset)
     if not labels:
         raise LabelsError(f"{path}: the labels file is empty")
@@ -182,9 +188,11 @@ def relabel(
     extract: bool = False,
     storage_conn_id: str | None = None,
     download_sources: bool = False,
+    url_guard: UrlGuard | None = None,
 ) -> RelabelResult:
     """The relabel step: check the labels file against the catalogs, then assign classes (docs/formats.md, Relabelling).
-    A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``."""
+    A labels file in a bucket uses the connection of its URI, else ``storage_conn_id``; ``url_guard``
+    refuses a URL before it is requested (see :func:`resolve_source`)."""
     layout = DataDir.at(data_dir, storage_conn_id)
     val_key = catalog_key("val")
     with layout.hold(wait_s=5):
@@ -210,6 +218,7 @@ def relabel(
             credentials=credentials,
             storage_conn_id=storage_conn_id or None,
             download=bool(download_sources),
+            url_guard=url_guard,
         )
         labels = read_labels(fetched.path)
         shown = display_uri(fetched.path)

@@ -14,25 +14,47 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from airflow_resnet_prep import config
 from airflow_resnet_prep.errors import PrepError
 
 PR_SET_PDEATHSIG = 1
 
 
-def resolve_workers(workers: int) -> int:
-    """``workers`` as the number of processes: 0 means one per available core."""
+def max_workers() -> int:
+    """``[resnet_prep] max_workers``: the most processes one task may start (default: the CPU count)."""
+    if "airflow.configuration" in sys.modules or "airflow.sdk.configuration" in sys.modules:
+        text = config.get("max_workers")  # a task: Airflow's config is loaded already
+    else:  # the CLI and library callers never import Airflow: the variables alone
+        text = (
+            os.environ.get(f"AIRFLOW__{config.SECTION.upper()}__MAX_WORKERS")
+            or os.environ.get(f"{config.LEGACY_ENV_PREFIX}MAX_WORKERS")
+            or ""
+        ).strip()
+    if not text:
+        return len(os.sched_getaffinity(0))
+    if not text.isdigit() or int(text) < 1:
+        raise PrepError(f"[{config.SECTION}] max_workers must be a whole number of at least 1")
+    return int(text)
+
+
+def resolve_workers(workers: int, work: int | None = None) -> int:
+    """``workers`` as the number of processes: 0 means one per available core; never more than
+    ``[resnet_prep] max_workers`` (a param is whoever triggers' choice) nor than ``work`` units."""
     if workers < 0:
         raise ValueError(f"workers must be 0 (all cores) or more, got {workers}")
-    return workers or len(os.sched_getaffinity(0))
+    n = min(workers or len(os.sched_getaffinity(0)), max_workers())
+    return max(1, min(n, work)) if work is not None else n
 
 
 def portable_error(exc: BaseException) -> BaseException:
@@ -60,6 +82,9 @@ def start_worker(parent: int, env: Mapping[str, str]) -> None:
     supervisor for."""
     die_with_parent(parent)
     os.environ.update(env)
+    # What the worker inherited (the plan, the item lists) lives as long as it does: keep the garbage
+    # collector from walking it again at every collection (and from touching its copy-on-write pages).
+    gc.freeze()
 
 
 def _start_pool_worker(

@@ -14,7 +14,8 @@ plus the part-relative offsets; ``finish`` completes the assembly and writes ``.
 offsets. This reads every source byte once and needs no pre-scan; on a bucket no byte is copied
 twice. When one machine runs the whole conversion on a local data_dir (``local.convert``: the
 operator's ``step="all"``, the CLI, the benchmark), :mod:`.recordio_direct` writes each ``.rec`` in
-place instead, with no parts and no join. Finish is idempotent, and a rerun that finds a final
+place instead, with no parts and no join. Both frame with the one loop of :mod:`.recordio_frame` and
+build a unit's done record from its runs the same way. Finish is idempotent, and a rerun that finds a final
 ``.rec`` lost or cut short converts that split's units again (their done records would otherwise hide
 the loss).
 
@@ -26,9 +27,11 @@ would silently give labels that mean something else.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import random
+import time
 from typing import Any, ClassVar
 
 from airflow_resnet_prep.catalog.model import DIR, ImageReader, ImageRef, SplitCatalog
@@ -39,20 +42,18 @@ from airflow_resnet_prep.converters.base import (
     UnitResult,
     UnitSpec,
     WorkItem,
-    bad_image,
     check_on_bad_image,
-    read_or_report,
     record_source_reads,
     run_plan_unit,
 )
-from airflow_resnet_prep.converters.decodecheck import decode_check_param, make_decoder, prepare_decoder
-from airflow_resnet_prep.converters.recordio_direct import write_direct
-from airflow_resnet_prep.errors import BadImageError, PrepError
+from airflow_resnet_prep.converters.decodecheck import decode_check_param, prepare_decoder
+from airflow_resnet_prep.converters.recordio_direct import write_in_place
+from airflow_resnet_prep.converters.recordio_frame import Framed, chunked, frame_run, unit_result
+from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.formats.crc32c import ChecksumWriter, combine_all, crc32c, from_hex, to_hex
-from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
-from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record_buffers
+from airflow_resnet_prep.formats.crc32c import combine_all, crc32c, from_hex, to_hex
 from airflow_resnet_prep.layout import RECORDIO, DataDir, work_key
+from airflow_resnet_prep.params import MAX_RESIZE
 from airflow_resnet_prep.storage import Assembly, Part, is_object_uri
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,10 @@ class RecordIOConverter(Converter):
     def __init__(
         self, resize: int = 0, quality: int = 95, on_bad_image: str = "fail", decode_check: bool = False
     ) -> None:
-        if int(resize) < 0:
+        if not 0 <= int(resize) <= MAX_RESIZE:
             raise ValueError(
-                f"resize must be 0 (keep the images as they are) or a short side >= 1, got {resize}"
+                f"resize must be 0 (keep the images as they are) or a short side from 1 to {MAX_RESIZE}, "
+                f"got {resize}"
             )
         if not 1 <= int(quality) <= 100:
             raise ValueError(f"quality must be between 1 and 100, got {quality}")
@@ -150,66 +152,33 @@ class RecordIOConverter(Converter):
         return plan.data_dir.store.resume_assembly(_rec_key(split), SCRATCH, token)
 
     def write_unit(self, plan: Plan, unit: Unit, items: list[WorkItem]) -> UnitResult:
-        split = unit.split
-        result = UnitResult(unit=unit.id, split=split)
-        sources = plan.split_sources(split)
-        offsets: list[list[int]] = []
-        position = 0
-        half = max(1, len(items) // 2)
+        sources = plan.split_sources(unit.split)
+        runs: list[Framed] = []
+        chunks = chunked(items)
         with (
             ImageReader(sources) as reader,
+            # One read-ahead over the whole unit: from a bucket, close images coalesced across runs.
             contextlib.closing(reader.iter_read(items)) as reads,
-            self._assembly(plan, split).piece_writer(_piece_number(plan, unit)) as out,
+            self._assembly(plan, unit.split).piece_writer(_piece_number(plan, unit)) as out,
         ):
-            summed = ChecksumWriter(out)  # the piece's CRC-32C; finish combines the pieces'
-            for item, data in reads:
-                buffers = self.frame_item(reader, sources, item, result, data)
-                if buffers is None:
-                    continue
-                summed.writelines(buffers)
-                offsets.append([item.index, position])
-                position += sum(len(b) for b in buffers)
-                if result.records == half:
+            for number, chunk in enumerate(chunks):
+                started = time.monotonic()
+                framed, buffers = frame_run(
+                    self.params, sources, unit.split, itertools.islice(reads, len(chunk))
+                )
+                out.writelines(buffers)
+                framed.seconds = time.monotonic() - started
+                runs.append(framed)
+                if number == len(chunks) // 2:
                     failpoint("unit-half")
+            result = unit_result(unit, runs)
             record_source_reads(reader, result)
-        result.add_output(unit.outputs[0], position, result.records, summed.crc)
-        result.extra["offsets"] = offsets
         result.extra["part"] = list(out.part)
         return result
 
-    def frame_item(
-        self,
-        reader: ImageReader | None,
-        sources: list,
-        item: WorkItem,
-        result: UnitResult,
-        data: bytes | None = None,
-    ) -> list | None:
-        """The framed record of ``item`` (a list of buffers), or None when the image is left out.
-        ``data``: the image's bytes when already read (else read now through ``reader``)."""
-        on_bad, resize, quality = self.params["on_bad_image"], self.params["resize"], self.params["quality"]
-        where = sources[item.src].describe(item.ref)
-        data = read_or_report(reader, item, where, on_bad, result, data)
-        if data is None:
-            return None
-        try:
-            probe(data, where)  # validates (truncation, unknown format) without decoding pixels
-            if resize:
-                data = resize_short_side(data, where, resize, quality)[0]
-            decoder = make_decoder(self.params)
-            if decoder is not None:
-                decoder.check(data, where)
-        except BadImageError as exc:
-            return bad_image(exc, item, on_bad, result)
-        if len(data) + 24 > MAX_RECORD:
-            raise PrepError(f"{where}: {len(data):,} bytes is over RecordIO's record limit of 2^29-1 bytes")
-        result.records += 1
-        result.bytes_in += item.size
-        return record_buffers(pack_header(float(item.label), item.index), data)
-
     def run_local(self, plan: Plan, workers: int) -> bool:
-        self.prepare_process()  # the direct path forks its writers too: load TensorFlow once, before
-        return write_direct(self, plan, workers)
+        self.prepare_process()  # the in-place path forks its writers too: load TensorFlow once, before
+        return write_in_place(plan, workers)
 
     def finish(self, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         data_dir = plan.data_dir

@@ -39,7 +39,7 @@ from airflow_resnet_prep.errors import BadImageError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.crc32c import crc32c
 from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
-from airflow_resnet_prep.formats.tfexample import encode_example
+from airflow_resnet_prep.formats.tfexample import example_parts
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
 from airflow_resnet_prep.layout import TFRECORDS
@@ -70,6 +70,7 @@ class TFRecordConverter(Converter):
 
     implementation: ClassVar[str] = "reference"
     output_key: ClassVar[str] = TFRECORDS
+    first_label: ClassVar[int] = 1  # imagenet_to_gcs.py counts classes from 1
 
     def __init__(
         self,
@@ -97,6 +98,10 @@ class TFRecordConverter(Converter):
     def is_output_name(self, name: str) -> bool:
         return _OUTPUT_NAME.fullmatch(name) is not None
 
+    @staticmethod
+    def shard_name(split: str, shard: int, shards: int) -> str:
+        return shard_name(split, shard, shards)
+
     def prepare_process(self) -> None:
         prepare_decoder(self.params)
 
@@ -112,7 +117,7 @@ class TFRecordConverter(Converter):
                 f"{split}: {len(refs):,} images cannot fill {shards:,} shards without empty ones; "
                 f"lower {'train_shards' if split == 'train' else 'val_shards'}"
             )
-        label_of = {synset: i + 1 for i, synset in enumerate(classes)}
+        label_of = {synset: i + self.first_label for i, synset in enumerate(classes)}
         bounds = [len(refs) * i // shards for i in range(shards + 1)]
         per_unit = max(1, min(round(UNIT_IMAGES / (len(refs) / shards)), shards // MIN_UNITS))
         units = []
@@ -123,7 +128,7 @@ class TFRecordConverter(Converter):
                 for shard in range(first, last)
                 for pos in range(bounds[shard], bounds[shard + 1])
             ]
-            outputs = [shard_name(split, s, shards) for s in range(first, last)]
+            outputs = [self.shard_name(split, s, shards) for s in range(first, last)]
             units.append(UnitSpec(split, outputs, items))
         return units
 
@@ -154,8 +159,7 @@ class TFRecordConverter(Converter):
                         record = self._example(data, sources, item, on_bad, result, decoder)
                         if record is None:
                             continue
-                        writer.write(record)
-                        sizes.append(len(record))
+                        sizes.append(writer.write_parts(record) - TFRECORD_OVERHEAD)
                         result.bytes_in += item.size
                         if result.records + len(sizes) == half:
                             failpoint("unit-half")
@@ -178,15 +182,36 @@ class TFRecordConverter(Converter):
             record_source_reads(reader, result)
         return result
 
-    @staticmethod
+    @classmethod
     def _example(
+        cls,
         data: bytes,
         sources: list,
         item: WorkItem,
         on_bad: str,
         result: UnitResult,
         decoder: JpegDecoder | None = None,
-    ) -> bytes | None:
+    ) -> tuple[bytes, bytes, bytes] | None:
+        """The record of ``item`` as the pieces of its ``tf.train.Example``, or None when left out."""
+        image = cls.stored_image(data, sources, item, on_bad, result, decoder)
+        if image is None:
+            return None
+        data, height, width = image
+        return example_parts(
+            encoded=data, filename=item.name, label=item.label, synset=item.synset, height=height, width=width
+        )
+
+    @staticmethod
+    def stored_image(
+        data: bytes,
+        sources: list,
+        item: WorkItem,
+        on_bad: str,
+        result: UnitResult,
+        decoder: JpegDecoder | None = None,
+    ) -> tuple[bytes, int, int] | None:
+        """The JPEG to store for ``item`` (its bytes unchanged, or re-encoded and listed) with its height
+        and width; None when it is left out (``on_bad_image=skip``)."""
         where = sources[item.src].describe(item.ref)
         data = read_or_report(None, item, where, on_bad, result, data)
         if data is None:
@@ -203,17 +228,15 @@ class TFRecordConverter(Converter):
                 decoder.check(data, where)
         except BadImageError as exc:
             return bad_image(exc, item, on_bad, result)
-        return encode_example(
-            encoded=data, filename=item.name, label=item.label, synset=item.synset, height=height, width=width
-        )
+        return data, height, width
 
     def finish(self, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         outputs: dict[str, dict[str, int]] = {}
         failpoint("finish")
-        present = {o.key: o.size for o in plan.data_dir.store.list(TFRECORDS)}
+        present = {o.key: o.size for o in plan.data_dir.store.list(self.output_key)}
         for r in sorted(results, key=lambda r: r.unit):
             for name, stats in r.outputs.items():
-                key = f"{TFRECORDS}/{name}"
+                key = f"{self.output_key}/{name}"
                 if present.get(key) != stats["size"]:
                     raise PrepError(
                         f"{plan.data_dir.uri(key)}: missing or changed since its unit finished; rerun with force=true"

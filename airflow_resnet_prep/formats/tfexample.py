@@ -19,6 +19,7 @@ the report can show what a shard holds without TensorFlow; record bytes are untr
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 
@@ -33,8 +34,13 @@ class ExampleParseError(PrepError):
     """Bytes that are not a well-formed serialised ``tf.train.Example``."""
 
 
+_ONE_BYTE = tuple(bytes((v,)) for v in range(0x80))
+
+
 def _varint(value: int) -> bytes:
     """Protobuf base-128 varint; negative int64 values are written as their 64-bit two's complement."""
+    if 0 <= value < 0x4000:  # every length and label but the image's: no loop (a few per record)
+        return _ONE_BYTE[value] if value < 0x80 else bytes((value & 0x7F | 0x80, value >> 7))
     value &= _U64
     if value < 0x80:
         return bytes((value,))
@@ -86,6 +92,23 @@ def _wrap_entry(prefix: bytes, feature: bytes) -> bytes:
     return b"\x0a" + _varint(len(entry)) + entry
 
 
+# The entries that repeat from image to image, built once each: the class's (one per class, 1,000 in
+# all) and the image size's (few distinct sizes in ImageNet).
+@functools.lru_cache(maxsize=4096)
+def _class_entries(label: int, synset: str) -> bytes:
+    return (
+        _E_CHANNELS
+        + _wrap_entry(_K_LABEL, _int64_feature(label))
+        + _wrap_entry(_K_SYNSET, _bytes_feature(synset.encode()))
+        + _E_COLORSPACE
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _size_entries(height: int, width: int) -> bytes:
+    return _wrap_entry(_K_HEIGHT, _int64_feature(height)) + _wrap_entry(_K_WIDTH, _int64_feature(width))
+
+
 def encode_example(
     *, encoded: bytes, filename: str, label: int, synset: str, height: int, width: int
 ) -> bytes:
@@ -95,7 +118,18 @@ def encode_example(
     class's WordNet id, ``height``/``width`` the stored JPEG's size. Image/format, colorspace and
     channels are the constants ``JPEG``, ``RGB`` and ``3``.
     """
-    # The image entry is built as a list of pieces so that the JPEG is copied once, by the final join.
+    return b"".join(
+        example_parts(
+            encoded=encoded, filename=filename, label=label, synset=synset, height=height, width=width
+        )
+    )
+
+
+def example_parts(
+    *, encoded: bytes, filename: str, label: int, synset: str, height: int, width: int
+) -> tuple[bytes, bytes, bytes]:
+    """:func:`encode_example` as three pieces, ``(head, encoded, tail)``, whose concatenation it is: a
+    writer hands them to the file as they are, so the JPEG is never copied into a joined record."""
     n = len(encoded)
     blist_len = 1 + len(_varint(n)) + n
     feature_len = 1 + len(_varint(blist_len)) + blist_len
@@ -113,21 +147,13 @@ def encode_example(
             _varint(n),
         )
     )
-    before = (
-        _E_CHANNELS
-        + _wrap_entry(_K_LABEL, _int64_feature(label))
-        + _wrap_entry(_K_SYNSET, _bytes_feature(synset.encode()))
-        + _E_COLORSPACE
-    )
+    before = _class_entries(label, synset)
     after = (
-        _wrap_entry(_K_FILENAME, _bytes_feature(filename.encode()))
-        + _E_FORMAT
-        + _wrap_entry(_K_HEIGHT, _int64_feature(height))
-        + _wrap_entry(_K_WIDTH, _int64_feature(width))
+        _wrap_entry(_K_FILENAME, _bytes_feature(filename.encode())) + _E_FORMAT + _size_entries(height, width)
     )
     features_len = len(before) + len(encoded_head) + n + len(after)
     # Example.features (field 1) holding the entries in sorted key order.
-    return b"".join((b"\x0a", _varint(features_len), before, encoded_head, encoded, after))
+    return b"".join((b"\x0a", _varint(features_len), before, encoded_head)), encoded, after
 
 
 # -- reading ----------------------------------------------------------------------------------------

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 import google_crc32c
 
 from airflow_resnet_prep.errors import SourceError
-from airflow_resnet_prep.formats.crc32c import combine
 
 HEADER_SIZE = 12  # uint64 length + uint32 masked CRC of the length
 FOOTER_SIZE = 4  # uint32 masked CRC of the data
@@ -84,8 +83,8 @@ class TFRecordWriter:
     Like ``tf.io.TFRecordWriter`` without compression, but on any ``fh`` with ``write``; it neither
     opens nor closes ``fh``. ``offsets`` and ``sizes`` (framed sizes) of the records written so far
     are what a DALI index lists; ``crc`` is the CRC-32C of every byte written so far (the manifest's
-    checksum of the file), joined from the data CRC each record computes anyway for its footer, so the
-    record's data is hashed once, not twice.
+    checksum of the file), extended over every byte written (in C: at ~4 GB/s, hashing the data a second
+    time is cheaper than joining the footer's CRC to the file's in Python).
     """
 
     def __init__(self, fh: BinaryIO) -> None:
@@ -104,8 +103,33 @@ class TFRecordWriter:
         self.fh.write(header)
         self.fh.write(data)
         self.fh.write(footer)
-        self.crc = _extend(combine(_extend(self.crc, header), data_crc, len(data)), footer)
+        # The file's CRC extended over the data in C again costs less than joining the data's CRC to it
+        # in Python (combine, ~30 us a record).
+        self.crc = _extend(_extend(_extend(self.crc, header), data), footer)
         size = len(data) + OVERHEAD
+        self.offsets.append(self.position)
+        self.sizes.append(size)
+        self.position += size
+        return size
+
+    def write_parts(self, parts: Sequence[bytes]) -> int:
+        """Write one record whose data is the concatenation of ``parts`` (e.g.
+        :func:`~airflow_resnet_prep.formats.tfexample.example_parts`), without joining them."""
+        n = sum(len(p) for p in parts)
+        length = _LENGTH.pack(n)
+        header = length + _CRC.pack(masked_crc32c(length))
+        data_crc = 0
+        for p in parts:
+            data_crc = _extend(data_crc, p)
+        footer = _CRC.pack(_mask(data_crc))
+        crc = _extend(self.crc, header)
+        self.fh.write(header)
+        for p in parts:
+            self.fh.write(p)
+            crc = _extend(crc, p)
+        self.fh.write(footer)
+        self.crc = _extend(crc, footer)
+        size = n + OVERHEAD
         self.offsets.append(self.position)
         self.sizes.append(size)
         self.position += size

@@ -14,8 +14,9 @@ It holds what every operator repeats, once:
   :meth:`PrepOperator.run`.
 
 A subclass declares which of its arguments are connections (``conn_args``) and sources (``source_args``),
-lists its template fields, sets its own arguments and then calls ``super().__init__(**kwargs)`` *last*:
-the base reads the literal connection and source arguments while it is constructed.
+lists its template fields, keeps its own arguments (:meth:`PrepOperator.keep`: each as the attribute of
+its name) and then calls ``super().__init__(**kwargs)`` *last*: the base reads the literal connection and
+source arguments while it is constructed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow_resnet_prep.operators.lineage import LineageMixin
 from airflow_resnet_prep.operators.values import as_bool, as_int, as_text
 from airflow_resnet_prep.params import PARAMS
-from airflow_resnet_prep.policy import Policy, dag_conn_ids
+from airflow_resnet_prep.policy import Policy, dag_conn_ids, dag_places
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.layout import DataDir
@@ -71,6 +72,10 @@ class PrepOperator(LineageMixin, BaseOperator):
         too. Any other connection named by a connection argument or a ``conn_id@`` URI is refused before
         any request, and ``data_dir`` must lie under ``[resnet_prep] allowed_data_roots`` when it is set;
         see :mod:`airflow_resnet_prep.policy`.
+    :param allowed_places: Sources and data_dirs the DAG's code names (the factory passes its
+        defaults'); with the source and data_dir arguments given here literally (not templated), they are
+        allowed besides ``[resnet_prep] allowed_sources``, and a bucket among them may be reached with
+        the worker's own identity.
     """
 
     #: The template fields every operator has; a subclass lists them first in its ``template_fields``.
@@ -81,6 +86,9 @@ class PrepOperator(LineageMixin, BaseOperator):
     source_args: ClassVar[tuple[str, ...]] = ()
     #: How an argument that is not a param of the table is typed (the others follow its schema).
     arg_types: ClassVar[Mapping[str, Callable[[Any, str], Any]]] = {}
+    #: Whether this operator starts writing a data_dir (the fetch step): it refuses one inside another
+    #: data set's folder (:func:`~airflow_resnet_prep.policy.check_not_nested`).
+    starts_data_dir: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -88,6 +96,7 @@ class PrepOperator(LineageMixin, BaseOperator):
         data_dir: str,
         storage_conn_id: str | None = None,
         allowed_conn_ids: Collection[str] | None = None,
+        allowed_places: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -99,15 +108,33 @@ class PrepOperator(LineageMixin, BaseOperator):
             conns=[getattr(self, name) for name in self.conn_args],
             locations=[data_dir, *(getattr(self, name) for name in self.source_args)],
         )
+        self.dag_places = dag_places(
+            [*(allowed_places or ()), data_dir, *(getattr(self, name) for name in self.source_args)]
+        )
+
+    def keep(self, arguments: Mapping[str, Any]) -> None:
+        """Keep a subclass's own arguments (its ``locals()`` on entering ``__init__``), each as the
+        attribute of its name, before ``super().__init__``."""
+        for name, value in arguments.items():
+            if name not in ("self", "kwargs", "__class__"):
+                setattr(self, name, value)
 
     # -- the one door --------------------------------------------------------------------------------------
     def check_policy(self) -> None:
-        """Refuse a connection, source or ``data_dir`` the deployment and the DAG's code do not allow."""
-        Policy.load(self.allowed_conn_ids).check_run(
+        """Refuse a connection, source or ``data_dir`` the deployment and the DAG's code do not allow;
+        keep the policy for :meth:`url_guard` (the redirects of a download are checked as they come)."""
+        self.policy = Policy.load(self.allowed_conn_ids, dag_places=self.dag_places)
+        self.policy.check_run(
             data_dir=self.data_dir,
             conns={name: getattr(self, name) for name in self.conn_args},
             sources={name: getattr(self, name) for name in self.source_args},
+            nested=self.starts_data_dir,
         )
+
+    def url_guard(self, source_arg: str) -> Callable[[str], None]:
+        """What refuses a URL of ``source_arg``'s download (the source, every redirect hop) before it is
+        requested; see :meth:`airflow_resnet_prep.policy.Policy.url_guard`."""
+        return self.policy.url_guard(source_arg)
 
     def arguments(self) -> Arguments:
         """The rendered template fields (but ``data_dir``), typed; see :class:`Arguments`."""
@@ -134,3 +161,46 @@ class PrepOperator(LineageMixin, BaseOperator):
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> Any:
         """The operator's work, given its checked, typed arguments."""
         raise NotImplementedError
+
+
+class SourcesOperator(PrepOperator):
+    """The base of the operators that read sources (fetch, relabel): how a source is reached.
+
+    :param http_conn_id: Optional Airflow connection whose login/password or extra headers
+        authenticate downloads. Credentials never reach logs, XCom or the manifest. (templated)
+    :param extract: Also lay the images out as ``raw/{train,val}/...`` folders. (templated)
+    :param download_sources: Copy sources in a bucket to ``data_dir/downloads/`` first, instead of
+        reading them in place. (templated)
+    """
+
+    source_fields: ClassVar[tuple[str, ...]] = (
+        *PrepOperator.base_fields,
+        "http_conn_id",
+        "extract",
+        "download_sources",
+    )
+    conn_args = ("http_conn_id", "storage_conn_id")
+
+    def __init__(
+        self,
+        *,
+        http_conn_id: str | None = None,
+        extract: bool | str = default("extract"),
+        download_sources: bool | str = default("download_sources"),
+        **kwargs: Any,
+    ) -> None:
+        self.keep(locals())
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def source_options(args: Arguments) -> dict[str, Any]:
+        """The keyword arguments of :func:`~airflow_resnet_prep.catalog.fetch.fetch` and
+        :func:`~airflow_resnet_prep.catalog.relabel.relabel` that say how sources are reached."""
+        from airflow_resnet_prep.operators.connections import http_credentials_from_connection
+
+        return {
+            "credentials": http_credentials_from_connection(args.http_conn_id),
+            "extract": args.extract,
+            "storage_conn_id": args.storage_conn_id,
+            "download_sources": args.download_sources,
+        }

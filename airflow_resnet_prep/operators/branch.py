@@ -21,7 +21,7 @@ class ChooseImplementationOperator(PrepOperator, BranchMixIn):
     For ``data_dir``, ``storage_conn_id`` and ``allowed_conn_ids`` see
     :class:`~airflow_resnet_prep.operators.base.PrepOperator`.
 
-    :param implementation: ``"nvidia"`` or ``"reference"``. (templated)
+    :param implementation: ``"nvidia"``, ``"reference"`` or ``"webdataset"``. (templated)
     :param force: Rebuild even when the manifest says the output is up to date. (templated)
     :param defaults: What a param the run left empty (null) means: the DAG's resolved defaults; the run's
         params are compared with the manifest's after filling them in.
@@ -45,12 +45,8 @@ class ChooseImplementationOperator(PrepOperator, BranchMixIn):
         reuse_task_id: str = "reuse_existing",
         **kwargs: Any,
     ) -> None:
-        self.implementation = implementation
-        self.force = force
+        self.keep(locals())
         self.defaults = dict(defaults or {})
-        self.fetch_task_id = fetch_task_id
-        self.relabel_task_id = relabel_task_id
-        self.reuse_task_id = reuse_task_id
         super().__init__(**kwargs)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> Any:

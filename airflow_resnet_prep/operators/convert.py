@@ -72,13 +72,7 @@ class ConvertOperator(PrepOperator):
     ) -> None:
         if step not in STEPS:
             raise ValueError(f"step must be one of {STEPS}, got {step!r}")
-        self.step = step
-        self.unit_ids = unit_ids
-        self.fanout = fanout
-        self.workers = workers
-        self.force = force
-        self.on_bad_image = on_bad_image
-        self.decode_check = decode_check
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def make_converter(self, args: Arguments | None = None) -> Converter:

@@ -7,20 +7,21 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 
-from airflow_resnet_prep.operators.base import Arguments, PrepOperator, default
+from airflow_resnet_prep.operators.base import Arguments, SourcesOperator
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.layout import DataDir
 
 
-class FetchImagenetOperator(PrepOperator):
+class FetchImagenetOperator(SourcesOperator):
     """Download (or use in place) the train and validation sources and build their catalogs.
 
     The work is :func:`airflow_resnet_prep.catalog.fetch.fetch`; this operator maps arguments and XCom
     onto it. Its return value (XCom ``return_value``) holds the catalog paths, the source fingerprints,
     the image counts and ``imagenet_path``. For ``data_dir``, ``storage_conn_id`` (also the connection of
     sources given as ``s3://`` or ``gs://`` URIs that name none) and ``allowed_conn_ids`` see
-    :class:`~airflow_resnet_prep.operators.base.PrepOperator`.
+    :class:`~airflow_resnet_prep.operators.base.PrepOperator`; for ``http_conn_id``, ``extract`` and
+    ``download_sources`` :class:`~airflow_resnet_prep.operators.base.SourcesOperator`.
 
     :param train_source: URL, ``file://`` URL or path of ``ILSVRC2012_img_train.tar``, or a folder laid
         out as ``<synset>/<image>``. (templated)
@@ -29,25 +30,17 @@ class FetchImagenetOperator(PrepOperator):
     :param train_checksum: Optional ``md5:<hex>`` or ``sha256:<hex>``; a mismatch fails before any
         image is read. (templated)
     :param val_checksum: As ``train_checksum``, for the validation archive. (templated)
-    :param http_conn_id: Optional Airflow connection whose login/password or extra headers
-        authenticate downloads. Credentials never reach logs, XCom or the manifest. (templated)
-    :param extract: Also lay the images out as ``raw/{train,val}/...`` folders. (templated)
-    :param download_sources: Copy sources in a bucket to ``data_dir/downloads/`` first, instead of
-        reading them in place. (templated)
     """
 
     template_fields: Sequence[str] = (
-        *PrepOperator.base_fields,
+        *SourcesOperator.source_fields,
         "train_source",
         "val_source",
         "train_checksum",
         "val_checksum",
-        "http_conn_id",
-        "extract",
-        "download_sources",
     )
-    conn_args = ("http_conn_id", "storage_conn_id")
     source_args = ("train_source", "val_source")
+    starts_data_dir = True
     ui_color = "#e8f4fd"
 
     def __init__(
@@ -57,23 +50,13 @@ class FetchImagenetOperator(PrepOperator):
         val_source: str,
         train_checksum: str | None = None,
         val_checksum: str | None = None,
-        http_conn_id: str | None = None,
-        extract: bool | str = default("extract"),
-        download_sources: bool | str = default("download_sources"),
         **kwargs: Any,
     ) -> None:
-        self.train_source = train_source
-        self.val_source = val_source
-        self.train_checksum = train_checksum
-        self.val_checksum = val_checksum
-        self.http_conn_id = http_conn_id
-        self.extract = extract
-        self.download_sources = download_sources
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.fetch import fetch
-        from airflow_resnet_prep.operators.connections import http_credentials_from_connection
 
         result = fetch(
             data_dir,
@@ -81,10 +64,8 @@ class FetchImagenetOperator(PrepOperator):
             self.val_source,
             train_checksum=args.train_checksum,
             val_checksum=args.val_checksum,
-            credentials=http_credentials_from_connection(args.http_conn_id),
-            extract=args.extract,
-            storage_conn_id=args.storage_conn_id,
-            download_sources=args.download_sources,
+            **self.source_options(args),
+            url_guards={name: self.url_guard(name) for name in self.source_args},
         )
         self.log.info(
             "catalogued %s train and %s validation images%s",

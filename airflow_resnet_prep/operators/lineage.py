@@ -4,8 +4,9 @@ Each operator records its inputs and outputs (locations as the user wrote them) 
 OpenLineage provider, when installed (extra ``[openlineage]``), asks for them when the task completes
 (``get_openlineage_facets_on_complete``). Locations become datasets by OpenLineage's naming
 conventions: a local path is ``file`` + its absolute path, ``s3://bucket/key`` is namespace
-``s3://bucket`` + ``key`` (likewise ``gs://``), an http(s) URL is its origin + path. Connection ids and
-credentials never appear in a dataset.
+``s3://bucket`` + ``key`` (likewise ``gs://``), an http(s) URL is its origin + path (no userinfo, query
+or fragment). Connection ids and credentials never appear in a dataset. (OpenLineage's own run facets
+carry the DAG run's conf, params as typed included: see docs/security.md.)
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow_resnet_prep.sources.credentials import origin_of
 from airflow_resnet_prep.storage import StorageError, parse_object_uri
+from airflow_resnet_prep.urls import origin_of, parse
 
 
 def dataset_name(location: str) -> tuple[str, str] | None:
@@ -31,7 +32,8 @@ def dataset_name(location: str) -> tuple[str, str] | None:
         return f"{obj.protocol}://{obj.bucket}", obj.key or "/"
     origin = origin_of(text)
     if origin is not None:
-        return origin, urlsplit(text).path or "/"
+        # The path as the HTTP client reads it; query and fragment (where signed URLs keep secrets) never.
+        return origin, parse(text).path or "/"
     if text.startswith("file://"):
         text = urlsplit(text).path
     return ("file", text.rstrip("/") or "/") if text.startswith("/") else None

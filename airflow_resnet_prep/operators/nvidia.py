@@ -19,12 +19,12 @@ class NvidiaPrepOperator(ConvertOperator):
 
     :param resize: Short side to re-encode to, as im2rec's ``--resize`` (0 = pass-through). (templated)
     :param quality: JPEG quality when resizing, as im2rec's ``--quality``. (templated)
-    :param mxnet_version: The NVIDIA MXNet container the data is meant for; recorded in the manifest
-        by the DAG, it does not change the bytes. (templated)
     """
 
     output_key = "preprocessed_path"
-    template_fields = (*ConvertOperator.common_fields, "resize", "quality", "mxnet_version")
+    # No mxnet_version: it changes no byte. A DAG records it in the manifest through
+    # PublishOperator(manifest_params={"mxnet_version": ...}), as the factory does.
+    template_fields = (*ConvertOperator.common_fields, "resize", "quality")
     ui_color = "#e8f5e9"
 
     def __init__(
@@ -32,12 +32,9 @@ class NvidiaPrepOperator(ConvertOperator):
         *,
         resize: int | str = default("resize"),
         quality: int | str = default("quality"),
-        mxnet_version: str = "",
         **kwargs: Any,
     ) -> None:
-        self.resize = resize
-        self.quality = quality
-        self.mxnet_version = mxnet_version
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def make_converter(self, args: Arguments | None = None):

@@ -20,14 +20,15 @@ class PublishOperator(PrepOperator):
     The work is :func:`airflow_resnet_prep.publish.publish_outputs`, given this task's arguments and the
     return values of the fetch, relabel and finish tasks. With a conversion summary (the converter's
     finish task ran) it writes the manifest; without one (the run reused the output) it reads the
-    existing one. Every key of its result (``data_path``, ``imagenet_path``, ``tfrecords_path`` or
-    ``preprocessed_path``, ``manifest``, ``cached``, ``report``, ``storage_conn_id``) is pushed as an
-    XCom of its own, and the whole dict is the return value. It also writes ``report/run.json`` naming
+    existing one. Every key of its result (``data_path``, ``imagenet_path``, ``tfrecords_path``,
+    ``preprocessed_path`` or ``webdataset_path``, ``manifest``, ``cached``, ``report``,
+    ``storage_conn_id``) is pushed as an XCom of its own, and the whole dict is the return value. It also writes ``report/run.json`` naming
     this DAG run, which the *Dataset report* tab checks before showing the report; the task's extra link
     opens that tab. For ``data_dir``, ``storage_conn_id`` and ``allowed_conn_ids`` see
     :class:`~airflow_resnet_prep.operators.base.PrepOperator`.
 
-    :param implementation: ``"nvidia"`` or ``"reference"``: which converter's output to publish. (templated)
+    :param implementation: ``"nvidia"``, ``"reference"`` or ``"webdataset"``: which converter's output to
+        publish. (templated)
     :param manifest_params: Output params recorded in the manifest besides the converter's own (which
         come with its summary), e.g. ``{"mxnet_version": "22.04"}``. Never a credential. (templated)
     :param asset: An Asset to update: it is added to ``outlets``, and its event's extra gets the
@@ -53,15 +54,11 @@ class PublishOperator(PrepOperator):
         finish_task_id: str = "{implementation}_finish",
         **kwargs: Any,
     ) -> None:
+        self.keep(locals())
+        self.manifest_params = dict(manifest_params or {})
         if asset is not None:
             outlets = list(kwargs.pop("outlets", None) or [])
             kwargs["outlets"] = outlets if asset in outlets else [*outlets, asset]
-        self.implementation = implementation
-        self.manifest_params = dict(manifest_params or {})
-        self.asset = asset
-        self.fetch_task_id = fetch_task_id
-        self.relabel_task_id = relabel_task_id
-        self.finish_task_id = finish_task_id
         super().__init__(**kwargs)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> dict[str, Any]:
@@ -87,6 +84,7 @@ class PublishOperator(PrepOperator):
             relabelled=relabelled,
             summary=summary,
             run={"dag_id": ti.dag_id, "run_id": ti.run_id},
+            data_dir=data_dir,
         )
         for key, value in outputs.items():
             ti.xcom_push(key=key, value=value)
@@ -94,7 +92,11 @@ class PublishOperator(PrepOperator):
         fingerprints = fingerprints_of(fetched, relabelled)
         self.record_lineage(
             [(fp or {}).get("source") for fp in fingerprints.values()],
-            [v for k, v in outputs.items() if k in ("tfrecords_path", "preprocessed_path", "manifest")],
+            [
+                v
+                for k, v in outputs.items()
+                if k in ("tfrecords_path", "preprocessed_path", "webdataset_path", "manifest")
+            ],
         )
         if self.asset is not None:
             # Every successful run updates the Asset; ``cached`` tells consumers whether the data changed.

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 
-from airflow_resnet_prep.operators.base import Arguments, PrepOperator, default
+from airflow_resnet_prep.operators.base import Arguments, SourcesOperator
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.layout import DataDir
 
 
-class RelabelValOperator(PrepOperator):
+class RelabelValOperator(SourcesOperator):
     """Check the labels file against the catalogs, then assign each validation image its synset.
 
     The work is :func:`airflow_resnet_prep.catalog.relabel.relabel`. The line count must equal the
@@ -31,43 +31,22 @@ class RelabelValOperator(PrepOperator):
     :param download_sources: Copy a labels file in a bucket to ``data_dir/downloads/`` first. (templated)
     """
 
-    template_fields: Sequence[str] = (
-        *PrepOperator.base_fields,
-        "labels_source",
-        "http_conn_id",
-        "extract",
-        "download_sources",
-    )
-    conn_args = ("http_conn_id", "storage_conn_id")
+    template_fields: Sequence[str] = (*SourcesOperator.source_fields, "labels_source")
     source_args = ("labels_source",)
     ui_color = "#e8f4fd"
 
-    def __init__(
-        self,
-        *,
-        labels_source: str,
-        http_conn_id: str | None = None,
-        extract: bool | str = default("extract"),
-        download_sources: bool | str = default("download_sources"),
-        **kwargs: Any,
-    ) -> None:
-        self.labels_source = labels_source
-        self.http_conn_id = http_conn_id
-        self.extract = extract
-        self.download_sources = download_sources
+    def __init__(self, *, labels_source: str, **kwargs: Any) -> None:
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> dict[str, Any]:
         from airflow_resnet_prep.catalog.relabel import relabel
-        from airflow_resnet_prep.operators.connections import http_credentials_from_connection
 
         result = relabel(
             data_dir,
             self.labels_source,
-            credentials=http_credentials_from_connection(args.http_conn_id),
-            extract=args.extract,
-            storage_conn_id=args.storage_conn_id,
-            download_sources=args.download_sources,
+            **self.source_options(args),
+            url_guard=self.url_guard("labels_source"),
         )
         self.record_lineage([self.labels_source], [f"{self.data_dir.rstrip('/')}/catalog"])
         return result.to_dict()

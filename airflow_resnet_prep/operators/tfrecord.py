@@ -41,10 +41,7 @@ class ConvertTFRecordOperator(ConvertOperator):
         dali_index: bool | str = default("dali_index"),
         **kwargs: Any,
     ) -> None:
-        self.train_shards = train_shards
-        self.val_shards = val_shards
-        self.shuffle_seed = shuffle_seed
-        self.dali_index = dali_index
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def make_converter(self, args: Arguments | None = None):

@@ -34,8 +34,7 @@ class VerifyOperator(PrepOperator):
     def __init__(
         self, *, decode: bool | str = False, workers: int | str = default("workers"), **kwargs: Any
     ) -> None:
-        self.decode = decode
-        self.workers = workers
+        self.keep(locals())
         super().__init__(**kwargs)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> dict[str, Any]:

@@ -19,9 +19,12 @@ served:
 - the place must lie under ``[resnet_prep] allowed_data_roots`` (when set), and a bucket is read only
   with a connection listed in ``[resnet_prep] allowed_conn_ids`` (or the API server's default
   credentials when the run used none);
+- a bucket read without a connection (the API server's own identity) must lie under
+  ``[resnet_prep] allowed_data_roots``, as for the tasks;
 - ``report/run.json``, which the run's own publish task wrote beside the report, must name this DAG
   and this run: another DAG's report, another run's, or a folder that merely looks like a report is
-  not served.
+  not served; and only the files that record lists (``files``; a record without the list: ``index.html``)
+  are served, whatever else lies in the folder.
 
 A requested path is refused (404) when it has an empty, ``.`` or ``..`` segment, a backslash or a NUL,
 or (locally) when its real path (symlinks resolved) is not a regular file inside the real report folder.
@@ -102,6 +105,8 @@ class Located:
     reason: str = ""
     status_code: int = 404
     bucket: DataDir | None = None
+    #: The files of ``report/`` its run's publish listed in ``report/run.json``: the only ones served.
+    files: frozenset[str] = frozenset({INDEX})
 
     @property
     def found(self) -> bool:
@@ -254,6 +259,17 @@ def _refused(data_dir: str, conn_id: str | None) -> Located | None:
             "(`[resnet_prep] allowed_conn_ids`).",
             status_code=403,
         )
+    try:
+        policy.check_ambient(data_dir, "the run's data_dir", conn_id)
+    except NotAllowedError as exc:
+        log.warning("dataset report of %s refused: %s", data_dir, exc)
+        return Located(
+            None,
+            "This report cannot be shown here",
+            "The run's data_dir is a bucket named without a connection, which the API server would read "
+            "with its own cloud identity; that is allowed only under `[resnet_prep] allowed_data_roots`.",
+            status_code=403,
+        )
     if not allowed:
         return Located(
             None,
@@ -264,13 +280,21 @@ def _refused(data_dir: str, conn_id: str | None) -> Located | None:
     return None
 
 
-def _owner_mismatch(layout: DataDir, dag_id: str, run_id: str) -> Located | None:
-    """None when ``report/run.json`` names this run; else why the report is not served."""
+def _listed_files(record: dict[str, Any]) -> frozenset[str]:
+    """The files of ``report/`` the run record lists (see :data:`Located.files`); well-formed ones only."""
+    files = record.get("files")
+    if not isinstance(files, list):
+        return frozenset({INDEX})  # a record from before the list: its report was index.html alone
+    return frozenset(f for f in files if isinstance(f, str) and safe_parts(f) == f.split("/"))
+
+
+def _owner_mismatch(layout: DataDir, dag_id: str, run_id: str) -> Located | frozenset[str]:
+    """The files ``report/run.json`` lists when it names this run; else why the report is not served."""
     from airflow_resnet_prep.report.build import RUN_RECORD_KEY
 
     record = layout.read_json(RUN_RECORD_KEY)
     if isinstance(record, dict) and record.get("dag_id") == dag_id and record.get("run_id") == run_id:
-        return None
+        return _listed_files(record)
     if isinstance(record, dict) and record.get("dag_id") == dag_id:
         return Located(
             None,
@@ -290,11 +314,11 @@ def _owner_mismatch(layout: DataDir, dag_id: str, run_id: str) -> Located | None
 def _locate_on_disk(published: dict[str, Any], layout: DataDir, dag_id: str, run_id: str) -> Located:
     report_dir = layout.path(REPORT_DIR_NAME)
     if report_dir.is_dir() and not report_dir.is_symlink():
-        mismatch = _owner_mismatch(layout, dag_id, run_id)
-        if mismatch is not None:
-            return mismatch
+        owned = _owner_mismatch(layout, dag_id, run_id)
+        if isinstance(owned, Located):
+            return owned
         if (report_dir / INDEX).is_file():
-            return Located(report_dir, status_code=200)
+            return Located(report_dir, status_code=200, files=owned)
     return _missing(
         published,
         layout.url,
@@ -309,15 +333,15 @@ def _locate_in_bucket(published: dict[str, Any], layout: DataDir, dag_id: str, r
     from airflow_resnet_prep.report.build import REPORT_KEY
 
     try:
-        mismatch = _owner_mismatch(layout, dag_id, run_id)
-        exists = mismatch is None and layout.exists(REPORT_KEY)
+        owned = _owner_mismatch(layout, dag_id, run_id)
+        exists = not isinstance(owned, Located) and layout.exists(REPORT_KEY)
     except Exception as exc:
         _log_failure(layout.url, exc)
         return _unreadable(layout.url, layout.store.conn_id)
-    if mismatch is not None:
-        return mismatch
+    if isinstance(owned, Located):
+        return owned
     if exists:
-        return Located(None, status_code=200, bucket=layout)
+        return Located(None, status_code=200, bucket=layout, files=owned)
     return _missing(
         published,
         layout.url,
@@ -436,6 +460,10 @@ def _media_type(name: str) -> str:
 
 
 def _serve(located: Located, relative: str) -> Response:
+    parts = safe_parts(relative)
+    if parts is None or "/".join(parts) not in located.files:
+        # Not what this run's publish wrote: anything else in the folder may be another run's planting.
+        return _page("Not found", "This report has no such file.", 404)
     if located.bucket is not None:
         return _serve_object(located.bucket, relative)
     assert located.report_dir is not None

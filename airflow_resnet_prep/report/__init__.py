@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from airflow_resnet_prep.report.build import (
     REPORT_DIR,
+    REPORT_FILES,
     REPORT_KEY,
     RUN_RECORD_KEY,
     ReportError,
@@ -20,6 +21,7 @@ from airflow_resnet_prep.report.summary import summary
 
 __all__ = [
     "REPORT_DIR",
+    "REPORT_FILES",
     "REPORT_KEY",
     "RUN_RECORD_KEY",
     "ReportError",

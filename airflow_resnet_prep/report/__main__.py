@@ -14,8 +14,8 @@ import os
 import sys
 
 from airflow_resnet_prep.errors import PrepError
+from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.report import summary, write_report
-from airflow_resnet_prep.storage import is_object_uri
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,17 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     status = 0
-    for data_dir in args.data_dirs:
-        if not is_object_uri(data_dir):
-            data_dir = os.path.abspath(data_dir)  # one machine: relative to here
+    for text in args.data_dirs:
+        try:
+            data_dir = DataDir.of(text, args.conn_id, cwd=os.getcwd())  # one machine: relative to here
+        except PrepError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
         if args.html:
             try:
-                write_report(data_dir, args.conn_id)
+                write_report(data_dir)
             except PrepError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 status = 1
         try:
-            print(summary(data_dir, args.conn_id))
+            print(summary(data_dir))
         except PrepError as exc:  # e.g. a URI whose connection is not defined here
             print(f"error: {exc}", file=sys.stderr)
             status = 1

@@ -6,6 +6,7 @@ data_dir in a bucket (``s3://...``, ``gs://...``) gets the same page as a local 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -34,6 +35,9 @@ REPORT_KEY = f"{REPORT_DIR}/{REPORT_FILE}"  # relative to data_dir
 # Which Airflow run published the report (dag_id, run_id): the UI's report view serves a report only to
 # the run this record names, whatever an (editable) XCom claims.
 RUN_RECORD_KEY = f"{REPORT_DIR}/run.json"
+#: The files of a report (relative to ``report/``), listed in the run record: the report view serves
+#: these and nothing else of the folder, whoever else wrote there.
+REPORT_FILES = (REPORT_FILE,)
 # Up to this many output files get a bar each; more (TFRecord shards) get a size histogram.
 MAX_FILE_BARS = 16
 
@@ -42,19 +46,15 @@ class ReportError(PrepError):
     """The report cannot be made: there is no finished output to describe."""
 
 
-def _data_dir(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> DataDir:
-    return data_dir if isinstance(data_dir, DataDir) else DataDir.of(data_dir, conn_id)
-
-
 def report_path(data_dir: str | os.PathLike[str] | DataDir) -> Path:
     """Where the report of a local ``data_dir`` lives: ``data_dir/report/index.html`` (see
     :func:`report_uri` for a data_dir in a bucket)."""
-    return _data_dir(data_dir).path(REPORT_KEY)
+    return DataDir.at(data_dir).path(REPORT_KEY)
 
 
 def report_uri(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> str:
     """The path or URI (without its connection) of the report of ``data_dir``, local or in a bucket."""
-    return _data_dir(data_dir, conn_id).uri(REPORT_KEY)
+    return DataDir.at(data_dir, conn_id).uri(REPORT_KEY)
 
 
 def build_page(layout: DataDir) -> Page:
@@ -101,19 +101,23 @@ def build_page(layout: DataDir) -> Page:
     )
 
 
-def write_report(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> str:
+def write_report(
+    data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None, *, reused: str | None = None
+) -> str:
     """Write (or rewrite) ``report/index.html`` for the finished output of ``data_dir`` (a local path,
     an object-store URI, whose connection is ``conn_id`` when it names none, or a :class:`DataDir`);
     return its path or URI.
 
     The page is written with the store's atomic put (locally: a temporary name, then a rename), so a
     reader (the Airflow UI) never sees a half-written report. Raises :class:`ReportError` when
-    ``data_dir`` has no manifest.
+    ``data_dir`` has no manifest. ``reused``: the run publishing reused the output, and why (shown on top).
     """
     started = time.monotonic()
-    layout = _data_dir(data_dir, conn_id)
+    layout = DataDir.at(data_dir, conn_id)
     try:
         page = build_page(layout)
+        if reused:
+            page = dataclasses.replace(page, reused=reused)
         layout.store.write_bytes(REPORT_KEY, render(page).encode("utf-8"))
     finally:
         if layout is not data_dir:

@@ -23,6 +23,7 @@ SPLIT_NAMES = {"train": "train", "val": "validation"}
 FORMATS = {
     "reference": "TFRecord shards (MLPerf reference TensorFlow ResNet)",
     "nvidia": "MXNet RecordIO (NVIDIA MXNet/DALI ResNet)",
+    "webdataset": "WebDataset tar shards (PyTorch: webdataset, timm, DALI)",
 }
 MAX_TABLE_ROWS = 200
 MAX_PROBLEMS = 20
@@ -43,6 +44,7 @@ class Page:
     reencoded: list[Listed]
     skipped: list[Listed]
     problems: list[str]  # what could not be read (catalog, output): shown, not fatal
+    reused: str | None = None  # the latest run reused this output: why (manifest.reuse_note)
 
 
 def esc(value: object) -> str:
@@ -476,6 +478,15 @@ def _problems(page: Page) -> str:
     return f'<div class="problems"><strong>Parts of this report could not be made:</strong><ul>{items}</ul></div>'
 
 
+def _reused(page: Page) -> str:
+    if not page.reused:
+        return ""
+    return (
+        '<div class="reused"><strong>The latest run reused this output</strong> (nothing was converted '
+        f"again): {esc(page.reused)}.</div>"
+    )
+
+
 def render(page: Page) -> str:
     """The whole document."""
     impl = esc(page.manifest.get("implementation", "?"))
@@ -486,6 +497,7 @@ def render(page: Page) -> str:
         + _header(page)
         + _nav()
         + "<main>"
+        + _reused(page)
         + _problems(page)
         + _classes(page)
         + _samples(page)
@@ -562,5 +574,6 @@ font-size:11px;padding:1px 6px;border-radius:4px}
 .meter{background:#eef0f3;border-radius:4px;height:10px;min-width:120px}
 .meter span{display:block;height:100%;background:var(--accent);border-radius:4px}
 .problems{background:#fff6ed;border:1px solid #f9dbaf;border-radius:10px;padding:12px 16px;margin:18px 0;color:#7a2e0e}
+.reused{background:#eef4ff;border:1px solid #c7d7fe;border-radius:10px;padding:12px 16px;margin:18px 0;color:#1e3a8a}
 footer{max-width:1160px;margin:0 auto;padding:8px 24px 32px;color:var(--muted);font-size:12.5px}
 """

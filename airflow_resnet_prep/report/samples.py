@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import posixpath
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from airflow_resnet_prep.formats import wdstar
 from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
 from airflow_resnet_prep.formats.tfexample import parse_example
 from airflow_resnet_prep.formats.tfrecord import (
@@ -76,13 +78,42 @@ def records_at(store: Store, key: str, positions: Iterable[int]) -> dict[int, by
     return out
 
 
-def read_many(store: Store, jobs: list[tuple[str, list[int]]]) -> list[dict[int, bytes] | Exception]:
-    """:func:`records_at` of each ``(key, positions)``, several files at once; a file that cannot be
-    read gives its exception instead of its records."""
+def tar_samples_at(store: Store, key: str, positions: Iterable[int]) -> dict[int, dict[str, bytes]]:
+    """The members (extension -> data) of the WebDataset samples at ``positions`` (0-based) of the tar
+    ``key``: the 512-byte headers up to the last sample wanted are read, and the members wanted."""
+    wanted = set(positions)
+    out: dict[int, dict[str, bytes]] = {}
+    if not wanted:
+        return out
+    name = store.uri(key)
+    with open_exact(store, key, WALK_BLOCK) as fh:
+        offset, position, current = 0, -1, None
+        while True:
+            fh.seek(offset)
+            entry = wdstar.parse_header(fh.read(wdstar.BLOCK), name, offset)
+            if entry is None:
+                break
+            sample_key, ext = wdstar.split_name(entry.name)
+            if sample_key != current:
+                current, position = sample_key, position + 1
+                if position > max(wanted):
+                    break
+            if position in wanted:
+                out.setdefault(position, {})[ext] = fh.read(entry.size)
+            offset += wdstar.member_size(entry.size)
+    return out
 
-    def one(job: tuple[str, list[int]]) -> dict[int, bytes] | Exception:
+
+def read_many(
+    store: Store, jobs: list[tuple[str, list[int]]], read: Any = None
+) -> list[dict[int, Any] | Exception]:
+    """``read`` (:func:`records_at` by default) of each ``(key, positions)``, several files at once; a
+    file that cannot be read gives its exception instead of its records."""
+    read = read or records_at
+
+    def one(job: tuple[str, list[int]]) -> dict[int, Any] | Exception:
         try:
-            return records_at(store, *job)
+            return read(store, *job)
         except Exception as exc:  # a damaged shard is shown, not fatal to the report
             return exc
 
@@ -120,8 +151,8 @@ def _error_sample(split: str, name: str, position: int, error: str) -> Sample:
     return Sample(split, name, position, "", "", "", 0, Thumb(None, error=error))
 
 
-def tfrecord_samples(store: Store, files: DataFiles) -> list[Sample]:
-    """Samples from the TFRecord shards of each split: up to :data:`MAX_FILES` shards, a few records each."""
+def _shard_jobs(files: DataFiles) -> list[tuple[str, str, list[int]]]:
+    """(split, shard, positions): up to :data:`MAX_FILES` shards of each split, a few records each."""
     jobs: list[tuple[str, str, list[int]]] = []  # (split, name, positions)
     for split, wanted in SAMPLES.items():
         shards = files.get(split, [])
@@ -132,6 +163,12 @@ def tfrecord_samples(store: Store, files: DataFiles) -> list[Sample]:
             positions = spread(records, min(per_file, budget))
             budget -= len(positions)
             jobs.append((split, name, positions))
+    return jobs
+
+
+def tfrecord_samples(store: Store, files: DataFiles) -> list[Sample]:
+    """Samples from the TFRecord shards of each split: up to :data:`MAX_FILES` shards, a few records each."""
+    jobs = _shard_jobs(files)
     out = []
     for (split, name, positions), data in zip(
         jobs, read_many(store, [(name, positions) for _, name, positions in jobs]), strict=True
@@ -168,6 +205,29 @@ def _tf_sample(split: str, name: str, position: int, record: bytes) -> Sample:
         len(image) if isinstance(image, bytes) else 0,
         make_thumb(image if isinstance(image, bytes) else b""),
     )
+
+
+def webdataset_samples(store: Store, files: DataFiles) -> list[Sample]:
+    """Samples from the WebDataset shards of each split, chosen as :func:`tfrecord_samples` chooses."""
+    jobs = _shard_jobs(files)
+    out = []
+    found = read_many(store, [(name, positions) for _, name, positions in jobs], tar_samples_at)
+    for (split, name, positions), data in zip(jobs, found, strict=True):
+        if isinstance(data, Exception):
+            out.append(_error_sample(split, name, positions[0] if positions else 0, str(data)))
+            continue
+        for pos in positions:
+            members = data.get(pos, {})
+            try:
+                meta = json.loads(members.get("json", b""))
+                synset, filename = str(meta["wnid"]), str(meta["filename"])
+            except (ValueError, KeyError, TypeError):
+                out.append(_error_sample(split, name, pos, "the sample has no readable .json member"))
+                continue
+            image = members.get("jpg", b"")
+            label = members.get("cls", b"").decode("ascii", "replace")
+            out.append(Sample(split, name, pos, synset, label, filename, len(image), make_thumb(image)))
+    return out
 
 
 def _idx_offsets(store: Store, idx_key: str, positions: list[int]) -> dict[int, int]:
@@ -236,4 +296,6 @@ def output_samples(store: Store, implementation: str, files: DataFiles) -> list[
     """Samples of the output of ``implementation`` in the data_dir's ``store``."""
     if implementation == "reference":
         return tfrecord_samples(store, files)
+    if implementation == "webdataset":
+        return webdataset_samples(store, files)
     return recordio_samples(store, files)

@@ -209,15 +209,17 @@ DataFiles = dict[str, list[tuple[str, int, int]]]
 
 
 def data_files(manifest: dict[str, Any]) -> DataFiles:
-    """The output files that hold images (TFRecord shards or ``.rec``), per split: (name, size, records).
+    """The output files that hold images (TFRecord or tar shards, or ``.rec``), per split: (name, size,
+    records).
 
-    Index and list files (``.idx``, ``.lst``) are left out: they are not what the trainer reads images from.
+    Index, list and description files (``.idx``, ``.lst``, ``_info.json``) are left out: they are not what the trainer reads images from.
     """
     out: DataFiles = {s: [] for s in SPLITS}
     for name, stats in sorted(manifest.get("outputs", {}).items()):
         base = os.path.basename(name)
-        if base.endswith((".idx", ".lst")):
+        if base.endswith((".idx", ".lst", ".json")):
             continue
-        split = "train" if base.startswith("train") else "val"
+        # reference and nvidia names start with the split; webdataset's carry it after the data set's
+        split = "train" if base.startswith("train") or "-train-" in base else "val"
         out[split].append((name, int(stats.get("size", 0)), int(stats.get("records", 0))))
     return out

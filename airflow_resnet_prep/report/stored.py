@@ -1,4 +1,4 @@
-"""Find where the ``reference`` output stored the images the manifest lists as re-encoded.
+"""Find where the ``reference`` (or ``webdataset``) output stored the images the manifest lists as re-encoded.
 
 A TFRecord shard has no index by name, and reading every shard to find 23 images (at full scale) would
 read the whole 140 GB. The conversion plan (``work/reference/``) says which shard each image went to
@@ -11,12 +11,13 @@ source image alone.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from airflow_resnet_prep.formats.tfexample import parse_example
-from airflow_resnet_prep.report.samples import read_many
+from airflow_resnet_prep.report.samples import read_many, tar_samples_at
 from airflow_resnet_prep.report.thumbs import Thumb, make_thumb
 
 if TYPE_CHECKING:
@@ -34,13 +35,15 @@ def locate(layout: DataDir, manifest: dict[str, Any], wanted: set[Key]) -> dict[
     Empty for ``nvidia`` (it stores images as they are), without a plan, or with a plan that is not the
     one the manifest describes.
     """
-    if manifest.get("implementation") != "reference" or not wanted:
+    implementation = manifest.get("implementation")
+    folder = {"reference": "tfrecords", "webdataset": "webdataset"}.get(str(implementation))
+    if folder is None or not wanted:
         return {}
     # Imported here: the report package stays light to import, and only this path needs the plan.
     from airflow_resnet_prep.converters.base import Plan
 
     try:
-        plan = Plan.load(layout, "reference")
+        plan = Plan.load(layout, str(implementation))
     except Exception as exc:  # no plan (cleaned up) or an unreadable one: the source preview stays
         log.info("report: no conversion plan to find re-encoded images in the shards (%s)", exc)
         return {}
@@ -55,7 +58,7 @@ def locate(layout: DataDir, manifest: dict[str, Any], wanted: set[Key]) -> dict[
             if key in skipped:
                 continue
             if key in wanted:
-                found[key] = (f"tfrecords/{unit.outputs[item.output]}", written[item.output])
+                found[key] = (f"{folder}/{unit.outputs[item.output]}", written[item.output])
             written[item.output] += 1
         if len(found) == len(wanted):
             break
@@ -70,19 +73,29 @@ def stored_thumbs(layout: DataDir, where: dict[Key, tuple[str, int]]) -> dict[Ke
         by_shard[shard][position] = key
     out: dict[Key, tuple[str, int, Thumb]] = {}
     shards = sorted(by_shard.items())
-    read = read_many(layout.store, [(shard, sorted(wanted)) for shard, wanted in shards])
+    tars = any(shard.endswith(".tar") for shard in by_shard)
+    jobs = [(shard, sorted(wanted)) for shard, wanted in shards]
+    read = read_many(layout.store, jobs, tar_samples_at) if tars else read_many(layout.store, jobs)
     for (shard, wanted), records in zip(shards, read, strict=True):
         if isinstance(records, Exception):  # a damaged shard: the source preview stays
             log.warning("report: cannot read %s: %s", shard, records)
             continue
         for position, key in wanted.items():
             try:
-                features = parse_example(records[position])
+                synset, name, image = _stored(records[position], tars)
             except Exception:
                 continue
-            synset = (features.get("image/class/synset") or [b""])[0]
-            name = (features.get("image/filename") or [b""])[0]
-            image = (features.get("image/encoded") or [b""])[0]
             if (synset, name) == (key[0].encode(), key[1].encode()) and isinstance(image, bytes):
                 out[key] = (shard, position, make_thumb(image))
     return out
+
+
+def _stored(record: Any, tar: bool) -> tuple[bytes, bytes, bytes]:
+    """(synset, file name, image) a record says: a tf.train.Example, or a WebDataset sample's members."""
+    if tar:
+        meta = json.loads(record["json"])
+        return str(meta["wnid"]).encode(), str(meta["filename"]).encode(), record["jpg"]
+    features = parse_example(record)
+    return tuple(
+        (features.get(k) or [b""])[0] for k in ("image/class/synset", "image/filename", "image/encoded")
+    )

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import os
 
-from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, DataDir
+from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, WEBDATASET, DataDir
 from airflow_resnet_prep.report.build import REPORT_KEY
 
 
-def summary(data_dir: str | os.PathLike[str], conn_id: str | None = None) -> str:
+def summary(data_dir: str | os.PathLike[str] | DataDir, conn_id: str | None = None) -> str:
     """A few lines: implementation and output folder, counts, files, steps, the manifest and the report.
 
-    ``data_dir`` is a local path or an object-store URI (``conn_id``: its connection when it names none).
+    ``data_dir`` is a local path or an object-store URI (``conn_id``: its connection when it names none),
+    or a :class:`DataDir`.
     """
-    layout = DataDir.of(data_dir, conn_id)
+    layout = DataDir.at(data_dir, conn_id)
     manifest = layout.read_json(MANIFEST)
     if manifest is None:
         return f"{layout.uri(MANIFEST)}: no manifest: the output is not complete"
     outputs = manifest["outputs"]
     size = sum(o["size"] for o in outputs.values())
-    folder = TFRECORDS if manifest["implementation"] == "reference" else RECORDIO
+    folder = {"reference": TFRECORDS, "webdataset": WEBDATASET}.get(manifest["implementation"], RECORDIO)
     lines = [
         f"{manifest['implementation']}: {layout.uri(folder)}",
         f"  images: {manifest['images']['train']:,} train, {manifest['images']['val']:,} val, "

@@ -51,8 +51,7 @@ from airflow_resnet_prep.storage import (
     Store,
     canonical_uri,
     display_uri,
-    is_object_uri,
-    store_for,
+    resolve_location,
 )
 
 log = logging.getLogger(__name__)
@@ -61,14 +60,12 @@ COPY_OBJECTS_CONCURRENCY = 16  # objects of a folder prefix copied at once
 
 
 def source_store(source: str | os.PathLike[str], conn_id: str | None = None) -> Store:
-    """The store of a catalog source: its object URI (connection included), or a local path made absolute."""
-    text = str(source)
-    if is_object_uri(text):
-        try:
-            return store_for(text, conn_id)
-        except StorageError as exc:
-            raise SourceError(str(exc)) from None
-    return store_for(os.path.abspath(os.path.expanduser(text)))
+    """The store of a catalog source: its object URI (connection included), or a local path (a relative
+    one from the current folder: the task that names a source reads it)."""
+    try:
+        return resolve_location(source, conn_id, cwd=os.getcwd()).store()
+    except StorageError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def read_source_bytes(source: str | os.PathLike[str]) -> bytes:

@@ -4,33 +4,19 @@ A login, a password or an API-key header is sent only to the scheme, host and po
 an Airflow connection's own host, or the URL that carried ``user:password@``. A download from another
 origin with those credentials is refused before any request; a redirect to another origin is followed
 without them (``requests`` would drop ``Authorization`` on a cross-host redirect but keep every other
-header set on the session, so redirects are followed here, one hop at a time).
+header set on the session, so redirects are followed here, one hop at a time). The origin of a URL is
+read by :func:`airflow_resnet_prep.urls.origin_of`, with the parser the HTTP client connects with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
+# One parser for "where may credentials go" and "where does the request go": the HTTP client's own.
+from airflow_resnet_prep.urls import DEFAULT_PORTS, origin_of
 
-
-def origin_of(url: str) -> str | None:
-    """``scheme://host:port`` of an http(s) URL (the port spelled out, the host lower-case); None for
-    anything else."""
-    try:
-        parts = urlsplit(url.strip())
-        scheme = parts.scheme.lower()
-        host = (parts.hostname or "").lower()
-        port = parts.port or DEFAULT_PORTS.get(scheme)
-    except ValueError:
-        return None
-    if scheme not in DEFAULT_PORTS or not host:
-        return None
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
+__all__ = ["DEFAULT_PORTS", "HttpCredentials", "origin_of"]
 
 
 @dataclass(frozen=True)

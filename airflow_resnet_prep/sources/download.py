@@ -19,7 +19,13 @@ Local paths and ``file://`` URLs are used where they are, never copied or modifi
 
 Credentials (``user:pass@`` in the URL, an ``http_conn_id``'s login, password and headers) go only to
 their own origin, redirects included (:mod:`.credentials`), and never appear in logs, errors,
-fingerprints or sidecars: URLs are shown through :func:`redact_url`.
+fingerprints or sidecars: URLs are shown through :func:`airflow_resnet_prep.urls.mask_url` (query values
+masked but for a few harmless keys, no fragment, no userinfo).
+
+Every URL requested, the source and each redirect hop, is first checked: no userinfo (in a hop),
+backslash, whitespace or control character (:func:`airflow_resnet_prep.urls.hop_problem`), then the
+caller's ``url_guard`` (the policy's ``[resnet_prep] allowed_sources``), and the connection itself never
+reaches a link-local, unspecified or metadata-service address (:mod:`.netguard`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import os
 import posixpath
 import re
 import time
+from collections.abc import Callable
+from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import url2pathname
 
 import requests
@@ -54,7 +62,12 @@ from airflow_resnet_prep.sources.checksum import (
 )
 from airflow_resnet_prep.sources.credentials import HttpCredentials, origin_of
 from airflow_resnet_prep.sources.fetched import Fetched
+from airflow_resnet_prep.sources.netguard import guarded_session
 from airflow_resnet_prep.storage import is_object_uri
+from airflow_resnet_prep.urls import hop_problem, mask_text, mask_url, parse
+
+#: Called with every URL before it is requested (the source, each redirect hop); raises to refuse it.
+UrlGuard = Callable[[str], None]
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +77,7 @@ MAX_BACKOFF_S = 60.0
 MAX_REDIRECTS = 10
 PART_SUFFIX = ".part"
 SIDECAR_SUFFIX = ".json"
-# Query parameters that carry secrets in signed URLs (S3/GCS/Azure SAS, API tokens): shown as ***.
-_SECRET_PARAM = re.compile(r"token|sig|signature|key|password|passwd|secret|credential|auth", re.IGNORECASE)
 _CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
-# A query parameter inside free text (a log line), up to the next separator or quote.
-_QUERY_PAIR = re.compile(r"([?&;])([^=&;\s\"'#]+)=([^&;\s\"'#]*)")
 # urllib3 logs each request line, query string included, at DEBUG ("GET /x.tar?token=... HTTP/1.1").
 _URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry")
 
@@ -77,47 +86,16 @@ class _Retry(Exception):
     """A transient failure worth another attempt."""
 
 
-def redact_url(url: str) -> str:
-    """``url`` without ``user:password@`` and with secret-looking query values replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return "<unparseable URL>"
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{host}:{port}" if port is not None else host
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(_SECRET_PARAM.search(k) for k, _ in pairs):
-            query = "&".join(
-                f"{quote(k, safe='')}={'***' if _SECRET_PARAM.search(k) else quote(v, safe='')}"
-                for k, v in pairs
-            )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def redact_text(text: str) -> str:
-    """``text`` with the values of secret-looking query parameters of any URL in it replaced by ``***``."""
-
-    def mask(m: re.Match[str]) -> str:
-        return f"{m[1]}{m[2]}=***" if _SECRET_PARAM.search(unquote(m[2])) else m[0]
-
-    return _QUERY_PAIR.sub(mask, text)
-
-
 class _RedactQueryFilter(logging.Filter):
-    """Masks secret query values in the records of the HTTP library's loggers, whatever their level."""
+    """Masks query values in the records of the HTTP library's loggers, whatever their level."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
-            record.msg = redact_text(record.msg)
+            record.msg = mask_text(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(redact_text(a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(mask_text(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.args, dict):
-            record.args = {k: redact_text(v) if isinstance(v, str) else v for k, v in record.args.items()}
+            record.args = {k: mask_text(v) if isinstance(v, str) else v for k, v in record.args.items()}
         return True
 
 
@@ -142,6 +120,7 @@ def resolve_source(
     timeout_s: float = 60.0,
     storage_conn_id: str | None = None,
     download: bool = False,
+    url_guard: UrlGuard | None = None,
 ) -> Fetched:
     """Make ``source`` (``http(s)://`` URL, ``file://`` URL or local path) available as a local path.
 
@@ -151,8 +130,9 @@ def resolve_source(
 
     ``credentials`` (from ``http_conn_id``) are sent only to their own origin: an http(s) source on
     another origin is refused before any request. ``timeout_s`` bounds connecting and each wait for more
-    bytes; ``retries`` and ``backoff_s`` are explained in the module docstring. Raises
-    :class:`SourceError` naming the source and the problem.
+    bytes; ``retries`` and ``backoff_s`` are explained in the module docstring. ``url_guard`` is called
+    with the URL of every request (the source and each redirect hop) before it is sent, and refuses by
+    raising. Raises :class:`SourceError` naming the source and the problem.
     """
     source = (source or "").strip()
     if not source:
@@ -167,19 +147,21 @@ def resolve_source(
     if scheme in ("http", "https"):
         if credentials is not None and origin_of(source) != credentials.origin:
             raise SourceError(
-                f"{redact_url(source)}: {credentials.owner} is for {credentials.origin} only, and its "
+                f"{mask_url(source)}: {credentials.owner} is for {credentials.origin} only, and its "
                 "credentials are never sent elsewhere; give a source on that server, a local path, or "
                 "leave http_conn_id empty for a public download"
             )
-        return _download(source, downloads_dir, checksum, credentials, retries, backoff_s, timeout_s)
+        return _download(
+            source, downloads_dir, checksum, credentials, retries, backoff_s, timeout_s, url_guard
+        )
     if scheme == "file":
         parts = urlsplit(source)
         if parts.netloc not in ("", "localhost"):
-            raise SourceError(f"{redact_url(source)}: a file:// URL must name a local file (no host)")
+            raise SourceError(f"{mask_url(source)}: a file:// URL must name a local file (no host)")
         return _local(Path(url2pathname(parts.path)), downloads_dir, checksum)
     if scheme and not os.path.exists(source):
         raise SourceError(
-            f"{redact_url(source)}: unsupported URL scheme {scheme!r}; use http(s)://, file://, s3://, gs:// "
+            f"{mask_url(source)}: unsupported URL scheme {scheme!r}; use http(s)://, file://, s3://, gs:// "
             "or a path"
         )
     return _local(Path(source), downloads_dir, checksum)
@@ -272,19 +254,27 @@ def _download(
     retries: int,
     backoff_s: float,
     timeout_s: float,
+    url_guard: UrlGuard | None = None,
 ) -> Fetched:
-    shown = redact_url(url)
-    parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
+    shown = mask_url(url)
+    try:
+        parts = parse(url)
+    except ValueError:
+        raise SourceError(f"{shown}: cannot be read as a URL") from None
+    if parts.auth is not None:
         # Credentials go in the Authorization header, never in the URL that requests logs and reports.
-        url = urlunsplit((parts.scheme, urlsplit(shown).netloc, parts.path, parts.query, parts.fragment))
+        url = parts._replace(auth=None, fragment=None).url
         if credentials is None or credentials.auth is None:
-            auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+            user, _, password = parts.auth.partition(":")
             headers = credentials.headers if credentials else {}
             credentials = HttpCredentials(
-                origin_of(url) or "", auth, headers, owner="the URL's user:password"
+                origin_of(url) or "",
+                (unquote(user), unquote(password)),
+                headers,
+                owner="the URL's user:password",
             )
-    name = _file_name(parts.path, shown)
+    _check_hop(url, shown, url_guard)
+    name = _file_name(parts.path or "", shown)
     downloads_dir.mkdir(parents=True, exist_ok=True)
     final = downloads_dir / name
     sidecar = downloads_dir / f"{name}{SIDECAR_SUFFIX}"
@@ -294,11 +284,11 @@ def _download(
     with exclusive_lock(downloads_dir / f".{name}.lock"):
         reused = _reuse(final, sidecar, part_meta, shown, checksum, downloads_dir)
         if reused is not None and (
-            checksum or not _changed_on_server(url, shown, reused, credentials, timeout_s)
+            checksum or not _changed_on_server(url, shown, reused, credentials, timeout_s, url_guard)
         ):
             return reused
-        with requests.Session() as session:
-            fetch = _Fetcher(session, credentials, timeout_s)
+        with guarded_session() as session:
+            fetch = _Fetcher(session, credentials, timeout_s, url_guard)
             meta = _transfer(fetch, url, shown, part, part_meta, retries, backoff_s)
 
         fingerprint: dict[str, object] = {
@@ -337,16 +327,17 @@ def _changed_on_server(
     reused: Fetched,
     credentials: HttpCredentials | None,
     timeout_s: float,
+    url_guard: UrlGuard | None = None,
 ) -> bool:
     """Whether the file behind ``url`` differs from the earlier download, by size, ETag and
     Last-Modified from a HEAD request; this is how a scheduled run notices a new release behind the
     same URL. A pinned checksum makes the check unnecessary. When the server cannot be asked, the
     earlier download is kept (a rerun works offline)."""
     try:
-        with requests.Session() as session:
-            answer = _Fetcher(session, credentials, timeout_s).request("HEAD", url, shown)
+        with guarded_session() as session:
+            answer = _Fetcher(session, credentials, timeout_s, url_guard).request("HEAD", url, shown)
             answer.close()
-    except (requests.RequestException, SourceError) as exc:
+    except requests.RequestException as exc:
         log.warning(
             "%s: cannot check for a newer file (%s); keeping the earlier download", shown, type(exc).__name__
         )
@@ -420,8 +411,15 @@ class _Fetcher:
     when it stays on their origin (a redirect to a CDN or a mirror gets none, and https to http, another
     origin, gets none either)."""
 
-    def __init__(self, session: requests.Session, credentials: HttpCredentials | None, timeout_s: float):
+    def __init__(
+        self,
+        session: requests.Session,
+        credentials: HttpCredentials | None,
+        timeout_s: float,
+        url_guard: UrlGuard | None = None,
+    ):
         self.session, self.credentials, self.timeout_s = session, credentials, timeout_s
+        self.url_guard = url_guard
 
     def request(
         self, method: str, url: str, shown: str, headers: dict[str, str] | None = None, stream: bool = False
@@ -439,11 +437,38 @@ class _Fetcher:
             )
             if not resp.is_redirect:
                 return resp
-            url = urljoin(url, resp.headers["Location"])
+            location = resp.headers["Location"]
             resp.close()
-            if origin_of(url) is None:
-                raise SourceError(f"{shown}: redirected to something that is not an http(s) URL")
+            # The raw header first: urljoin would smooth a backslash or a space over.
+            problem = hop_problem(location) if "://" in location else _relative_problem(location)
+            if problem:
+                raise SourceError(f"{shown}: redirected to {mask_url(location)}, refused: {problem}")
+            url = urljoin(url, location)
+            _check_hop(url, shown, self.url_guard, redirect=True)
         raise SourceError(f"{shown}: more than {MAX_REDIRECTS} redirects")
+
+
+def _reason(status: int) -> str:
+    """The standard phrase of an HTTP status: the server's own reason phrase is its text, not shown."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _relative_problem(location: str) -> str | None:
+    """:func:`hop_problem` for a relative ``Location`` (a path on the same server)."""
+    return hop_problem("http://relative.invalid" + ("" if location.startswith("/") else "/") + location)
+
+
+def _check_hop(url: str, shown: str, url_guard: UrlGuard | None, redirect: bool = False) -> None:
+    """Refuse a URL (the source, or a redirect hop) before any request to it; see the module doc."""
+    problem = hop_problem(url)
+    where = f"{shown}: redirected to {mask_url(url)}" if redirect else shown
+    if problem:
+        raise SourceError(f"{where}, refused: {problem}")
+    if url_guard is not None:
+        url_guard(url)
 
 
 def _transfer(
@@ -519,12 +544,12 @@ def _attempt(fetch: _Fetcher, url: str, shown: str, part: Path, part_meta: Path,
             part.unlink()
             return False
         if status in (408, 429) or status >= 500:
-            raise _Retry(f"HTTP {status} {resp.reason}")
+            raise _Retry(f"HTTP {status} {_reason(status)}")
         if 400 <= status < 500:
             hint = " (check the credentials of http_conn_id)" if status in (401, 403) else ""
-            raise SourceError(f"{shown}: HTTP {status} {resp.reason}{hint}")
+            raise SourceError(f"{shown}: HTTP {status} {_reason(status)}{hint}")
         if status not in (200, 206):
-            raise SourceError(f"{shown}: unexpected HTTP {status} {resp.reason}")
+            raise SourceError(f"{shown}: unexpected HTTP {status} {_reason(status)}")
 
         encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
         length = resp.headers.get("Content-Length")
@@ -534,7 +559,7 @@ def _attempt(fetch: _Fetcher, url: str, shown: str, part: Path, part_meta: Path,
             if not offset or not m or m.group(1) is None or int(m.group(1)) != offset:
                 part.unlink(missing_ok=True)
                 meta.clear()
-                raise _Retry(f"server answered a different range ({resp.headers.get('Content-Range')})")
+                raise _Retry("server answered a different range than the one asked for")
             new_etag = resp.headers.get("ETag")
             if meta.get("etag") and new_etag and new_etag != meta["etag"]:
                 part.unlink()
@@ -581,9 +606,5 @@ def _attempt(fetch: _Fetcher, url: str, shown: str, part: Path, part_meta: Path,
 
 
 def _scrub(exc: BaseException, url: str, shown: str) -> str:
-    """The text of a requests error with any secret query values of ``url`` masked."""
-    text = str(exc)
-    raw_q, shown_q = urlsplit(url).query, urlsplit(shown).query
-    if raw_q and raw_q != shown_q:
-        text = text.replace(raw_q, shown_q)
-    return text
+    """The text of a requests error with every URL and query in it masked (:func:`mask_text`)."""
+    return mask_text(str(exc))

@@ -17,6 +17,7 @@ from airflow_resnet_prep.storage.base import (
     Lease,
     LeaseHeldError,
     LeaseLostError,
+    Multipart,
     MultipartUpload,
     ObjectInfo,
     ObjectNotFoundError,
@@ -31,11 +32,13 @@ from airflow_resnet_prep.storage.base import (
 )
 from airflow_resnet_prep.storage.local import LocalStore
 from airflow_resnet_prep.storage.location import (
+    Location,
     ObjectLocation,
     canonical_uri,
     display_uri,
     is_object_uri,
     parse_object_uri,
+    resolve_location,
     shared_store,
     store_for,
 )
@@ -46,6 +49,8 @@ __all__ = [
     "LeaseHeldError",
     "LeaseLostError",
     "LocalStore",
+    "Location",
+    "Multipart",
     "MultipartUpload",
     "ObjectInfo",
     "ObjectLocation",
@@ -62,6 +67,7 @@ __all__ = [
     "display_uri",
     "is_object_uri",
     "parse_object_uri",
+    "resolve_location",
     "shared_store",
     "store_for",
 ]

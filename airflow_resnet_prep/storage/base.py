@@ -579,47 +579,30 @@ class Store(ABC):
 
     def discard_partial(self, key: str) -> int:
         """Free what killed writers left of outputs below (or at) ``key`` (open multipart uploads;
-        temporary files on a disk); return how many. Only when no writer of them can be alive."""
-        return self.abort_uploads(key)
+        temporary files on a disk); return how many. Only when no writer of them can be alive. A store
+        whose killed writers leave nothing (GCS: an unfinished upload is never an object) frees nothing."""
+        return 0
 
     # -- coordination ------------------------------------------------------------------------------------
     @abstractmethod
     def lease(self, key: str, owner: str, ttl_s: float = 600.0) -> Lease:
         """A lease on ``key`` for ``owner`` (a description such as ``"run X on host Y pid Z"``)."""
 
-    # -- multipart (object stores that have it) -------------------------------------------------------------
-    def create_multipart(self, key: str) -> MultipartUpload:
-        raise StorageError(f"{self.uri(key)}: this store has no multipart uploads")
-
-    def resume_multipart(self, key: str, upload_id: str) -> MultipartUpload:
-        raise StorageError(f"{self.uri(key)}: this store has no multipart uploads")
-
-    def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
-        """Open (neither completed nor aborted) multipart uploads below ``prefix``."""
-        return []
-
-    def abort_uploads(
-        self, prefix: str = "", older_than_s: float | None = None, keep: Sequence[str] = ()
-    ) -> int:
-        """Abort the open multipart uploads below ``prefix`` (those started more than ``older_than_s``
-        seconds ago, when given), except the upload ids in ``keep``; return how many were aborted."""
-        return 0
-
     # -- assemblies: one object from numbered pieces ------------------------------------------------------------
+    @abstractmethod
     def begin_assembly(self, key: str, scratch: str) -> Assembly:
         """A new :class:`Assembly` of ``key``; ``scratch`` is a key prefix where this store may keep the
         pieces (ignored by S3, which keeps them as multipart-upload parts)."""
-        raise StorageError(f"{self.uri(key)}: this store has no assemblies")
 
+    @abstractmethod
     def resume_assembly(self, key: str, scratch: str, token: str) -> Assembly:
         """The assembly ``token`` of ``key`` (begun elsewhere), to add pieces to, complete or abort."""
-        raise StorageError(f"{self.uri(key)}: this store has no assemblies")
 
+    @abstractmethod
     def abort_assemblies(self, key: str, scratch: str, keep: Sequence[str] = ()) -> int:
         """Free the abandoned assemblies of ``key`` (S3: the open multipart uploads of exactly that key;
         elsewhere: the piece folders of that key under ``scratch``) except the tokens in ``keep``;
         return how many were freed."""
-        return 0
 
     def connection_env(self) -> dict[str, str]:
         """Environment variables a worker process needs to reach this store on its own.
@@ -638,3 +621,30 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+class Multipart(ABC):
+    """What a store with multipart uploads (S3) adds to :class:`Store`: uploads that any process can add
+    parts to, list and abort. Ask for it with ``isinstance(store, Multipart)``; the ``.rec`` assembly needs
+    only :meth:`Store.begin_assembly`, which every store has."""
+
+    @abstractmethod
+    def create_multipart(self, key: str) -> MultipartUpload: ...
+
+    @abstractmethod
+    def resume_multipart(self, key: str, upload_id: str) -> MultipartUpload: ...
+
+    @abstractmethod
+    def list_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        """Open (neither completed nor aborted) multipart uploads below ``prefix``."""
+
+    @abstractmethod
+    def abort_uploads(
+        self, prefix: str = "", older_than_s: float | None = None, keep: Sequence[str] = ()
+    ) -> int:
+        """Abort the open multipart uploads below ``prefix`` (those started more than ``older_than_s``
+        seconds ago, when given), except the upload ids in ``keep``; return how many were aborted."""
+
+    def discard_partial(self, key: str) -> int:
+        """What killed writers leave in a bucket with multipart uploads: open uploads."""
+        return self.abort_uploads(key)

@@ -30,11 +30,6 @@ from airflow_resnet_prep.fsutil import (
     tmp_name,
 )
 from airflow_resnet_prep.storage.base import (
-    CONCURRENCY,
-    MAX_GAP,
-    MAX_REQUEST,
-    MAX_WASTE,
-    WINDOW_BYTES,
     Assembly,
     Lease,
     LeaseHeldError,
@@ -165,17 +160,9 @@ class LocalStore(Store):
             )
         return data
 
-    def iter_ranges(
-        self,
-        key: str,
-        ranges: Sequence[tuple[int, int]],
-        max_gap: int = MAX_GAP,
-        max_request: int = MAX_REQUEST,
-        concurrency: int = CONCURRENCY,
-        window_bytes: int = WINDOW_BYTES,
-        max_waste: float | None = MAX_WASTE,
-    ) -> Iterator[bytes]:
-        # A local disk (and its page cache) serves one pread per range best: no gaps read, no threads.
+    def iter_ranges(self, key: str, ranges: Sequence[tuple[int, int]], **options: Any) -> Iterator[bytes]:
+        # A local disk (and its page cache) serves one pread per range best: no gaps read, no threads, so
+        # the options of the coalescing reads (max_gap, concurrency...) do not apply.
         for offset, size in ranges:
             yield self.read_range(key, offset, size)
 

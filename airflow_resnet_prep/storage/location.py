@@ -43,7 +43,8 @@ class ObjectLocation:
 
 def parse_object_uri(uri: str | os.PathLike[str]) -> ObjectLocation | None:
     """The parts of an object URI; None for anything else. Refuses a URI holding a password (without
-    echoing it) or no bucket."""
+    echoing it), no bucket, or a key with an empty, ``.`` or ``..`` segment (``pre//x``, ``pre/../x``); a
+    trailing slash is no segment. Policy and stores share this parser, so they agree on every key."""
     text = str(uri).strip()
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
@@ -58,20 +59,94 @@ def parse_object_uri(uri: str | os.PathLike[str]) -> ObjectLocation | None:
         )
     if not bucket:
         raise StorageError(f"{text}: no bucket in the URI")
+    # A key is compared by its text (a root "pre/" must not contain "pre/../secret"), and object stores
+    # keep "." and ".." as names while paths resolve them: refuse such keys rather than guess.
+    segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+    if any(s in ("", ".", "..") for s in segments):
+        raise StorageError(
+            f"{display_uri(text)}: an object key with an empty, '.' or '..' segment is ambiguous; spell the "
+            "key without them"
+        )
     return ObjectLocation(
         OBJECT_SCHEMES[scheme], (userinfo if at else "") or None, bucket, parts.path.strip("/")
     )
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where a text points, parsed once by :func:`resolve_location`: an object or prefix in a bucket
+    (``obj``, with the connection that reaches it) or an absolute local path (``path``)."""
+
+    obj: ObjectLocation | None = None
+    path: str | None = None
+
+    @property
+    def address(self) -> str:
+        """How to name it again, in another step or process: ``scheme://[conn_id@]bucket/key`` (the
+        connection id, never a secret) or the absolute path."""
+        if self.obj is None:
+            return str(self.path)
+        obj = self.obj
+        return f"{obj.protocol}://{obj.conn_id + '@' if obj.conn_id else ''}{obj.bucket}{'/' + obj.key if obj.key else ''}"
+
+    def store(self) -> Store:
+        """A new store rooted here (see :func:`shared_store` for one per process)."""
+        if self.obj is None:
+            return LocalStore(str(self.path))
+        obj = self.obj
+        if obj.protocol == "s3":
+            from airflow_resnet_prep.storage.objectstore import S3Store
+
+            return S3Store("s3", obj.bucket, obj.key, obj.conn_id)
+        from airflow_resnet_prep.storage.gcs import GcsStore
+
+        return GcsStore("gs", obj.bucket, obj.key, obj.conn_id)
+
+
+def resolve_location(
+    text: str | os.PathLike[str], conn_id: str | None = None, *, cwd: str | os.PathLike[str] | None = None
+) -> Location:
+    """The one reading of a location: an ``s3://``/``gs://`` URI (its own ``conn_id@``, else ``conn_id``),
+    a ``file://`` URL (its path) or a local path.
+
+    The rule for a relative path: it means the folder it was typed in, so it is taken relative to
+    ``cwd`` when the caller says there is one (a command typed in a shell, a source read by the very
+    task that names it and recorded absolute); without ``cwd`` it is refused, since each worker has its
+    own current folder. Refuses an empty text, an unsupported scheme and what :func:`parse_object_uri`
+    refuses, with a :class:`StorageError` naming the text (never a secret)."""
+    text = str(text).strip()
+    if not text:
+        raise StorageError("empty path: give an absolute local path or an s3:// or gs:// URI")
+    obj = parse_object_uri(text)
+    if obj is not None:
+        conn = obj.conn_id or (conn_id or "").strip() or None
+        return Location(obj=ObjectLocation(obj.protocol, conn, obj.bucket, obj.key))
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        text = unquote(parts.path)
+    elif scheme and len(scheme) > 1:  # "c:" would be a Windows drive, never seen here
+        raise StorageError(
+            f"{text!r}: unsupported URI; give an absolute local path or an s3:// or gs:// URI (unsupported "
+            f"scheme {scheme!r})"
+        )
+    path = os.path.expanduser(text)
+    if not os.path.isabs(path):
+        if cwd is None:
+            raise StorageError(
+                f"{text!r} is a relative path: give an absolute path (a relative one means a different "
+                "folder on every worker) or an s3:// or gs:// URI"
+            )
+        path = os.path.join(cwd, path)
+    return Location(path=os.path.normpath(path))
+
+
 def canonical_uri(uri: str, conn_id: str | None = None) -> str:
     """``scheme://[conn_id@]bucket/key`` with the connection of the URI, else ``conn_id``; refuses a URI
     holding a password (without echoing it) or no bucket."""
-    location = parse_object_uri(uri)
-    if location is None:
+    if not is_object_uri(uri):
         raise StorageError(f"{uri}: not an s3:// or gs:// URI")
-    conn = location.conn_id or (conn_id or "").strip()
-    key = f"/{location.key}" if location.key else ""
-    return f"{location.protocol}://{conn + '@' if conn else ''}{location.bucket}{key}"
+    return resolve_location(uri, conn_id).address
 
 
 def display_uri(uri: str | os.PathLike[str]) -> str:
@@ -88,16 +163,22 @@ _SHARED: dict[tuple[str, int], Store] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_store(uri: str | os.PathLike[str]) -> Store:
-    """The store of a location, one per object URI and process; a local path made absolute.
+def shared_store(uri: str | os.PathLike[str] | Location) -> Store:
+    """The store of a location, one per object location and process; a relative local path is taken
+    from the current folder (see :func:`resolve_location`; a :class:`Location` is not parsed again).
 
     Image readers are made per unit, many per process: sharing the store keeps one client (and one set
     of request counters hooked to it) per process instead of a new one per unit. After ``fork`` the
     child makes its own (the key holds the PID)."""
-    text = str(uri)
-    if not is_object_uri(text):
-        return store_for(os.path.abspath(os.path.expanduser(text)))
-    key = (text, os.getpid())
+    if isinstance(uri, Location):
+        location = uri
+    elif is_object_uri(uri):
+        location = resolve_location(uri)
+    else:
+        return resolve_location(uri, cwd=os.getcwd()).store()
+    if location.obj is None:
+        return location.store()
+    key = (location.address, os.getpid())
     store = _SHARED.get(key)
     if store is None:
         with _SHARED_LOCK:
@@ -105,38 +186,11 @@ def shared_store(uri: str | os.PathLike[str]) -> Store:
             if store is None:
                 for stale in [k for k in _SHARED if k[1] != key[1]]:
                     del _SHARED[stale]  # a parent's, inherited through fork
-                store = _SHARED[key] = store_for(text)
+                store = _SHARED[key] = location.store()
     return store
 
 
 def store_for(uri: str | os.PathLike[str], conn_id: str | None = None) -> Store:
-    """The store rooted at ``uri``. ``conn_id`` is the Airflow connection for a URI that names none
-    (``s3://conn@bucket/...`` wins over it); it is ignored for local paths."""
-    text = str(uri).strip()
-    if not text:
-        raise StorageError("empty path: give an absolute local path or an s3:// or gs:// URI")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
-        return LocalStore(os.path.abspath(unquote(parts.path)))
-    location = parse_object_uri(text)
-    if location is not None:
-        connection = location.conn_id or conn_id or None
-        if location.protocol == "s3":
-            from airflow_resnet_prep.storage.objectstore import S3Store
-
-            return S3Store("s3", location.bucket, parts.path, connection)
-        from airflow_resnet_prep.storage.gcs import GcsStore
-
-        return GcsStore("gs", location.bucket, parts.path, connection)
-    if scheme and len(scheme) > 1:  # "c:" would be a Windows drive, never seen here
-        raise StorageError(
-            f"{text}: unsupported scheme {scheme!r}; use an absolute local path, s3:// or gs://"
-        )
-    path = os.path.expanduser(text)
-    if not os.path.isabs(path):
-        raise StorageError(
-            f"{text}: a relative path means a different folder on every worker; give an absolute local "
-            "path or an s3:// or gs:// URI"
-        )
-    return LocalStore(os.path.normpath(path))
+    """The store rooted at ``uri`` (see :func:`resolve_location`; a relative path is refused). ``conn_id``
+    is the Airflow connection for a URI that names none (``s3://conn@bucket/...`` wins over it)."""
+    return resolve_location(uri, conn_id).store()

@@ -38,6 +38,7 @@ from airflow_resnet_prep.storage.base import (
     Lease,
     LeaseHeldError,
     LeaseLostError,
+    Multipart,
     MultipartUpload,
     ObjectInfo,
     ObjectNotFoundError,
@@ -322,7 +323,7 @@ def _rewind_body(params: Any = None, **_: Any) -> None:
             body.seek(start)
 
 
-class S3Store(ObjectStore):
+class S3Store(Multipart, ObjectStore):
     """S3 and S3-compatible servers (an ``aws`` connection; ``endpoint_url`` in its extra)."""
 
     def _count(self, op: str, read: int = 0, written: int = 0) -> None:

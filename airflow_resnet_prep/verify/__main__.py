@@ -9,6 +9,7 @@ import os
 import sys
 
 from airflow_resnet_prep.errors import PrepError
+from airflow_resnet_prep.layout import DataDir
 from airflow_resnet_prep.verify.core import verify
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         # One machine: a relative path means the current folder's (a data_dir param must be absolute).
-        where = args.data_dir if "://" in args.data_dir else os.path.abspath(args.data_dir)
+        where = DataDir.of(args.data_dir, args.conn_id, cwd=os.getcwd())
         report = verify(where, decode=args.decode, workers=args.workers, conn_id=args.conn_id)
     except (PrepError, ValueError, OSError) as exc:
         print(f"verify: {exc}", file=sys.stderr)

@@ -32,8 +32,18 @@ from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.formats import recordio
 from airflow_resnet_prep.formats.crc32c import combine_all, from_hex, to_hex
 from airflow_resnet_prep.layout import MANIFEST, RECORDIO, TFRECORDS, DataDir
+from airflow_resnet_prep.layout import WEBDATASET as WEBDATASET_DIR
 from airflow_resnet_prep.progress import Progress
-from airflow_resnet_prep.verify.scan import NVIDIA, REFERENCE, Finding, Segment, SegmentResult, scan
+from airflow_resnet_prep.verify.scan import (
+    NVIDIA,
+    REFERENCE,
+    WEBDATASET,
+    Finding,
+    Segment,
+    SegmentResult,
+    compare_lines,
+    scan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +111,14 @@ def verify(
 ) -> VerifyReport:
     """Check the data set at ``data_dir`` (path or ``s3://`` / ``gs://`` URI) against its manifest."""
     started = time.monotonic()
-    layout = data_dir if isinstance(data_dir, DataDir) else DataDir.of(data_dir, conn_id)
+    layout = DataDir.at(data_dir, conn_id)
     report = VerifyReport(layout.url, decode=decode)
     manifest = _manifest(layout, report)
     if manifest is None:
         report.seconds = time.monotonic() - started
         return report
     impl = report.implementation = str(manifest.get("implementation"))
-    folder = TFRECORDS if impl == REFERENCE else RECORDIO
+    folder = {REFERENCE: TFRECORDS, NVIDIA: RECORDIO, WEBDATASET: WEBDATASET_DIR}[impl]
     outputs: dict[str, dict[str, Any]] = manifest.get("outputs", {})
     present = {o.key: o.size for o in layout.store.list(folder)}
     report.files = len(outputs)
@@ -132,6 +142,8 @@ def verify(
     expected = _expected_counts(manifest)
     if impl == REFERENCE:
         _check_reference(layout, report, outputs, present, by_file, expected)
+    elif impl == WEBDATASET:
+        _check_webdataset(layout, report, outputs, present, by_file, expected)
     else:
         _check_nvidia(layout, report, outputs, present, by_file, expected, classes)
     report.seconds = time.monotonic() - started
@@ -154,7 +166,11 @@ def _manifest(layout: DataDir, report: VerifyReport) -> dict[str, Any] | None:
     except ValueError as exc:
         report.problems.append(Finding(MANIFEST, f"not valid JSON ({exc})"))
         return None
-    if not isinstance(manifest, dict) or manifest.get("implementation") not in (REFERENCE, NVIDIA):
+    if not isinstance(manifest, dict) or manifest.get("implementation") not in (
+        REFERENCE,
+        NVIDIA,
+        WEBDATASET,
+    ):
         report.problems.append(Finding(MANIFEST, "not a manifest of this tool (no implementation recorded)"))
         return None
     if not manifest.get("checks", {}).get("crc32c"):
@@ -200,11 +216,7 @@ def _segments(
     segment_bytes: int | None,
 ) -> list[Segment]:
     """The data files (shards, .rec) cut into segments that start at record heads."""
-    data_keys = [
-        k
-        for k in sorted(outputs)
-        if k in present and (k.endswith(".rec") if impl == NVIDIA else not k.endswith(".idx"))
-    ]
+    data_keys = [k for k in sorted(outputs) if k in present and _is_data_file(k, impl)]
     segments: list[Segment] = []
     for key in data_keys:
         size = present[key]
@@ -215,9 +227,17 @@ def _segments(
         if impl == NVIDIA and size > target:
             cuts = _rec_cuts(layout, key, size, target)
         bounds = [*cuts, size]
-        kind = REFERENCE if impl == REFERENCE else NVIDIA
-        segments.extend(Segment(key, bounds[i], bounds[i + 1], kind, i) for i in range(len(cuts)))
+        segments.extend(Segment(key, bounds[i], bounds[i + 1], impl, i) for i in range(len(cuts)))
     return segments
+
+
+def _is_data_file(key: str, impl: str) -> bool:
+    """The files holding records (scanned by segments); the others are small text files read whole."""
+    if impl == NVIDIA:
+        return key.endswith(".rec")
+    if impl == WEBDATASET:
+        return key.endswith(".tar")
+    return not key.endswith(".idx")
 
 
 def _rec_cuts(layout: DataDir, rec: str, size: int, target: int) -> list[int]:
@@ -383,18 +403,82 @@ def _check_reference(
 
 
 def _compare_lines(report: VerifyReport, key: str, text: str, wanted: list[str], what: str) -> None:
-    """``key``'s lines against ``wanted`` (what the data file says they must be), naming the first
-    differences; a deleted or added line shows as a count difference and the first shifted line."""
-    lines = text.splitlines()
-    findings = []
-    if len(lines) != len(wanted):
-        findings.append(Finding(key, f"{len(lines):,} lines, the data file has {len(wanted):,} records"))
-    for i, (line, want) in enumerate(zip(lines, wanted, strict=False)):
-        if line.split() != want.split():
-            findings.append(Finding(key, f"line {i + 1:,} is {line!r}; {what} there says {want!r}", i))
-            if len(findings) >= 3:  # after a deleted line every later one differs: the first few say it
-                break
-    report.problems.extend(findings)
+    report.problems.extend(compare_lines(key, text, wanted, what))
+
+
+def _check_webdataset(
+    layout: DataDir,
+    report: VerifyReport,
+    outputs: dict[str, dict],
+    present: dict[str, int],
+    by_file: dict[str, list[SegmentResult]],
+    expected: dict[str, Counter],
+) -> None:
+    """Shards (records, classes, decode failures; their .idx was compared by the scan), the .idx
+    files' CRCs, and ``_info.json`` against the shards found."""
+    from airflow_resnet_prep.converters.webdataset import INFO, SPLIT_NAME
+
+    found = {"train": Counter(), "val": Counter()}
+    lengths: dict[str, dict[str, int]] = {"train": {}, "val": {}}
+    for key, parts in by_file.items():
+        name = key.rpartition("/")[2]
+        split = "val" if f"-{SPLIT_NAME['val']}-" in name else "train"
+        records = sum(p.records for p in parts)
+        lengths[split][name] = records
+        _records_match(report, key, outputs.get(key, {}), records)
+        for p in parts:
+            found[split].update(p.classes)
+            _limited(
+                report,
+                key,
+                [
+                    Finding(key, reason, pos, offset, image)
+                    for offset, pos, reason, image in p.decode_failures
+                ],
+            )
+        if f"{key}.idx" in outputs:
+            _check_small(report, layout, f"{key}.idx", outputs[f"{key}.idx"], present)
+    info_key = f"{WEBDATASET_DIR}/{INFO}"
+    text = _check_small(report, layout, info_key, outputs.get(info_key, {}), present)
+    if text is not None:
+        _check_info(report, info_key, text, lengths, SPLIT_NAME)
+    for split in ("train", "val"):
+        _check_counts(
+            report, split, f"{WEBDATASET_DIR}/ ({split} shards)", found[split], expected.get(split, Counter())
+        )
+
+
+def _check_info(
+    report: VerifyReport, key: str, text: str, lengths: dict[str, dict[str, int]], names: dict[str, str]
+) -> None:
+    """``_info.json`` as timm's WebDataset reader reads it: ``splits.<name>`` with ``name``,
+    ``num_samples``, ``filenames`` (relative) and ``shard_lengths``, equal to the shards found."""
+    try:
+        splits = json.loads(text)["splits"]
+    except (ValueError, KeyError, TypeError):
+        report.problems.append(Finding(key, "not JSON with a 'splits' object (what timm's reader loads)"))
+        return
+    for split, name in names.items():
+        info = splits.get(name) if isinstance(splits, dict) else None
+        shards = sorted(lengths[split])
+        want = {
+            "name": name,
+            "num_samples": sum(lengths[split].values()),
+            "filenames": shards,
+            "shard_lengths": [lengths[split][s] for s in shards],
+        }
+        if not isinstance(info, dict):
+            report.problems.append(Finding(key, f"no splits.{name}"))
+            continue
+        for field_name, value in want.items():
+            if info.get(field_name) != value:
+                shown = json.dumps(info.get(field_name))
+                report.problems.append(
+                    Finding(
+                        key,
+                        f"splits.{name}.{field_name} is {shown[:120]}; the shards say {json.dumps(value)[:120]}",
+                    )
+                )
 
 
 def _check_nvidia(

@@ -13,6 +13,8 @@ can check 1.28 M records against the ``.lst`` and ``.idx`` without holding their
 from __future__ import annotations
 
 import io
+import json
+import posixpath
 from array import array
 from collections import Counter
 from collections.abc import Iterator
@@ -20,13 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_resnet_prep.errors import BadImageError, PrepError
-from airflow_resnet_prep.formats import recordio, tfrecord
+from airflow_resnet_prep.formats import recordio, tfrecord, wdstar
 from airflow_resnet_prep.formats.crc32c import crc32c
 from airflow_resnet_prep.formats.tfexample import parse_example
 from airflow_resnet_prep.storage.base import Store
 
 READ_BYTES = 8 << 20  # one request (or pread) per 8 MiB; a bucket keeps several in flight
-REFERENCE, NVIDIA = "reference", "nvidia"
+REFERENCE, NVIDIA, WEBDATASET = "reference", "nvidia", "webdataset"
+WDS_MEMBERS = ("cls", "jpg", "json")  # a webdataset sample's members, in archive order
 # The features docs/formats.md (TFRecords) lists for every reference record, with their kind (b: bytes, i: int64).
 FEATURES = {
     "image/encoded": "b",
@@ -46,7 +49,7 @@ class Segment:
     key: str  # the file, relative to the data_dir
     start: int
     end: int
-    kind: str  # REFERENCE (TFRecord) or NVIDIA (RecordIO)
+    kind: str  # REFERENCE (TFRecord), NVIDIA (RecordIO) or WEBDATASET (tar)
     number: int = 0  # position of the segment within its file
 
 
@@ -157,9 +160,11 @@ def scan(store: Store, segment: Segment, classes: list[str], decode: bool) -> Se
     try:
         if segment.kind == REFERENCE:
             _scan_tfrecords(reader, store.uri(segment.key), segment, classes, decode, result)
+        elif segment.kind == WEBDATASET:
+            _scan_webdataset(reader, store, segment, classes, decode, result)
         else:
             _scan_recordio(reader, store.uri(segment.key), segment, decode, result)
-    except (tfrecord.TFRecordError, recordio.RecordIOError) as exc:
+    except (tfrecord.TFRecordError, recordio.RecordIOError, wdstar.TarFormatError) as exc:
         # The framing is broken from here on: nothing after this point can be found as records.
         result.findings.append(Finding(segment.key, _without_name(str(exc), store.uri(segment.key))))
     reader.drain()
@@ -273,6 +278,150 @@ def _scan_recordio(
                 result.decoded += 1
             except BadImageError as exc:
                 result.decode_failures.append((offset, index, exc.reason, None))
+
+
+def _scan_webdataset(
+    reader: RangeReader,
+    store: Store,
+    segment: Segment,
+    classes: list[str],
+    decode: bool,
+    result: SegmentResult,
+) -> None:
+    """A WebDataset shard (docs/formats.md, WebDataset): ustar members as written, samples of exactly
+    ``.cls``, ``.jpg``, ``.json`` whose label is the 0-based index of the wnid the ``.json`` names, and,
+    when ``<shard>.idx`` exists, that index equal to what DALI's ``wds2idx`` writes for the shard."""
+    label_of = {synset: i for i, synset in enumerate(classes)}
+    key = segment.key
+    samples: list[list[wdstar.Component]] = []
+    nondeterministic: list[Finding] = []
+    group: list[tuple[wdstar.Entry, str, bytes]] = []
+
+    def close_sample() -> None:
+        if not group:
+            return
+        position, offset = len(samples), group[0][0].offset
+        sample_key = wdstar.split_name(group[0][0].name)[0]
+        samples.append([wdstar.Component(ext, e.data_offset, e.size, e.name) for e, ext, _ in group])
+        result.offsets.append(offset)
+        members = {ext: data for _, ext, data in group}
+        exts = tuple(ext for _, ext, _ in group)
+        if exts != WDS_MEMBERS:
+            result.findings.append(
+                Finding(
+                    key,
+                    f"members {', '.join(exts)}; expected {', '.join(WDS_MEMBERS)}",
+                    position,
+                    offset,
+                    sample_key,
+                )
+            )
+        try:
+            meta = json.loads(members.get("json", b""))
+            synset, filename = str(meta["wnid"]), str(meta["filename"])
+        except (ValueError, KeyError, TypeError):
+            result.findings.append(
+                Finding(key, 'the .json member is not {"wnid", "filename"}', position, offset, sample_key)
+            )
+            synset, filename = "", sample_key
+        cls_text = members.get("cls", b"").decode("ascii", "replace")
+        label = int(cls_text) if cls_text.isdigit() else -1
+        result.labels.append(float(label))
+        expected = label_of.get(synset)
+        if expected is None:
+            result.findings.append(
+                Finding(
+                    key, f"class {synset!r} is not one of the manifest's classes", position, offset, filename
+                )
+            )
+        elif label != expected:
+            result.findings.append(
+                Finding(
+                    key,
+                    f".cls {cls_text!r} for class {synset}, expected {expected} (its index among the "
+                    f"{len(classes)} classes, from 0)",
+                    position,
+                    offset,
+                    filename,
+                )
+            )
+        if posixpath.splitext(filename)[0] != sample_key:
+            result.findings.append(
+                Finding(
+                    key,
+                    f"key {sample_key!r} is not the stem of the file name it carries",
+                    position,
+                    offset,
+                    filename,
+                )
+            )
+        result.classes[synset] += 1
+        if decode and "jpg" in members:
+            try:
+                _Decoder.check(members["jpg"], filename)
+                result.decoded += 1
+            except BadImageError as exc:
+                result.decode_failures.append((offset, position, exc.reason, filename))
+        group.clear()
+
+    for entry, data in wdstar.iter_entries(reader, store.uri(key), segment.start):
+        if not entry.deterministic:
+            nondeterministic.append(
+                Finding(
+                    key,
+                    "tar header differs from the one written (mode, owner, time or format)",
+                    None,
+                    entry.offset,
+                    entry.name,
+                )
+            )
+        sample_key, ext = wdstar.split_name(entry.name)
+        if group and wdstar.split_name(group[0][0].name)[0] != sample_key:
+            close_sample()
+        group.append((entry, ext, data))
+    close_sample()
+    result.findings.extend(nondeterministic[:3])
+    if reader.tell() != segment.end:
+        result.findings.append(
+            Finding(
+                key,
+                f"{segment.end - reader.tell():,} bytes after the end-of-archive blocks",
+                None,
+                reader.tell(),
+            )
+        )
+    try:
+        text = store.read_bytes(f"{key}.idx").decode("utf-8", "replace")
+    except FileNotFoundError:
+        return
+    # The first line says the index version and the number of samples; then one line per sample.
+    wanted = wdstar.dali_index(samples).splitlines() if samples else ["", ""]
+    head, _, rest = text.partition("\n")
+    if head != wanted[0]:
+        result.findings.append(
+            Finding(f"{key}.idx", f"first line {head[:40]!r}; the shard needs {wanted[0]!r}")
+        )
+    result.findings.extend(compare_lines(f"{key}.idx", rest, wanted[1:], "the shard", first_line=2))
+
+
+def compare_lines(key: str, text: str, wanted: list[str], what: str, first_line: int = 1) -> list[Finding]:
+    """``key``'s lines against ``wanted`` (what the data file says they must be), naming the first
+    differences; a deleted or added line shows as a count difference and the first shifted line.
+    ``first_line``: the number of ``text``'s first line in its file (after a header line: 2)."""
+    lines = text.splitlines()
+    findings = []
+    if len(lines) != len(wanted):
+        findings.append(Finding(key, f"{len(lines):,} lines, the data file has {len(wanted):,} records"))
+    for i, (line, want) in enumerate(zip(lines, wanted, strict=False)):
+        if line.split() != want.split():
+            findings.append(
+                Finding(
+                    key, f"line {i + first_line:,} is {line[:200]!r}; {what} there says {want[:200]!r}", i
+                )
+            )
+            if len(findings) >= 3:  # after a deleted line every later one differs: the first few say it
+                break
+    return findings
 
 
 def _first(values: Any, default: Any) -> Any:

@@ -68,7 +68,7 @@ def test_labels_file_tolerates_crlf_and_trailing_blank_lines(sample, tmp_path, v
         (lambda lines: [*lines, lines[0]], "has 13 lines but the validation set has 12 images"),
         (lambda lines: [lines[0], "", *lines[2:]], "line 2 is blank"),
         (lambda lines: [*lines[:3], "n99999999", *lines[4:]], "line 4 names class n99999999"),
-        (lambda lines: [*lines[:2], "cat", *lines[3:]], "line 3 is 'cat', not a synset id"),
+        (lambda lines: [*lines[:2], "cat", *lines[3:]], "line 3 is not a synset id"),
     ],
 )
 def test_bad_labels_files_name_the_line(sample, tmp_path, val_and_train, mutate, message):
@@ -77,6 +77,29 @@ def test_bad_labels_files_name_the_line(sample, tmp_path, val_and_train, mutate,
     with pytest.raises(LabelsError, match=message) as info:
         assign_labels(val, read_labels(path), train_synsets, str(path))
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"s3cr3t-value"}\n', "line 1 is not a synset id"),
+        ("n01440764\npassword=s3cr3t-value\n", "line 2 is not a synset id"),
+        (
+            "n01440764\n\u00e9s3cr3t-value\n".encode().decode("latin-1"),
+            "line 2 holds a byte that is not ASCII",
+        ),
+    ],
+)
+def test_a_file_that_is_not_a_labels_file_is_named_never_quoted(tmp_path, text, message):
+    """A labels_source pointed at a secret (a metadata answer, a credentials file) fails naming the
+    file and the line, and no byte of it reaches the error."""
+    path = tmp_path / "secret.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(LabelsError, match=message) as info:
+        read_labels(path)
+    assert str(path) in str(info.value)
+    for secret in ("s3cr3t", "ASIA", "AccessKeyId", "password", "0xc3", "0xe9"):
+        assert secret not in str(info.value)
 
 
 def test_a_bad_labels_file_changes_nothing(sample, tmp_path):

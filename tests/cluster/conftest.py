@@ -139,7 +139,7 @@ def cluster_s3(request, tmp_path_factory) -> Iterator[ClusterS3]:
 def cluster(tmp_path_factory, cluster_sources, cluster_s3):
     """A started :class:`CeleryCluster` with the repo's DAG and a consumer of its Asset, both unpaused.
 
-    Every Airflow process has the DAG's defaults (``MLPERF_RESNET_PREP_DATA_DIR`` and the sources, as
+    Every Airflow process has the DAG's defaults (``AIRFLOW__RESNET_PREP__DATA_DIR`` and the sources, as
     ``docker-compose.yaml`` sets them), no schedule (the schedule test sets one), and
     ``PREPARED_CONSUMER_LOG``, the file the consumer DAG appends the Asset events it sees to, and the
     connection of ``cluster_s3`` when that server runs.

@@ -245,7 +245,7 @@ def test_units_spread_over_both_workers_same_bytes(cluster, cluster_sources, exp
     of a deployment would; the schedule test refreshes it later."""
     files, units = expected(implementation)
     if implementation == "nvidia":
-        data_dir = Path(cluster.extra_env["MLPERF_RESNET_PREP_DATA_DIR"])
+        data_dir = Path(cluster.extra_env["AIRFLOW__RESNET_PREP__DATA_DIR"])
     else:
         data_dir = cluster.root / f"spread-{implementation}"
     conf = conf_for(implementation, data_dir, cluster_sources, fanout=4)
@@ -380,17 +380,17 @@ def test_asset_consumer_saw_every_publish(cluster):
 
 
 def test_scheduled_refresh(cluster, cluster_sources, expected):
-    """MLPERF_RESNET_PREP_SCHEDULE set to every minute on the deployment (DAG processor restarted with
+    """AIRFLOW__RESNET_PREP__SCHEDULE set to every minute on the deployment (DAG processor restarted with
     it), data_dir and sources from the env defaults: the scheduler starts runs by itself. A source was
     touched since the last build, so the first scheduled run rebuilds; the next takes reuse_existing and
     converts nothing, and the consumer is told ``cached``."""
     files, _ = expected("nvidia")
-    data_dir = Path(cluster.extra_env["MLPERF_RESNET_PREP_DATA_DIR"])
+    data_dir = Path(cluster.extra_env["AIRFLOW__RESNET_PREP__DATA_DIR"])
     if not (data_dir / "manifest.json").exists():  # run alone: the first build, with the defaults
         run_id = trigger(cluster, {})
         assert finish(cluster, run_id) == "success", run_report(cluster, DAG_ID, run_id)
     os.utime(cluster_sources["train_source"])  # "a new download": same bytes, new mtime
-    cluster.restart_with(["dag-processor"], {"MLPERF_RESNET_PREP_SCHEDULE": "* * * * *"})
+    cluster.restart_with(["dag-processor"], {"AIRFLOW__RESNET_PREP__SCHEDULE": "* * * * *"})
 
     def scheduled_runs() -> list[dict[str, Any]]:
         response = cluster.airflow.api(

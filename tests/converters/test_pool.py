@@ -44,7 +44,7 @@ def record_pid(fn):
     return wrapped
 
 local.run_plan_unit = record_pid(local.run_plan_unit)
-recordio_direct._frame_chunk = record_pid(recordio_direct._frame_chunk)
+recordio_direct._Framer.__call__ = record_pid(recordio_direct._Framer.__call__)
 
 def task():
     assert multiprocessing.current_process().daemon

@@ -391,7 +391,7 @@ def test_direct_write_spreads_chunks_over_processes(sample, converted: Path, tmp
     relabel(data_dir, str(sample.labels))
     converter = RecordIOConverter()
     work_plan = base.plan(converter, data_dir)
-    assert recordio_direct.write_direct(converter, work_plan, workers=3)
+    assert recordio_direct.write_in_place(work_plan, workers=3)
     done = [json.loads(work_plan.unit_done_path(u.id).read_text()) for u in work_plan.units]
     assert all(d["extra"]["written"] == "direct" for d in done)
     assert sum(d["records"] for d in done) == sample.train_count + sample.val_count
@@ -399,22 +399,22 @@ def test_direct_write_spreads_chunks_over_processes(sample, converted: Path, tmp
     assert outputs_of(data_dir) == outputs_of(converted)
     assert tmp_files(data_dir) == []
     # A second call finds the units done and leaves the work to the unit-by-unit path (nothing to do).
-    assert not recordio_direct.write_direct(converter, work_plan, workers=3)
+    assert not recordio_direct.write_in_place(work_plan, workers=3)
 
 
 _KILL_SCRIPT = """
 import sys, time
-from airflow_resnet_prep.converters import base, recordio
+from airflow_resnet_prep.converters import base, recordio, recordio_frame
 from airflow_resnet_prep.layout import DataDir
 data_dir, flag = sys.argv[1:3]
-real, count = recordio.record_buffers, [0]
+real, count = recordio_frame.record_buffers, [0]
 def slow(header, image):
     count[0] += 1
     if count[0] == 3:  # two records written: tell the test, then wait for SIGKILL
         open(flag, "w").close()
         time.sleep(120)
     return real(header, image)
-recordio.record_buffers = slow
+recordio_frame.record_buffers = slow
 base.run_plan_unit(recordio.RecordIOConverter(), base.Plan.load(DataDir.of(data_dir), "nvidia"), 0)
 """
 

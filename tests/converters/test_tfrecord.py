@@ -378,7 +378,7 @@ _KILLED_CHILD = textwrap.dedent(
     from airflow_resnet_prep.layout import DataDir
 
     data_dir, marker, params = sys.argv[1], Path(sys.argv[2]), eval(sys.argv[3])
-    real, calls = tfrecord.encode_example, [0]
+    real, calls = tfrecord.example_parts, [0]
 
     def encode_then_stall(**kw):
         calls[0] += 1
@@ -387,7 +387,7 @@ _KILLED_CHILD = textwrap.dedent(
             time.sleep(600)
         return real(**kw)
 
-    tfrecord.encode_example = encode_then_stall
+    tfrecord.example_parts = encode_then_stall
     plan = base.Plan.load(DataDir.of(data_dir), "reference")
     base.run_plan_unit(tfrecord.TFRecordConverter(**params), plan, 0)
     """

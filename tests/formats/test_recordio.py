@@ -155,6 +155,17 @@ def test_frame_matches_dmlc_loop(payload: bytes) -> None:
 
 
 @settings(max_examples=100, deadline=None)
+@given(st.integers(1024, 1027), payloads)
+def test_frame_of_an_image_sized_payload_matches_dmlc_loop(lead: int, tail: bytes) -> None:
+    """Buffers of an image's size are scanned as 32-bit words (numpy), small ones byte by byte: both
+    must find exactly the aligned magics. ``lead`` shifts the magics of ``tail`` across alignments."""
+    payload = (M + b"\xff" * lead)[:lead] + tail
+    assert joined(frame(payload)) == naive_frame(payload)
+    header = b"\x01" * 24
+    assert joined(record_buffers(header, payload)) == naive_frame(header + payload)
+
+
+@settings(max_examples=100, deadline=None)
 @given(st.lists(payloads, max_size=6))
 def test_round_trip_through_iter_records(records: list[bytes]) -> None:
     fh = io.BytesIO()

@@ -86,6 +86,37 @@ def test_byte_identical_to_tensorflow_writer(tmp_path: Path) -> None:
     assert writer.position == len(expected)
 
 
+def test_records_written_in_parts_are_the_joined_records(tmp_path: Path) -> None:
+    """What the converter writes: each Example as (head, JPEG, tail), never joined; same bytes, offsets
+    and CRC-32C as whole records written by TensorFlow."""
+    import google_crc32c
+
+    from airflow_resnet_prep.formats.tfexample import example_parts
+
+    rng = __import__("random").Random(3)
+    cases = [
+        dict(
+            encoded=rng.randbytes(size),
+            filename=f"n0_{size}.JPEG",
+            label=7,
+            synset="n0",
+            height=3,
+            width=size,
+        )
+        for size in (0, 1, 4096, 70_000)
+    ]
+    ours = io.BytesIO()
+    writer = TFRecordWriter(ours)
+    for case in cases:
+        parts = example_parts(**case)
+        assert parts[1] is case["encoded"]  # the image itself, not a copy
+        assert writer.write_parts(parts) == len(b"".join(parts)) + OVERHEAD
+    records = [encode_example(**case) for case in cases]
+    assert ours.getvalue() == tf_written(tmp_path, records)
+    assert writer.crc == google_crc32c.value(ours.getvalue())
+    assert writer.sizes == [len(r) + OVERHEAD for r in records]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.binary(max_size=3000), max_size=8))
 def test_any_records_byte_identical(tmp_path_factory: pytest.TempPathFactory, records: list[bytes]) -> None:

@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import tarfile
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from airflow_resnet_prep.report import build as report_build
 from airflow_resnet_prep.report import report_path, summary, write_report
 
 REPO = Path(__file__).resolve().parents[2]
-IMPLEMENTATIONS = ("reference", "nvidia")
+IMPLEMENTATIONS = ("reference", "nvidia", "webdataset")
 EXTERNAL = ("http:", "https:", "//", "ftp:", "file:")
 
 
@@ -214,6 +215,15 @@ def _record_image(implementation: str, data_dir: Path, thumb: dict[str, str]) ->
             ex["image/filename"].numpy().decode(),
             ex["image/encoded"].numpy(),
         )
+    if implementation == "webdataset":  # the sample at that position, read with tarfile
+        members: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        sample = list(members.values())[position]
+        meta = json.loads(sample["json"])
+        return meta["wnid"], sample["cls"].decode(), meta["filename"], sample["jpg"]
     records = [payload for _, payload in iter_records(path)]
     _flag, label, record_id, _id2, image = unpack_header(records[position])
     lst = {}
@@ -241,7 +251,7 @@ def test_thumbnails_decode_and_match_their_records(converted) -> None:
     )
     # Spread over files and positions: several shards for reference, and never one position twice.
     assert len({(t["data-file"], t["data-position"]) for t in thumbs}) == len(thumbs)
-    if implementation == "reference":
+    if implementation in ("reference", "webdataset"):
         assert len({t["data-file"] for t in train}) == 3 and len({t["data-file"] for t in val}) == 2
     else:
         assert {t["data-file"] for t in thumbs} == {"recordio/train.rec", "recordio/val.rec"}
@@ -272,7 +282,7 @@ def test_reencoded_images_are_listed_with_reason_and_preview(converted) -> None:
     text, page = read_page(data_dir)
     listed = page.tags("figure", "listed")
     assert len(listed) == len(manifest["reencoded"]) + len(manifest["skipped"])
-    if implementation == "reference":
+    if implementation in ("reference", "webdataset"):
         assert {e["reason"] for e in manifest["reencoded"]} >= {"PNG image", "CMYK JPEG"}
     for entry in manifest["reencoded"]:
         assert f'<span class="fn" title="{entry["name"]}">' in text and entry["name"] in page.all_text
@@ -287,7 +297,7 @@ def test_reencoded_images_are_listed_with_reason_and_preview(converted) -> None:
         decode_uri(uri)
     # reference: each is also shown as stored, read back from the shard and record the figure names.
     stored = [a for a in listed if "data-stored-file" in a]
-    assert len(stored) == (len(manifest["reencoded"]) if implementation == "reference" else 0)
+    assert len(stored) == (len(manifest["reencoded"]) if implementation != "nvidia" else 0)
     names = {e["name"] for e in manifest["reencoded"]}
     for figure in stored:
         thumb = {"data-file": figure["data-stored-file"], "data-position": figure["data-stored-position"]}
@@ -479,10 +489,16 @@ def test_publish_writes_the_report_and_returns_its_path(sample, tmp_path: Path, 
     assert out["report"] == str(report) and out["cached"] is False
     assert report.is_file() and (data_dir / "manifest.json").is_file()
     assert len(thumbnails(Page(report.read_text()))) == 36
-    # A reused output keeps its report as it is ...
-    report.write_text("kept")
-    again = publish_outputs(p, fetched=fetched, relabelled=relabelled, summary=None)
-    assert again["report"] == str(report) and again["cached"] is True and report.read_text() == "kept"
+    assert "reused this output" not in report.read_text()
+    # A reused output's report is rewritten saying so on top, with the settings that did not matter ...
+    report.write_text("stale")
+    quality_80 = {**p, "quality": 80}  # unused with resize=0: no reason to convert
+    again = publish_outputs(quality_80, fetched=fetched, relabelled=relabelled, summary=None)
+    assert again["report"] == str(report) and again["cached"] is True
+    assert "quality=80 (written with 95)" in again["reused"]
+    page = report.read_text()
+    assert "The latest run reused this output" in page and "quality=80 (written with 95)" in page
+    assert "Sample records" in page
     # ... and gets one when it has none.
     report.unlink()
     assert publish_outputs(p, fetched=fetched, relabelled=relabelled, summary=None)["report"] == str(report)
@@ -546,8 +562,10 @@ def test_samples_read_only_the_records_they_show(converted, monkeypatch) -> None
     assert len(shown) == 6 and all(s.thumb.uri for s in shown)
     records = sum(r for split in files.values() for _, _, r in split)
     output_bytes = sum(size for split in files.values() for _, size, _ in split)
-    # Heads walked past (12 bytes each, reference) and each shown record with its framing and features.
-    assert 0 < read["bytes"] <= sum(s.size + 512 for s in shown) + 12 * records
+    # Heads walked past (12 bytes each, reference; three 512-byte tar headers, webdataset) and each shown
+    # record with its framing and features (its .cls and .json members).
+    walked, framing = (3 * 512, 3 * 512 + 512) if implementation == "webdataset" else (12, 512)
+    assert 0 < read["bytes"] <= sum(s.size + framing for s in shown) + walked * records
     assert read["bytes"] < output_bytes / 3
 
 
@@ -573,7 +591,7 @@ def test_a_report_that_fails_does_not_fail_publish(sample, tmp_path: Path, monke
         }
     )
 
-    def broken(data_dir):
+    def broken(data_dir, **kwargs):
         raise RuntimeError("renderer broke")
 
     monkeypatch.setattr(publish, "write_report", broken)

@@ -15,7 +15,8 @@ import pytest
 
 from airflow_resnet_prep.errors import SourceError
 from airflow_resnet_prep.sources.credentials import HttpCredentials
-from airflow_resnet_prep.sources.download import Fetched, redact_url, resolve_source
+from airflow_resnet_prep.sources.download import Fetched, resolve_source
+from airflow_resnet_prep.urls import mask_url
 from tests.support.httpserver import FileServer
 
 MiB = 1024 * 1024
@@ -346,13 +347,13 @@ def test_credentials_in_the_url_are_used_and_never_shown(dl: Path, caplog: pytes
     _no_secret_anywhere(secret, dl, fetched, caplog)
 
 
-def test_redact_url() -> None:
-    assert redact_url("https://u:p@host:8443/a/b.tar?x=1") == "https://host:8443/a/b.tar?x=1"
+def test_mask_url() -> None:
+    assert mask_url("https://u:p@host:8443/a/b.tar?version=1") == "https://host:8443/a/b.tar?version=1"
     assert (
-        redact_url("https://host/b.tar?X-Amz-Signature=abc&x=1")
-        == "https://host/b.tar?X-Amz-Signature=***&x=1"
+        mask_url("https://host/b.tar?X-Amz-Signature=abc&x=1#t=2")
+        == "https://host/b.tar?X-Amz-Signature=***&x=***"
     )
-    assert redact_url("http://[::1]:80/f") == "http://[::1]:80/f"
+    assert mask_url("http://[::1]:80/f") == "http://[::1]:80/f"
 
 
 # -- local sources ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from airflow_resnet_prep.catalog.build import build_split_catalog
 from airflow_resnet_prep.sources.tarindex import iter_tar
 from airflow_resnet_prep.storage import (
     LocalStore,
+    Multipart,
     ObjectNotFoundError,
     StorageError,
     Store,
@@ -35,6 +36,11 @@ def kind(store: Store) -> str:
     if isinstance(store, LocalStore):
         return "local"
     return "s3" if store.url.startswith("s3://") else "gcs"
+
+
+def open_uploads(store: Store) -> list:
+    """Open multipart uploads: only a store that has them (S3) can leave one."""
+    return store.list_uploads() if isinstance(store, Multipart) else []
 
 
 def reads(store: Store) -> int:
@@ -291,7 +297,7 @@ def test_writer_block_raising_leaves_nothing_under_the_key(store: Store, size: i
     gc.collect()
     assert not store.exists("out/shard")
     assert store.list("out") == []
-    assert store.list_uploads() == []  # the multipart upload was aborted, not left open
+    assert open_uploads(store) == []  # the multipart upload was aborted, not left open
 
 
 def test_writer_block_raising_keeps_the_previous_object(store: Store) -> None:
@@ -313,7 +319,7 @@ def test_writer_commits_whole_objects(store: Store, size: int, monkeypatch) -> N
             fh.write(data[start : start + 777_777])
         assert fh.tell() == size
     assert store.read_bytes("out/shard") == data
-    assert store.list_uploads() == []
+    assert open_uploads(store) == []
     if kind(store) == "s3" and size > 5 << 20:
         assert store.stats.requests["UploadPart"] == 3  # 5 + 5 + 2 MiB
 

@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
+from airflow_resnet_prep.params import PARAMS
 from tests.support.live_airflow import REPO, LiveAirflow
 from tests.ui.uihelpers import (
     DAG_ID,
@@ -32,7 +33,6 @@ from tests.ui.uihelpers import (
     chromium_path,
     open_trigger_form,
     run_ids,
-    to_docs,
     trigger_button,
     unavailable,
 )
@@ -48,15 +48,9 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
         auth=(USER, password),
         # Defaults from the developer's environment would change the form: keep the built-in ones.
         env={
-            f"MLPERF_RESNET_PREP_{name}": ""
-            for name in (
-                "SCHEDULE",
-                "DATA_DIR",
-                "TRAIN_SOURCE",
-                "VAL_SOURCE",
-                "LABELS_SOURCE",
-                "IMPLEMENTATION",
-            )
+            f"{prefix}{name}": ""
+            for prefix in ("AIRFLOW__RESNET_PREP__", "MLPERF_RESNET_PREP_")
+            for name in ("SCHEDULE", *(param.upper() for param in PARAMS))
         },
     )
     try:
@@ -137,8 +131,7 @@ def form_run(signed_in, airflow_ui, sample, tmp_path_factory) -> FormRun:
         dialog.locator("#element_data_dir").fill(str(data_dir))
         dialog.locator("#element_train_source").fill(str(sample.train_tar))
         dialog.locator("#element_val_source").fill(str(sample.val_tar))
-        page.screenshot(path=shots / "trigger-form.png")
-        to_docs(shots / "trigger-form.png", "trigger-form.png")
+        page.screenshot(path=shots / "trigger-form.png")  # the README's: test_airflow_ui.py
         # The labels file's default is a URL; these machines have no internet: give the sample's.
         dialog.get_by_role("button", name="Sources: labels, checksums, credentials").click()
         dialog.locator("#element_labels_source").fill(str(sample.labels))

@@ -97,6 +97,61 @@ def test_every_form_section_renders_its_params(page, airflow_ui, tmp_path):
         page.screenshot(path=tmp_path / f"section-{number}.png")
 
 
+def test_the_form_shows_implementation_first_and_says_what_trainers_expect(page, airflow_ui, tmp_path):
+    """``implementation`` is the first field, in the expanded block, before the required three; the shard
+    fields say what the MLPerf reference reads and ``on_bad_image`` says when ``force`` is needed. The
+    screenshot is the README's (docs/trigger-form.png with UPDATE_DOCS_SCREENSHOTS=1)."""
+    dialog = open_trigger_form(page, airflow_ui)
+    implementation = dialog.locator("[name=element_implementation]").first
+    implementation.wait_for(state="attached")
+    label = dialog.locator("label:text-is('implementation')").first
+    assert label.is_visible(), "implementation is not shown without opening a section"
+    tops = {
+        name: dialog.locator(f"label:text-is('{name}')").first.bounding_box()["y"]
+        for name in ("implementation", "data_dir", "train_source", "val_source")
+    }
+    assert sorted(tops, key=tops.get) == ["implementation", "data_dir", "train_source", "val_source"], tops
+    assert "MLPerf reference TensorFlow ResNet" in dialog.inner_text()
+    # As a user fills it (paths of the README's examples; this form is never submitted).
+    for name, value in (
+        ("data_dir", "/data/imagenet/prepared"),
+        ("train_source", "/data/imagenet/ILSVRC2012_img_train.tar"),
+        ("val_source", "/data/imagenet/ILSVRC2012_img_val.tar"),
+    ):
+        dialog.locator(f"#element_{name}").fill(value)
+    assert trigger_button(dialog).is_enabled()
+    page.screenshot(path=tmp_path / "trigger-form.png")
+    to_docs(tmp_path / "trigger-form.png", "trigger-form.png")
+
+    dialog.get_by_role("button", name="reference: TFRecord options", exact=True).click()
+    dialog.get_by_text("reads exactly 1024 train and 128 validation shards").first.wait_for()
+    dialog.get_by_role("button", name="Output", exact=True).click()
+    dialog.get_by_text("switching to skip needs force=true").first.wait_for()
+    page.screenshot(path=tmp_path / "trigger-form-sections.png")
+
+
+def test_the_rest_api_refuses_a_run_without_the_required_params(airflow_ui, sample, tmp_path):
+    """An empty conf, or an empty data_dir, is refused by the REST API with a message naming the param;
+    no run is created."""
+    before = run_ids(airflow_ui)
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns"
+    full = {
+        "data_dir": str(tmp_path / "never"),
+        "train_source": str(sample.train_tar),
+        "val_source": str(sample.val_tar),
+    }
+    for conf, name in (
+        ({}, "data_dir"),
+        ({**full, "data_dir": ""}, "data_dir"),
+        ({**full, "val_source": ""}, "val_source"),
+    ):
+        response = airflow_ui.api("POST", path, json={"logical_date": None, "conf": conf})
+        assert response.status_code == 400, (conf, response.status_code, response.text[:500])
+        assert f"Invalid input for param {name}" in response.text, response.text[:500]
+    assert run_ids(airflow_ui) == before
+    assert not (tmp_path / "never").exists()
+
+
 def test_a_shard_count_of_zero_shows_its_error_and_creates_no_run(page, airflow_ui, sample, tmp_path):
     dialog = open_trigger_form(page, airflow_ui)
     submit = trigger_button(dialog)

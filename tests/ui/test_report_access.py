@@ -83,7 +83,8 @@ def site(tmp_path_factory, s3, capture, sample):
         dags_folder=dags,
         auth=(ADMIN, passwords[ADMIN]),
         env={
-            "PYTHONPATH": str(REPO / "tests" / "ui"),
+            # This tree's package first (a worktree's venv may have another checkout installed).
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests" / "ui")]),
             "AIRFLOW__CORE__AUTH_MANAGER": "scoped_auth.ScopedAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN}:admin,{ALICE}:user",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
@@ -203,6 +204,25 @@ def test_every_answer_carries_the_security_headers(site) -> None:
             assert part in response.headers.get(name, ""), (status, name, dict(response.headers))
 
 
+def test_a_file_planted_in_a_runs_report_folder_is_not_served(site) -> None:
+    """Only what the run's publish listed in report/run.json is served: a file put beside the report
+    afterwards (by another run, another tool) answers 404, the report itself 200."""
+    _, runs, _, home = site
+    report = home / "data" / "dag_a" / "report"
+    assert json.loads((report / "run.json").read_text())["files"] == ["index.html"]
+    planted = [report / "evil.html", report / "evil.svg"]
+    for path in planted:
+        path.write_text("<script>alert(document.domain)</script>")
+    try:
+        for path in planted:
+            answer = as_alice(site, "GET", report_path("dag_a", runs["dag_a"], path.name))
+            assert answer.status_code == 404 and "alert" not in answer.text
+        assert as_alice(site, "GET", report_path("dag_a", runs["dag_a"])).status_code == 200
+    finally:
+        for path in planted:
+            path.unlink()
+
+
 def _peak_rss(pid: int) -> int:
     """The high-water mark of resident memory (VmHWM) of a process and its children, in bytes."""
     total = 0
@@ -227,7 +247,7 @@ def test_a_large_bucket_file_is_streamed_with_bounded_memory(site, s3) -> None:
     client.put_object(
         Bucket=s3.bucket,
         Key="big/report/run.json",
-        Body=json.dumps({"dag_id": "dag_a", "run_id": run_id}).encode(),
+        Body=json.dumps({"dag_id": "dag_a", "run_id": run_id, "files": ["index.html", "big.bin"]}).encode(),
     )
     client.put_object(Bucket=s3.bucket, Key="big/report/index.html", Body=b"<h1>big</h1>")
     block = os.urandom(8 * 1024 * 1024)

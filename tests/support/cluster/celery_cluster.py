@@ -87,7 +87,7 @@ def cluster_env(
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
-        "MLPERF_RESNET_PREP_SCHEDULE": "",
+        "AIRFLOW__RESNET_PREP__SCHEDULE": "",
         **TUNING,
     }
 
@@ -127,7 +127,7 @@ class CeleryCluster:
     :param workers: how many Celery workers (``worker-1`` ...), each with its own ``--celery-hostname``
         and log server port.
     :param concurrency: task slots per worker (``--concurrency``).
-    :param env: more settings for every process (e.g. ``MLPERF_RESNET_PREP_DATA_DIR``).
+    :param env: more settings for every process (e.g. ``AIRFLOW__RESNET_PREP__DATA_DIR``).
     """
 
     def __init__(
