@@ -171,3 +171,17 @@ def test_sample_cli_writes_each_layout(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         line = next(ln for ln in done.stdout.splitlines() if ln.startswith("copy:"))
         assert Path(line.split()[1]).exists() and f"({layout})" in line
+
+
+def test_copies_are_reproducible(tmp_path):
+    """The same sample gives the same copy, byte for byte, wherever it is written."""
+    from airflow_resnet_prep.sample import generate
+
+    made = []
+    for where in ("a", "b"):
+        small = generate(tmp_path / where, classes=2, train_per_class=3, val_per_class=2, seed=3)
+        made.append({layout: write_copy(small, layout) for layout in LAYOUTS})
+    for layout in LAYOUTS:
+        a, b = made[0][layout], made[1][layout]
+        files = [p.relative_to(a) for p in sorted(a.rglob("*")) if p.is_file()] if a.is_dir() else [Path()]
+        assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files), layout

@@ -159,6 +159,7 @@ def _copy_labels(
     credentials: HttpCredentials | None,
     storage_conn_id: str | None,
     download_sources: bool,
+    url_guard: UrlGuard | None,
 ) -> RelabelResult:
     """A copy's own validation classes: used as they are; a labels file named explicitly (neither empty
     nor the default) is read and checked against them, never downloaded otherwise."""
@@ -173,6 +174,7 @@ def _copy_labels(
         credentials=credentials,
         storage_conn_id=storage_conn_id or None,
         download=bool(download_sources),
+        url_guard=url_guard,
     )
     shown = display_uri(fetched.path)
     check_copy_labels(val, read_labels(fetched.path), shown)
@@ -201,7 +203,14 @@ def relabel(
         train_synsets = train.synsets
         if val.labels:  # a copy that labels its own validation images (catalog/copies.py)
             return _copy_labels(
-                layout, val, train_synsets, labels_source, credentials, storage_conn_id, download_sources
+                layout,
+                val,
+                train_synsets,
+                labels_source,
+                credentials,
+                storage_conn_id,
+                download_sources,
+                url_guard,
             )
         if labelled_by_source(val):
             check_labelled(val, train_synsets)
