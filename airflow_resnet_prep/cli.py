@@ -16,10 +16,12 @@ The work is :func:`airflow_resnet_prep.pipeline.run`; the result (the output pat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow_resnet_prep.params import PARAMS, missing_required
@@ -145,19 +147,36 @@ def values_from(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send whatever writes to file descriptor 1 (Airflow's loggers, once its config is imported, print to
+    stdout; worker processes inherit it) to stderr, so that stdout holds only the JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     args = parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        values = values_from(args)
-    except (UsageError, ValueError) as exc:
-        parser(prog).error(str(exc))
-    credentials = None
-    if values.get("http_conn_id"):
-        from airflow_resnet_prep.operators.connections import http_credentials_from_connection
+    with _stdout_to_stderr():
+        try:
+            values = values_from(args)
+        except (UsageError, ValueError) as exc:
+            parser(prog).error(str(exc))
+        credentials = None
+        if values.get("http_conn_id"):
+            from airflow_resnet_prep.operators.connections import http_credentials_from_connection
 
-        credentials = http_credentials_from_connection(values["http_conn_id"])
-    from airflow_resnet_prep.pipeline import run
+            credentials = http_credentials_from_connection(values["http_conn_id"])
+        from airflow_resnet_prep.pipeline import run
 
-    print(json.dumps(run(values, credentials=credentials), indent=2))
+        result = run(values, credentials=credentials)
+    print(json.dumps(result, indent=2))
     return 0

@@ -135,3 +135,17 @@ def test_http_conn_id_authenticates_the_downloads(sample, tmp_path, monkeypatch,
     assert result["cached"] is False
     assert (tmp_path / "with" / "manifest.json").is_file()
     assert "s3cret" not in text
+
+
+def test_stdout_holds_only_the_json_result(sample, tmp_path):
+    """Airflow's loggers print to stdout once its config is read (for ``[resnet_prep]``): the command
+    sends them to stderr, so its output can be piped into a JSON reader; a rerun says it reused."""
+    argv = [sys.executable, "-m", "airflow_resnet_prep", "--data-dir", str(tmp_path / "out")]
+    argv += ["--train-source", str(sample.train_tar), "--val-source", str(sample.val_tar)]
+    argv += ["--labels-source", str(sample.labels), "--workers", "1"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads(first.stdout)["cached"] is False
+    assert "train:" in first.stderr  # the log went to stderr
+    again = subprocess.run([*argv, "--quality", "50"], capture_output=True, text=True, timeout=300)
+    assert "quality=50 (written with 95)" in json.loads(again.stdout)["reused"]

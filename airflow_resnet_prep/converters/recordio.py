@@ -48,7 +48,13 @@ from airflow_resnet_prep.converters.base import (
 )
 from airflow_resnet_prep.converters.decodecheck import decode_check_param, prepare_decoder
 from airflow_resnet_prep.converters.recordio_direct import write_in_place
-from airflow_resnet_prep.converters.recordio_frame import Framed, chunked, frame_run, unit_result
+from airflow_resnet_prep.converters.recordio_frame import (
+    UNIT_RUN_RECORDS,
+    Framed,
+    chunked,
+    frame_run,
+    unit_result,
+)
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.crc32c import combine_all, crc32c, from_hex, to_hex
@@ -154,7 +160,7 @@ class RecordIOConverter(Converter):
     def write_unit(self, plan: Plan, unit: Unit, items: list[WorkItem]) -> UnitResult:
         sources = plan.split_sources(unit.split)
         runs: list[Framed] = []
-        chunks = chunked(items)
+        chunks = chunked(items, UNIT_RUN_RECORDS)
         with (
             ImageReader(sources) as reader,
             # One read-ahead over the whole unit: from a bucket, close images coalesced across runs.

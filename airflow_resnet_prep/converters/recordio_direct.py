@@ -31,6 +31,7 @@ from airflow_resnet_prep.converters.base import Plan, Unit, WorkItem
 from airflow_resnet_prep.converters.pool import fork_context, portable_error, resolve_workers, start_worker
 from airflow_resnet_prep.converters.recordio_frame import (
     CHUNK_RECORDS,
+    REMOTE_CHUNK_RECORDS,
     Framed,
     chunked,
     frame_run,
@@ -90,14 +91,18 @@ def _hold_units(plan: Plan) -> Iterator[bool]:
 
 def _write_split(plan: Plan, split: str, processes: int, env: Mapping[str, str], progress: Progress) -> None:
     units = [u for u in plan.units if u.split == split]
+    sources = plan.split_sources(split)
+    with ImageReader(sources) as reader:
+        remote = any(reader.store(src).requests_are_costly for src in range(len(sources)))
     # Small splits get small runs, so that every process has work.
-    size = max(1, min(CHUNK_RECORDS, -(-sum(u.items for u in units) // (4 * processes))))
+    most = REMOTE_CHUNK_RECORDS if remote else CHUNK_RECORDS
+    size = max(1, min(most, -(-sum(u.items for u in units) // (4 * processes))))
     chunks = [
         _Chunk(position, run)
         for position, unit in enumerate(units)
         for run in chunked(plan.load_items(unit.id), size)
     ]
-    frame = _Framer(plan.params, plan.split_sources(split), split)
+    frame = _Framer(plan.params, sources, split)
     rec = plan.data_dir.recordio / f"{split}.rec"
     rec.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(rec)

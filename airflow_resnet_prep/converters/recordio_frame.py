@@ -28,8 +28,14 @@ from airflow_resnet_prep.formats.crc32c import combine_all, crc32c_of
 from airflow_resnet_prep.formats.jpeg import probe, resize_short_side
 from airflow_resnet_prep.formats.recordio import MAX_RECORD, pack_header, record_buffers
 
-# Records framed in memory and written at once: ~14 MB of ImageNet images, few large writes.
+# Records framed in memory and written at once by the one-machine path: ~14 MB of ImageNet images,
+# few large writes; from a bucket twice as many, so that close images still share requests (a run's
+# images are read ahead together).
 CHUNK_RECORDS = 128
+REMOTE_CHUNK_RECORDS = 256
+# A unit streams its runs into its piece (whose store buffers what it uploads): small runs keep its
+# memory where it was when it framed record by record.
+UNIT_RUN_RECORDS = 16
 
 _T = TypeVar("_T")
 

@@ -131,7 +131,9 @@ class WebDatasetConverter(TFRecordConverter):
         raw = info_json(results).encode()
         key = f"{WEBDATASET}/{INFO}"
         plan.data_dir.store.write_bytes(key, raw)
-        outputs[key] = {"size": len(raw), "records": 2, "crc32c": to_hex(crc32c(raw))}
+        # records: the samples it describes, as an index counts the records it indexes
+        described = sum(stats["records"] for name, stats in outputs.items() if name.endswith(".tar"))
+        outputs[key] = {"size": len(raw), "records": described, "crc32c": to_hex(crc32c(raw))}
         return outputs
 
 

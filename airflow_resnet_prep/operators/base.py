@@ -204,3 +204,22 @@ class SourcesOperator(PrepOperator):
             "storage_conn_id": args.storage_conn_id,
             "download_sources": args.download_sources,
         }
+
+
+class AfterSourcesOperator(PrepOperator):
+    """The base of the operators that read what fetch and relabel returned (the branch, publish).
+
+    :param fetch_task_id: The task whose return value holds the catalogs and the sources' fingerprints.
+    :param relabel_task_id: The task whose return value holds the labels file's fingerprint.
+    """
+
+    def __init__(
+        self, *, fetch_task_id: str = "fetch", relabel_task_id: str = "relabel_val", **kwargs: Any
+    ) -> None:
+        self.keep(locals())
+        super().__init__(**kwargs)
+
+    def sources_returned(self, context: Context) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The return values of the fetch and relabel tasks of this run."""
+        ti = context["ti"]
+        return ti.xcom_pull(task_ids=self.fetch_task_id), ti.xcom_pull(task_ids=self.relabel_task_id)

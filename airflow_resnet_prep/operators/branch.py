@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.sdk import Context
 
-from airflow_resnet_prep.operators.base import Arguments, PrepOperator, default
+from airflow_resnet_prep.operators.base import AfterSourcesOperator, Arguments, PrepOperator, default
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.layout import DataDir
 
 
-class ChooseImplementationOperator(PrepOperator, BranchMixIn):
+class ChooseImplementationOperator(AfterSourcesOperator, BranchMixIn):
     """Follow ``{implementation}_plan``, or ``reuse_existing`` when ``data_dir``'s manifest says the output
     is up to date with this run's params and sources (and ``force`` is off); skip the other branches.
 
@@ -25,8 +25,6 @@ class ChooseImplementationOperator(PrepOperator, BranchMixIn):
     :param force: Rebuild even when the manifest says the output is up to date. (templated)
     :param defaults: What a param the run left empty (null) means: the DAG's resolved defaults; the run's
         params are compared with the manifest's after filling them in.
-    :param fetch_task_id: The task whose return value holds the sources' fingerprints.
-    :param relabel_task_id: The task whose return value holds the labels file's fingerprint.
     :param reuse_task_id: The task to follow when the output is up to date.
     """
 
@@ -40,8 +38,6 @@ class ChooseImplementationOperator(PrepOperator, BranchMixIn):
         implementation: str = default("implementation"),
         force: bool | str = default("force"),
         defaults: Mapping[str, Any] | None = None,
-        fetch_task_id: str = "fetch",
-        relabel_task_id: str = "relabel_val",
         reuse_task_id: str = "reuse_existing",
         **kwargs: Any,
     ) -> None:
@@ -54,11 +50,8 @@ class ChooseImplementationOperator(PrepOperator, BranchMixIn):
         from airflow_resnet_prep.params import PARAMS, resolved
         from airflow_resnet_prep.pipeline import fingerprints_of
 
-        ti = context["ti"]
         params = resolved({k: v for k, v in context["params"].items() if k in PARAMS}, self.defaults or None)
-        fingerprints = fingerprints_of(
-            ti.xcom_pull(task_ids=self.fetch_task_id), ti.xcom_pull(task_ids=self.relabel_task_id)
-        )
+        fingerprints = fingerprints_of(*self.sources_returned(context))
         if not args.force and cached_manifest(data_dir, args.implementation, params, fingerprints):
             return self.do_branch(context, self.reuse_task_id)
         return self.do_branch(context, f"{args.implementation}_plan")

@@ -30,9 +30,8 @@ class ConvertOperator(PrepOperator):
     ``storage_conn_id`` and ``allowed_conn_ids`` see :class:`~airflow_resnet_prep.operators.base.PrepOperator`.
 
     Steps ``all`` and ``finish`` push the output folder under :attr:`output_key` and return the
-    conversion summary. A concrete operator sets :attr:`output_key`, lists its own arguments after
-    :attr:`common_fields` in ``template_fields`` and defines ``make_converter()``, which imports its
-    converter lazily so that parsing a DAG never loads TensorFlow.
+    conversion summary. A concrete operator sets :attr:`implementation` and :attr:`output_key` and lists
+    its own arguments after :attr:`common_fields` in ``template_fields``.
 
     :param on_bad_image: ``"fail"`` (default) names an unreadable image and fails; ``"skip"`` leaves it
         out (of every output file) and lists it in the manifest. (templated)
@@ -46,6 +45,8 @@ class ConvertOperator(PrepOperator):
         batch with a local executor, eight with a distributed one. (templated)
     """
 
+    #: The ``implementation`` param's value this operator writes.
+    implementation: ClassVar[str] = ""
     output_key: ClassVar[str] = ""
     common_fields: ClassVar[tuple[str, ...]] = (
         *PrepOperator.base_fields,
@@ -76,8 +77,12 @@ class ConvertOperator(PrepOperator):
         super().__init__(**kwargs)
 
     def make_converter(self, args: Arguments | None = None) -> Converter:
-        """The converter, configured from ``args`` (default: this operator's rendered arguments)."""
-        raise NotImplementedError
+        """The converter of :attr:`implementation`, configured from ``args`` (default: this operator's
+        rendered arguments) as the CLI configures it (:func:`airflow_resnet_prep.pipeline.make_converter`,
+        imported here so that parsing a DAG never loads a converter)."""
+        from airflow_resnet_prep.pipeline import make_converter
+
+        return make_converter(self.implementation, self.arguments() if args is None else args)
 
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> Any:
         from airflow_resnet_prep.converters import base, local

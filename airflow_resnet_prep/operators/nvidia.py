@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_resnet_prep.operators.base import Arguments, default
+from airflow_resnet_prep.operators.base import default
 from airflow_resnet_prep.operators.convert import ConvertOperator
 
 
@@ -21,6 +21,7 @@ class NvidiaPrepOperator(ConvertOperator):
     :param quality: JPEG quality when resizing, as im2rec's ``--quality``. (templated)
     """
 
+    implementation = "nvidia"
     output_key = "preprocessed_path"
     # No mxnet_version: it changes no byte. A DAG records it in the manifest through
     # PublishOperator(manifest_params={"mxnet_version": ...}), as the factory does.
@@ -36,8 +37,3 @@ class NvidiaPrepOperator(ConvertOperator):
     ) -> None:
         self.keep(locals())
         super().__init__(**kwargs)
-
-    def make_converter(self, args: Arguments | None = None):
-        from airflow_resnet_prep.converters.recordio import RecordIOConverter, params_from
-
-        return RecordIOConverter(**params_from(self.arguments() if args is None else args))

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, Context
 
-from airflow_resnet_prep.operators.base import Arguments, PrepOperator
+from airflow_resnet_prep.operators.base import AfterSourcesOperator, Arguments, PrepOperator
 from airflow_resnet_prep.plugins.links import DatasetReportLink
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.layout import DataDir
 
 
-class PublishOperator(PrepOperator):
+class PublishOperator(AfterSourcesOperator):
     """Write ``manifest.json`` (last, atomically), push the output paths and update an Asset.
 
     The work is :func:`airflow_resnet_prep.publish.publish_outputs`, given this task's arguments and the
@@ -33,8 +33,6 @@ class PublishOperator(PrepOperator):
         come with its summary), e.g. ``{"mxnet_version": "22.04"}``. Never a credential. (templated)
     :param asset: An Asset to update: it is added to ``outlets``, and its event's extra gets the
         ``*_path`` keys, ``implementation`` and ``cached`` (true when the run reused the output).
-    :param fetch_task_id: The task whose return value holds the catalogs and fingerprints.
-    :param relabel_task_id: The task whose return value holds the validation labels' fingerprint.
     :param finish_task_id: The converter's finish task, ``{implementation}`` replaced by the
         implementation; its return value is the conversion summary (none when it was skipped).
     """
@@ -49,8 +47,6 @@ class PublishOperator(PrepOperator):
         implementation: str,
         manifest_params: Mapping[str, Any] | None = None,
         asset: Asset | None = None,
-        fetch_task_id: str = "fetch",
-        relabel_task_id: str = "relabel_val",
         finish_task_id: str = "{implementation}_finish",
         **kwargs: Any,
     ) -> None:
@@ -68,8 +64,7 @@ class PublishOperator(PrepOperator):
 
         ti = context["ti"]
         implementation = self.implementation
-        fetched = ti.xcom_pull(task_ids=self.fetch_task_id)
-        relabelled = ti.xcom_pull(task_ids=self.relabel_task_id)
+        fetched, relabelled = self.sources_returned(context)
         summary = ti.xcom_pull(task_ids=self.finish_task_id.format(implementation=implementation))
         params = {
             **(summary or {}).get("params", {}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_resnet_prep.operators.base import Arguments, default
+from airflow_resnet_prep.operators.base import default
 from airflow_resnet_prep.operators.convert import ConvertOperator
 
 
@@ -22,6 +22,7 @@ class ConvertTFRecordOperator(ConvertOperator):
     :param dali_index: Also write ``<shard>.idx`` (``offset size`` per record) for NVIDIA DALI. (templated)
     """
 
+    implementation = "reference"
     output_key = "tfrecords_path"
     template_fields = (
         *ConvertOperator.common_fields,
@@ -43,8 +44,3 @@ class ConvertTFRecordOperator(ConvertOperator):
     ) -> None:
         self.keep(locals())
         super().__init__(**kwargs)
-
-    def make_converter(self, args: Arguments | None = None):
-        from airflow_resnet_prep.converters.tfrecord import TFRecordConverter, params_from
-
-        return TFRecordConverter(**params_from(self.arguments() if args is None else args))

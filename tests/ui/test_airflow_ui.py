@@ -235,8 +235,12 @@ def test_report_routes_never_leave_the_run_report_folder(form_run, manifest, air
     try:
         token = airflow_ui.token()
         base = form_run.report_path
+        # The files the run's publish listed are served (its report/run.json); a file planted beside them,
+        # inside the folder but not listed, is not.
+        status, body = raw_get(airflow_ui.base_url, base + "index.html", token)
+        assert status == 200 and b"Dataset report" in body
         status, body = raw_get(airflow_ui.base_url, base + "notes.txt", token)
-        assert (status, body) == (200, b"inside\n")  # a file inside is served
+        assert status == 404 and b"inside" not in body
         outside = [
             "../manifest.json",
             "%2e%2e/manifest.json",
