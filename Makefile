@@ -80,7 +80,7 @@ $(AIRFLOW_HOME)/airflow.db: $(VENV)/.installed
 
 demo: $(VENV)/.installed $(AIRFLOW_HOME)/airflow.db
 	$(PY) -m airflow_resnet_prep.sample --out $(DEMO)/sample
-	@for impl in nvidia reference; do \
+	@for impl in nvidia reference webdataset; do \
 	  echo "== airflow dags test mlperf_resnet_prep ($$impl)"; \
 	  $(VENV)/bin/airflow dags test mlperf_resnet_prep -c "{\"implementation\": \"$$impl\", \
 	    \"data_dir\": \"$(DEMO)/$$impl\", \
