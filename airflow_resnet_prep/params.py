@@ -171,12 +171,15 @@ PARAMS: dict[str, ParamSpec] = {
         DEFAULT_LABELS_URL,
         {"type": "string"},
         "Validation labels file (line i = synset of ILSVRC2012_val_%08d i): URL or absolute path. Default: "
-        "the file in the TensorFlow models repository, at a fixed commit.",
+        "the file in the TensorFlow models repository, at a fixed commit; for a Kaggle or Hugging Face copy, "
+        "that copy's own labels (nothing is downloaded).",
         section=SOURCES,
         description_md=(
             "Validation labels file: line *i* is the synset of `ILSVRC2012_val_%08d` *i*. URL or absolute "
             "path. Empty: [the file in the TensorFlow models repository]"
-            f"({DEFAULT_LABELS_URL}) at a fixed commit; give a local copy on machines without internet."
+            f"({DEFAULT_LABELS_URL}) at a fixed commit; give a local copy on machines without internet. "
+            "A Kaggle or Hugging Face copy brings its own labels: leave this empty (one given is checked "
+            "against them)."
         ),
     ),
     "train_checksum": ParamSpec(

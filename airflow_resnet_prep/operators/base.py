@@ -21,6 +21,7 @@ source arguments while it is constructed.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -158,9 +159,9 @@ class PrepOperator(LineageMixin, BaseOperator):
         args = self.arguments()
         return self.run(context, DataDir.of(self.data_dir, args.storage_conn_id), args)
 
+    @abstractmethod
     def run(self, context: Context, data_dir: DataDir, args: Arguments) -> Any:
         """The operator's work, given its checked, typed arguments."""
-        raise NotImplementedError
 
 
 class SourcesOperator(PrepOperator):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from airflow_resnet_prep.operators.base import Arguments
 from airflow_resnet_prep.operators.tfrecord import ConvertTFRecordOperator
 
 
@@ -17,10 +16,6 @@ class ConvertWebDatasetOperator(ConvertTFRecordOperator):
     ``step``. Pushes ``webdataset_path`` (the shards' folder) to XCom when the output is complete.
     """
 
+    implementation = "webdataset"
     output_key = "webdataset_path"
     ui_color = "#e8f5e9"
-
-    def make_converter(self, args: Arguments | None = None):
-        from airflow_resnet_prep.converters.webdataset import WebDatasetConverter, params_from
-
-        return WebDatasetConverter(**params_from(self.arguments() if args is None else args))

@@ -67,14 +67,16 @@ class GzipStream:
         try:
             while True:
                 z = self._inflater
-                if z.unconsumed_tail:
-                    data = z.decompress(z.unconsumed_tail, OUT_CHUNK)
-                elif z.eof:  # a member ended: another one may follow
+                # eof first: at the end of a member, CPython leaves the input past it in unconsumed_tail
+                # *and* unused_data; only unused_data is the rest of the file.
+                if z.eof:  # a member ended: another one may follow
                     rest = z.unused_data or self._raw.read(IN_CHUNK)
                     if not rest:
                         return b""
                     self._inflater = zlib.decompressobj(_GZIP)
                     data = self._inflater.decompress(rest, OUT_CHUNK)
+                elif z.unconsumed_tail:
+                    data = z.decompress(z.unconsumed_tail, OUT_CHUNK)
                 else:
                     compressed = self._raw.read(IN_CHUNK)
                     if not compressed:
