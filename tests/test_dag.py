@@ -518,7 +518,7 @@ def test_second_run_reuses_the_output_then_force_rebuilds_it(dag, sample, clean_
 
 def test_webdataset_second_run_reuses_the_output(dag, sample, clean_runs):
     first = clean_runs("webdataset")
-    # force given: a run of the same DAG object before this one may have left its forced value behind
+    # force given: Airflow's dag.test() keeps an earlier run's conf on task.params (docs/design.md)
     again = run_dag(dag, {**conf_for(sample, first.data_dir, "webdataset"), "force": False})
     assert again.state == "success", again.states
     assert again.states["reuse_existing"] == ["success"]

@@ -28,10 +28,11 @@ from airflow_resnet_prep.formats.recordio import iter_records, unpack_header
 from airflow_resnet_prep.fsutil import read_json
 from airflow_resnet_prep.sample import SampleSet, generate
 from airflow_resnet_prep.sources.credentials import HttpCredentials, origin_of
+from airflow_resnet_prep.verify import verify
 from tests.support.httpserver import FileServer
 
-IMPLEMENTATIONS = ("nvidia", "reference")
-OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords"}
+IMPLEMENTATIONS = ("nvidia", "reference", "webdataset")
+OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords", "webdataset": "webdataset"}
 SMALL = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}
 SHARDS = {"train_shards": 3, "val_shards": 2}
 VOLATILE = ("steps", "written_at", "sources", "conversion")
@@ -129,6 +130,14 @@ def read_outputs(data_dir: Path, implementation: str) -> dict[str, list[str]]:
             assert [int(index) for index, _, _ in lst] == [id1 for _, _, id1, _, _ in records]
             names[split] = [relpath.rsplit("/", 1)[-1] for _, _, relpath in lst]
         return names
+    if implementation == "webdataset":  # the file name each sample's .json records, shard by shard
+        for path in sorted(out.glob("*.tar")):
+            split = "train" if "-train-" in path.name else "val"
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    if member.name.endswith(".json"):
+                        names[split].append(json.loads(tar.extractfile(member).read())["filename"])
+        return names
     import tensorflow as tf
 
     for path in sorted(out.iterdir()):
@@ -137,6 +146,16 @@ def read_outputs(data_dir: Path, implementation: str) -> dict[str, list[str]]:
             example = tf.train.Example.FromString(raw.numpy())
             names[split].append(example.features.feature["image/filename"].bytes_list.value[0].decode())
     return names
+
+
+def records_in_shard(path: Path, implementation: str) -> int:
+    """Records of a reference or webdataset shard, read to the end (a partial one raises)."""
+    if implementation == "webdataset":
+        with tarfile.open(path) as tar:
+            return sum(1 for m in tar.getmembers() if m.name.endswith(".jpg"))
+    import tensorflow as tf
+
+    return sum(1 for _ in tf.data.TFRecordDataset(str(path)))
 
 
 # -- bad images ----------------------------------------------------------------------------------------
@@ -190,11 +209,9 @@ def test_a_bad_image_fails_naming_it_then_skip_leaves_it_out(
     if implementation == "nvidia":
         assert list(out.iterdir()) == []  # nothing is joined before every unit is done
     else:  # shards finished before the bad one are whole; the bad one's shard has no final name
-        import tensorflow as tf
-
         for shard in out.iterdir():
             assert not shard.name.startswith("."), f"{shard}: temp file of the failed unit left behind"
-            assert sum(1 for _ in tf.data.TFRecordDataset(str(shard))) > 0
+            assert records_in_shard(shard, implementation) > 0
 
     # The same data_dir with on_bad_image=skip: a different plan, so it takes force to replace the failed one.
     skip = values_for(data_dir, implementation, sources, on_bad_image="skip")
@@ -218,6 +235,7 @@ DECOYS = (
     "val.idx",
     "train-00000-of-00003",
     "validation-00001-of-00002",
+    "_info.json",
     "manifest.json",
     ".lock",
 )
@@ -229,9 +247,14 @@ def test_members_named_like_outputs_never_become_outputs(small, tmp_path, implem
     synset = sorted(images)[0].split("/")[0]
     a_jpeg = next(data for key, data in sorted(images.items()) if key not in small.quirks)
     members = {name: b"decoy " + name.encode() for name in DECOYS}
+    # A top-level .tar is read as a class's archive (refused when it is not one), so webdataset's shard
+    # name is a decoy inside a class, where it is neither.
+    shard_decoy = f"{synset}/imagenet1k-train-0000.tar"
+    members[shard_decoy] = b"decoy shard"
     members.update(images)
     members[f"{synset}/train-00000-of-00003.JPEG"] = a_jpeg  # an image, in a class, with a shard's name
     members[f"{synset}/train.rec.jpg"] = a_jpeg
+    members[f"{synset}/imagenet1k-train-0000.tar.JPEG"] = a_jpeg
     (tmp_path / "sources").mkdir()
     train = write_tar(tmp_path / "sources" / "train.tar", members)
     sources = {**local_sources(small), "train_source": str(train)}
@@ -247,10 +270,16 @@ def test_members_named_like_outputs_never_become_outputs(small, tmp_path, implem
     for path in data_dir.rglob("*"):
         assert b"decoy" not in (path.read_bytes() if path.is_file() else b""), f"{path} holds a decoy member"
     stored = read_outputs(data_dir, implementation)
-    assert sorted(stored["train"]) == sorted(k.split("/")[1] for k in members if "/" in k)
+    assert sorted(stored["train"]) == sorted(
+        k.split("/")[1] for k in members if "/" in k and k != shard_decoy
+    )
+    # verify reads the output back and finds every image where its name says (webdataset: dotted stems
+    # give escaped sample keys)
+    assert [str(p) for p in verify(data_dir, workers=1).problems] == []
     raw = data_dir / "raw" / "train" / synset
     assert (raw / "train-00000-of-00003.JPEG").read_bytes() == a_jpeg
     assert (raw / "train.rec.jpg").read_bytes() == a_jpeg
+    assert (raw / "imagenet1k-train-0000.tar.JPEG").read_bytes() == a_jpeg
 
 
 def _cli_env(tmp: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +45,9 @@ from airflow_resnet_prep.sources.download import CHUNK_BYTES
 from tests.support.httpserver import FileServer
 from tests.support.sampletools import extract_sample_tar
 
-IMPLEMENTATIONS = ("nvidia", "reference")
-OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords"}
-# Small on purpose: 12 train + 6 val images; reference writes 3 + 2 shards, one unit each.
+IMPLEMENTATIONS = ("nvidia", "reference", "webdataset")
+OUTPUT_DIR = {"nvidia": "recordio", "reference": "tfrecords", "webdataset": "webdataset"}
+# Small on purpose: 12 train + 6 val images; reference and webdataset write 3 + 2 shards, one unit each.
 SMALL = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}
 SHARDS = {"train_shards": 3, "val_shards": 2}
 # Manifest keys that differ between two correct runs (times, and the source paths the plan id hashes).
@@ -170,6 +171,14 @@ def tfrecord_count(path: Path) -> int:
     return sum(1 for _ in tf.data.TFRecordDataset(str(path)))
 
 
+def wds_sample_count(path: Path) -> int:
+    """Samples in a WebDataset shard, read to the end with tarfile (a partial shard raises ReadError)."""
+    with tarfile.open(path) as tar:
+        names = [m.name for m in tar.getmembers()]
+    assert len(names) % 3 == 0, f"{path}: a sample without all of .cls/.jpg/.json"
+    return len({name.split(".", 1)[0] for name in names})
+
+
 def assert_no_partial_final_files(
     data_dir: Path, baseline_dir: Path, implementation: str, served: dict[str, bytes] | None = None
 ) -> None:
@@ -186,6 +195,10 @@ def assert_no_partial_final_files(
         records = expected[key]["records"]
         if implementation == "reference" and not path.name.endswith(".idx"):
             assert tfrecord_count(path) == records
+        elif implementation == "webdataset" and path.suffix == ".tar":
+            assert wds_sample_count(path) == records
+        elif path.suffix == ".json":  # webdataset's _info.json: the samples it describes
+            assert sum(s["num_samples"] for s in json.loads(path.read_text())["splits"].values()) == records
         elif path.suffix == ".rec":
             assert sum(1 for _ in iter_records(path)) == records
         else:  # .idx / .lst: one line per record
@@ -210,6 +223,7 @@ def assert_no_partial_final_files(
 
 # -- kill and resume -----------------------------------------------------------------------------------
 POINTS = ("download-chunk", "fetch-train-catalog", "unit-half:2", "finish", "before-manifest")
+CONVERTER_POINTS = ("unit-half:2", "finish", "before-manifest")
 
 
 def _check_where_it_died(point: str, data_dir: Path, implementation: str, small: SampleSet) -> None:
@@ -227,18 +241,27 @@ def _check_where_it_died(point: str, data_dir: Path, implementation: str, small:
     elif point == "unit-half:2":
         # The first unit is done, the second was killed halfway.
         assert (work / "done" / "00000.json").exists() and not (work / "done" / "00001.json").exists()
-        if implementation == "reference":
-            assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {"train-00000-of-00003"}
+        first_shard = {"reference": "train-00000-of-00003", "webdataset": "imagenet1k-train-0000.tar"}
+        if implementation in first_shard:
+            assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
+                first_shard[implementation]
+            }
     elif point == "finish":
         assert len(list((work / "done").glob("*.json"))) == len(read_json(work / "plan.json")["units"])
         if implementation == "nvidia":
             assert (out / "train.rec").exists() and not (out / "train.idx").exists()
+        if implementation == "webdataset":  # every shard is there, the split description is not
+            assert (out / "imagenet1k-validation-0001.tar").exists() and not (out / "_info.json").exists()
     elif point == "before-manifest":
         assert out.is_dir() and not (data_dir / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("point", POINTS)
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+# webdataset shares every step before the converter with reference (a kill while downloading or
+# cataloguing never reaches its code), so it is killed only where its own code runs.
+KILLS = [(i, p) for i in IMPLEMENTATIONS for p in POINTS if i != "webdataset" or p in CONVERTER_POINTS]
+
+
+@pytest.mark.parametrize(("implementation", "point"), KILLS)
 def test_killed_run_resumes_to_the_same_bytes(small, mirror, baseline, tmp_path, implementation, point):
     values = values_for(tmp_path / "data", implementation, url_sources(small, mirror))
     killed = cli(values, failpoint=point)
@@ -353,6 +376,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     [
         ("nvidia", "1m", "recordio/train.rec"),  # full while train.rec is written in place
         ("reference", "1m", "tfrecords/train-0000"),  # in a shard: TensorFlow reports it its own way
+        ("webdataset", "1m", "webdataset/imagenet1k-train-000"),  # in a shard streamed through the store
     ],
 )
 def test_disk_full_fails_naming_the_place_and_a_rerun_with_space_completes(

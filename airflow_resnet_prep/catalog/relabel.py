@@ -7,10 +7,13 @@ range. A mismatch names the first offending line or file and leaves catalog and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from airflow_resnet_prep.catalog.extract import move_val_into_classes
@@ -20,7 +23,8 @@ from airflow_resnet_prep.layout import DataDir, catalog_key
 from airflow_resnet_prep.params import DEFAULT_LABELS_URL
 from airflow_resnet_prep.sources.bucket import read_source_bytes
 from airflow_resnet_prep.sources.credentials import HttpCredentials
-from airflow_resnet_prep.sources.download import UrlGuard, resolve_source
+from airflow_resnet_prep.sources.download import UrlGuard, discard_download, resolve_source
+from airflow_resnet_prep.sources.fetched import Fetched
 from airflow_resnet_prep.storage import display_uri
 
 log = logging.getLogger(__name__)
@@ -133,6 +137,18 @@ def check_copy_labels(val: SplitCatalog, labels: list[str], labels_path: str) ->
             )
 
 
+@contextlib.contextmanager
+def refused_download_removed(fetched: Fetched, downloads_dir: Path) -> Iterator[None]:
+    """A labels file refused in the block is not kept when it was downloaded (a URL may answer with
+    anything: an error page, an internal service's JSON), so nothing of it stays in the data_dir and the
+    next run asks again; a source the user named is only read, never removed."""
+    try:
+        yield
+    except LabelsError:
+        discard_download(fetched, downloads_dir)
+        raise
+
+
 @dataclass
 class RelabelResult:
     val_catalog: str
@@ -177,7 +193,8 @@ def _copy_labels(
         url_guard=url_guard,
     )
     shown = display_uri(fetched.path)
-    check_copy_labels(val, read_labels(fetched.path), shown)
+    with refused_download_removed(fetched, layout.local_downloads):
+        check_copy_labels(val, read_labels(fetched.path), shown)
     log.info("validation: %s agrees with the copy's own classes (%s)", shown, val.labels)
     return RelabelResult(layout.uri(val_key), shown, fetched.fingerprint, len(val), len(val.synsets), 0)
 
@@ -229,9 +246,9 @@ def relabel(
             download=bool(download_sources),
             url_guard=url_guard,
         )
-        labels = read_labels(fetched.path)
         shown = display_uri(fetched.path)
-        labelled = assign_labels(val, labels, train_synsets, shown)
+        with refused_download_removed(fetched, layout.local_downloads):
+            labelled = assign_labels(val, read_labels(fetched.path), train_synsets, shown)
         labelled.save(layout.store, val_key)
         moved = move_val_into_classes(labelled, layout.raw("val")) if extract else 0
         log.info(

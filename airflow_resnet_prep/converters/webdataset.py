@@ -7,7 +7,7 @@ order, the same contiguous near-equal shards grouped into units of whole shards.
 - ``webdataset/imagenet1k-train-%04d.tar`` and ``imagenet1k-validation-%04d.tar``, each a POSIX tar
   whose headers are written by :mod:`~airflow_resnet_prep.formats.wdstar` (nothing in them depends on
   when or where the shard was written);
-- one sample per image, key = the ILSVRC file stem, members in this order: ``<key>.cls`` (the label,
+- one sample per image, key = the ILSVRC file stem (dots in another stem escaped: ``wdstar.key_of``), members in this order: ``<key>.cls`` (the label,
   0-based index of the class among the sorted wnids, ASCII decimal), ``<key>.jpg`` (the image's bytes
   unchanged; PNG and CMYK/YCCK re-encoded as for ``reference``), ``<key>.json``
   (``{"wnid": ..., "filename": ...}``); sorted extensions, as ``webdataset.TarWriter`` orders them;
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import posixpath
 import re
 from typing import Any, ClassVar
 
@@ -49,11 +48,10 @@ def shard_file(split: str, shard: int) -> str:
 
 
 def sample_key(name: str, where: str) -> str:
-    """The sample key of an image file name: its stem, which must hold no dot (readers split the key
-    from the extension at the first dot)."""
-    key = posixpath.splitext(name)[0]
-    if not key or "." in key or "/" in key:
-        raise PrepError(f"{where}: {name!r} gives no usable WebDataset key (a stem without dots is needed)")
+    """The sample key of an image file name (:func:`~.wdstar.key_of`: its stem, dots escaped)."""
+    key = wdstar.key_of(name)
+    if not key or "/" in key:
+        raise PrepError(f"{where}: {name!r} gives no usable WebDataset key (an image file name is needed)")
     return key
 
 

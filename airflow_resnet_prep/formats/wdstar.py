@@ -23,6 +23,7 @@ Pure byte functions: no location, no ImageNet.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -93,6 +94,15 @@ def split_name(name: str) -> tuple[str, str]:
     base name."""
     dot = name.find(".", name.rfind("/") + 1)
     return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
+
+
+def key_of(file_name: str) -> str:
+    """The sample key of an image's file name: its stem, as it is when it holds no dot and no ``%``
+    (every ILSVRC name). Readers split a key from its extension at the first dot, so in any other stem
+    (an image named ``a.b.JPEG``) each ``%`` and ``.`` is percent-encoded (``a%2Eb``): the key stays
+    one per stem, and the file name is still recorded whole in the sample's ``.json``."""
+    stem = posixpath.splitext(file_name)[0]
+    return stem.replace("%", "%25").replace(".", "%2E")
 
 
 @dataclass(frozen=True)

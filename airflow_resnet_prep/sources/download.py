@@ -167,6 +167,26 @@ def resolve_source(
     return _local(Path(source), downloads_dir, checksum)
 
 
+def discard_download(fetched: Fetched, downloads_dir: Path) -> bool:
+    """Remove a download whose content was refused (a labels URL that answered with something else), and
+    all it left in ``downloads_dir``: the file, its record, resume state and lock, so that nothing of the
+    answer stays and the next run asks the server again. Only a copy this package made there is removed:
+    a local source, or an object read in place from its bucket, is never touched. The caller holds the
+    data_dir's lock, which every download into ``downloads_dir`` also runs under. Returns whether it was a
+    download."""
+    path = fetched.path  # an object read in place is its URI (a str), never a Path
+    if fetched.fingerprint.get("kind") not in ("url", "object") or not isinstance(path, Path):
+        return False
+    if path.parent.resolve() != Path(downloads_dir).resolve():
+        return False
+    name = path.name
+    for suffix in ("", SIDECAR_SUFFIX, PART_SUFFIX, PART_SUFFIX + SIDECAR_SUFFIX):
+        (path.parent / f"{name}{suffix}").unlink(missing_ok=True)
+    (path.parent / f".{name}.lock").unlink(missing_ok=True)
+    log.info("%s: removed the refused download %s", fetched.fingerprint.get("source"), path)
+    return True
+
+
 # -- local paths ------------------------------------------------------------------------------------
 
 

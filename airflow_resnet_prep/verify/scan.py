@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 from array import array
 from collections import Counter
 from collections.abc import Iterator
@@ -345,7 +344,7 @@ def _scan_webdataset(
                     filename,
                 )
             )
-        if posixpath.splitext(filename)[0] != sample_key:
+        if wdstar.key_of(filename) != sample_key:
             result.findings.append(
                 Finding(
                     key,

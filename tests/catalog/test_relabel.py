@@ -13,6 +13,7 @@ from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.catalog.relabel import assign_labels, read_labels, relabel
 from airflow_resnet_prep.errors import LabelsError
 from airflow_resnet_prep.layout import DataDir, catalog_key
+from tests.support.httpserver import FileServer
 
 
 def test_relabel_assigns_classes_from_the_labels_file(sample, tmp_path):
@@ -112,3 +113,33 @@ def test_a_bad_labels_file_changes_nothing(sample, tmp_path):
         relabel(data_dir, str(bad), extract=True)
     assert DataDir.of(data_dir).catalog_file("val").read_bytes() == before
     assert sorted(p.name for p in (data_dir / "raw" / "val").iterdir()) == flat_before
+
+
+def test_a_refused_labels_download_is_not_kept_and_a_good_one_is_reused(sample, tmp_path):
+    """A labels URL that answers with something else (here an internal service's JSON) is refused and
+    nothing of the answer stays in downloads/; a local file the user named is refused but never removed;
+    a good answer is kept and reused without a second GET."""
+    data_dir = tmp_path / "data"
+    downloads = data_dir / "downloads"
+    fetch(data_dir, str(sample.train_tar), str(sample.val_tar))
+    answer = b'{"instance": "i-0abc", "token": "internal-service-answer"}\n'
+    with FileServer(files={"labels.txt": answer}) as server:
+        with pytest.raises(LabelsError, match="not a synset id"):
+            relabel(data_dir, server.url("labels.txt"))
+        assert server.gets("labels.txt"), "the URL was never asked"
+        assert not [p.name for p in downloads.iterdir() if "labels.txt" in p.name], "the refused answer stays"
+
+        mine = downloads / "mine.txt"  # a source the user named, even inside downloads/, is only read
+        mine.write_bytes(answer)
+        with pytest.raises(LabelsError):
+            relabel(data_dir, str(mine))
+        assert mine.read_bytes() == answer
+
+        server.put("labels.txt", sample.labels.read_bytes())
+        result = relabel(data_dir, server.url("labels.txt"))
+        assert result.images == sample.val_count
+        assert (downloads / "labels.txt").read_bytes() == sample.labels.read_bytes()
+        gets = len(server.gets("labels.txt"))
+        relabel(data_dir, server.url("labels.txt"))
+        assert len(server.gets("labels.txt")) == gets, "a kept download was fetched again"
+        assert (downloads / "labels.txt").read_bytes() == sample.labels.read_bytes()

@@ -256,12 +256,20 @@ def test_unit_killed_midway_leaves_no_shard_and_rerun_gives_the_same_bytes(
     assert output_bytes(out) == converted.files  # and the killed run's temp file is gone
 
 
-def test_a_key_with_a_dot_is_refused_naming_the_image() -> None:
+def test_a_stem_with_dots_gets_an_escaped_key_readers_do_not_split() -> None:
     from airflow_resnet_prep.converters.webdataset import sample_key
+    from airflow_resnet_prep.formats.wdstar import split_name
 
     assert sample_key("n01440764_10026.JPEG", "x") == "n01440764_10026"
-    with pytest.raises(PrepError, match=r"^train.tar:n1/a\.b\.JPEG: 'a\.b\.JPEG' gives no usable"):
-        sample_key("a.b.JPEG", "train.tar:n1/a.b.JPEG")
+    keys = {name: sample_key(name, "x") for name in ("a.b.JPEG", "a%2Eb.JPEG", "a_b.JPEG", "train.rec.jpg")}
+    assert keys == {
+        "a.b.JPEG": "a%2Eb",
+        "a%2Eb.JPEG": "a%252Eb",
+        "a_b.JPEG": "a_b",
+        "train.rec.jpg": "train%2Erec",
+    }
+    for key in keys.values():
+        assert split_name(f"{key}.jpg") == (key, "jpg")  # as webdataset and DALI group the members
 
 
 # -- the operator ----------------------------------------------------------------------------------------
