@@ -455,18 +455,25 @@ def test_a_run_waits_for_a_unit_another_process_is_writing(small, baseline, tmp_
 
 
 def _wait_for_line(proc: subprocess.Popen[str], text: str, timeout_s: float = 300) -> None:
-    """Read ``proc``'s stderr until a line holds ``text`` (the sign of a state, instead of a sleep)."""
+    """Read ``proc``'s stderr until it holds ``text`` (the sign of a state, instead of a sleep).
+
+    Reads the pipe's descriptor directly: a buffered ``readline`` after ``select`` can pull several lines
+    into Python's buffer at once, and a line left there never wakes ``select`` again while the run waits
+    in silence."""
     assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    seen = b""
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stderr, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if selector.select(timeout=1):
-                line = proc.stderr.readline()
-                if text in line:
-                    return
-                if not line:  # end of output: the run is over
+                chunk = os.read(fd, 65536)
+                if not chunk:  # end of output: the run is over
                     break
+                seen += chunk
+                if text.encode() in seen:
+                    return
     raise AssertionError(f"no line with {text!r} from the run (exit code {proc.poll()})")
 
 
