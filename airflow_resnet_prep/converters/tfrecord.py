@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
@@ -42,7 +43,7 @@ from airflow_resnet_prep.formats.jpeg import probe, to_rgb_jpeg
 from airflow_resnet_prep.formats.tfexample import example_parts
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
-from airflow_resnet_prep.layout import TFRECORDS
+from airflow_resnet_prep.layout import TFRECORDS, DataDir
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.formats.tfdecode import JpegDecoder
@@ -57,6 +58,16 @@ UNIT_IMAGES = 1000
 # spreads over the workers (the plan must not depend on the machine, so this is a constant).
 MIN_UNITS = 16
 REENCODE_QUALITY = 100
+#: A shard's images as stored: the item, where it was read (for messages), and (JPEG bytes, height, width).
+StoredImages = Iterator[tuple[WorkItem, str, tuple[bytes, int, int]]]
+
+
+def refuse_empty(data_dir: DataDir, key: str, records: list) -> None:
+    """Refuse a shard every image of which was left out (inside its writer, so nothing is committed)."""
+    if not records:
+        raise PrepError(
+            f"{data_dir.uri(key)}: every image of this shard was left out; refusing an empty shard"
+        )
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
@@ -133,6 +144,7 @@ class TFRecordConverter(Converter):
         return units
 
     def write_unit(self, plan: Plan, unit: Unit, items: list[WorkItem]) -> UnitResult:
+        """Write the unit's shards one after another; :meth:`write_shard` puts the format's bytes."""
         data_dir = plan.data_dir
         result = UnitResult(unit=unit.id, split=unit.split)
         on_bad = self.params["on_bad_image"]
@@ -142,64 +154,58 @@ class TFRecordConverter(Converter):
             by_output.setdefault(item.output, []).append(item)
         for name in unit.outputs:
             # What a killed run of this unit left (the caller holds the unit's lock: no live writer).
-            data_dir.discard_partial(f"{TFRECORDS}/{name}")
+            data_dir.discard_partial(f"{self.output_key}/{name}")
         sources = plan.split_sources(unit.split)
         decoder = make_decoder(self.params)
+
+        def stored(shard_items: list[WorkItem], reads: Iterator[tuple[Any, bytes]]) -> StoredImages:
+            """The shard's images as they are stored, those left out skipped."""
+            for item in shard_items:
+                _, data = next(reads)
+                image = self.stored_image(data, sources, item, on_bad, result, decoder)
+                if image is None:
+                    continue
+                yield item, sources[item.src].describe(item.ref), image
+                result.bytes_in += item.size
+                result.records += 1
+                if result.records == half:
+                    failpoint("unit-half")
+
         # Every image of the unit in the order written, read ahead (from a bucket: close ones coalesced
         # into large requests, several in flight; from a local disk: one pread each, as it is consumed).
         ordered = [item for index in range(len(unit.outputs)) for item in by_output.get(index, [])]
         with ImageReader(sources) as reader, contextlib.closing(reader.iter_read(ordered)) as reads:
             for index, name in enumerate(unit.outputs):
-                key = f"{TFRECORDS}/{name}"
-                sizes: list[int] = []
-                with data_dir.store.writer(key) as fh:
-                    writer = TFRecordWriter(fh)  # sums the shard's CRC-32C as it writes
-                    for item in by_output.get(index, []):
-                        _, data = next(reads)
-                        record = self._example(data, sources, item, on_bad, result, decoder)
-                        if record is None:
-                            continue
-                        sizes.append(writer.write_parts(record) - TFRECORD_OVERHEAD)
-                        result.bytes_in += item.size
-                        if result.records + len(sizes) == half:
-                            failpoint("unit-half")
-                    if not sizes:
-                        raise PrepError(
-                            f"{data_dir.uri(key)}: every image of this shard was left out; refusing an empty shard"
-                        )
-                size = sum(sizes) + TFRECORD_OVERHEAD * len(sizes)
-                result.add_output(name, size, len(sizes), writer.crc)
-                result.records += len(sizes)
-                if self.params["dali_index"]:
-                    lines, offset = [], 0
-                    for size in sizes:
-                        lines.append(f"{offset} {size + TFRECORD_OVERHEAD}\n")
-                        offset += size + TFRECORD_OVERHEAD
-                    text = "".join(lines)
-                    data_dir.write_text(f"{key}.idx", text)
-                    raw = text.encode()
-                    result.add_output(f"{name}.idx", len(raw), len(sizes), crc32c(raw))
+                self.write_shard(data_dir, name, stored(by_output.get(index, []), reads), result)
             record_source_reads(reader, result)
         return result
 
-    @classmethod
-    def _example(
-        cls,
-        data: bytes,
-        sources: list,
-        item: WorkItem,
-        on_bad: str,
-        result: UnitResult,
-        decoder: JpegDecoder | None = None,
-    ) -> tuple[bytes, bytes, bytes] | None:
-        """The record of ``item`` as the pieces of its ``tf.train.Example``, or None when left out."""
-        image = cls.stored_image(data, sources, item, on_bad, result, decoder)
-        if image is None:
-            return None
-        data, height, width = image
-        return example_parts(
-            encoded=data, filename=item.name, label=item.label, synset=item.synset, height=height, width=width
-        )
+    def write_shard(self, data_dir: DataDir, name: str, images: StoredImages, result: UnitResult) -> None:
+        """One TFRecord shard (and its DALI index) from ``images``; listed in ``result``."""
+        key = f"{self.output_key}/{name}"
+        sizes: list[int] = []
+        with data_dir.store.writer(key) as fh:
+            writer = TFRecordWriter(fh)  # sums the shard's CRC-32C as it writes
+            for item, _, (data, height, width) in images:
+                record = example_parts(
+                    encoded=data,
+                    filename=item.name,
+                    label=item.label,
+                    synset=item.synset,
+                    height=height,
+                    width=width,
+                )
+                sizes.append(writer.write_parts(record) - TFRECORD_OVERHEAD)
+            refuse_empty(data_dir, key, sizes)
+        result.add_output(name, sum(sizes) + TFRECORD_OVERHEAD * len(sizes), len(sizes), writer.crc)
+        if self.params["dali_index"]:
+            lines, offset = [], 0
+            for size in sizes:
+                lines.append(f"{offset} {size + TFRECORD_OVERHEAD}\n")
+                offset += size + TFRECORD_OVERHEAD
+            raw = "".join(lines).encode()
+            data_dir.store.write_bytes(f"{key}.idx", raw)
+            result.add_output(f"{name}.idx", len(raw), len(sizes), crc32c(raw))
 
     @staticmethod
     def stored_image(

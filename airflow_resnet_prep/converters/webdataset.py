@@ -22,20 +22,16 @@ upload completed when the shard is whole), so a killed unit leaves no shard unde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from typing import Any, ClassVar
 
-from airflow_resnet_prep.catalog.model import ImageReader
-from airflow_resnet_prep.converters.base import Plan, Unit, UnitResult, WorkItem, record_source_reads
-from airflow_resnet_prep.converters.decodecheck import make_decoder
-from airflow_resnet_prep.converters.tfrecord import TFRecordConverter
+from airflow_resnet_prep.converters.base import Plan, UnitResult, WorkItem
+from airflow_resnet_prep.converters.tfrecord import StoredImages, TFRecordConverter, refuse_empty
 from airflow_resnet_prep.errors import PrepError
-from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats import wdstar
 from airflow_resnet_prep.formats.crc32c import ChecksumWriter, crc32c, to_hex
-from airflow_resnet_prep.layout import WEBDATASET
+from airflow_resnet_prep.layout import WEBDATASET, DataDir
 
 SPLIT_NAME = {"train": "train", "val": "validation"}  # timm's split names
 INFO = "_info.json"
@@ -76,53 +72,25 @@ class WebDatasetConverter(TFRecordConverter):
     def shard_name(split: str, shard: int, shards: int) -> str:
         return shard_file(split, shard)
 
-    def write_unit(self, plan: Plan, unit: Unit, items: list[WorkItem]) -> UnitResult:
-        data_dir = plan.data_dir
-        result = UnitResult(unit=unit.id, split=unit.split)
-        on_bad = self.params["on_bad_image"]
-        half = max(1, len(items) // 2)  # where the kill-and-resume tests crash a unit
-        by_output: dict[int, list[WorkItem]] = {}
-        for item in items:
-            by_output.setdefault(item.output, []).append(item)
-        for name in unit.outputs:
-            # What a killed run of this unit left (the caller holds the unit's lock: no live writer).
-            data_dir.discard_partial(f"{WEBDATASET}/{name}")
-        sources = plan.split_sources(unit.split)
-        decoder = make_decoder(self.params)
-        ordered = [item for index in range(len(unit.outputs)) for item in by_output.get(index, [])]
-        with ImageReader(sources) as reader, contextlib.closing(reader.iter_read(ordered)) as reads:
-            for index, name in enumerate(unit.outputs):
-                key = f"{WEBDATASET}/{name}"
-                samples: list[list[wdstar.Component]] = []
-                with data_dir.store.writer(key) as fh:
-                    out = ChecksumWriter(fh)  # the shard's CRC-32C and size as it is written
-                    for item in by_output.get(index, []):
-                        _, data = next(reads)
-                        where = sources[item.src].describe(item.ref)
-                        image = self.stored_image(data, sources, item, on_bad, result, decoder)
-                        if image is None:
-                            continue
-                        buffers, components = wdstar.sample_members(
-                            sample_key(item.name, where), sample_parts(item, image[0]), out.size
-                        )
-                        out.writelines(buffers)
-                        samples.append(components)
-                        result.bytes_in += item.size
-                        if result.records + len(samples) == half:
-                            failpoint("unit-half")
-                    if not samples:
-                        raise PrepError(
-                            f"{data_dir.uri(key)}: every image of this shard was left out; refusing an empty shard"
-                        )
-                    out.write(wdstar.END_OF_ARCHIVE)
-                result.add_output(name, out.size, len(samples), out.crc)
-                result.records += len(samples)
-                if self.params["dali_index"]:
-                    raw = wdstar.dali_index(samples).encode()
-                    data_dir.store.write_bytes(f"{key}.idx", raw)
-                    result.add_output(f"{name}.idx", len(raw), len(samples), crc32c(raw))
-            record_source_reads(reader, result)
-        return result
+    def write_shard(self, data_dir: DataDir, name: str, images: StoredImages, result: UnitResult) -> None:
+        """One tar shard (and its DALI index) from ``images``; listed in ``result``."""
+        key = f"{WEBDATASET}/{name}"
+        samples: list[list[wdstar.Component]] = []
+        with data_dir.store.writer(key) as fh:
+            out = ChecksumWriter(fh)  # the shard's CRC-32C and size as it is written
+            for item, where, (image, _, _) in images:
+                buffers, components = wdstar.sample_members(
+                    sample_key(item.name, where), sample_parts(item, image), out.size
+                )
+                out.writelines(buffers)
+                samples.append(components)
+            refuse_empty(data_dir, key, samples)
+            out.write(wdstar.END_OF_ARCHIVE)
+        result.add_output(name, out.size, len(samples), out.crc)
+        if self.params["dali_index"]:
+            raw = wdstar.dali_index(samples).encode()
+            data_dir.store.write_bytes(f"{key}.idx", raw)
+            result.add_output(f"{name}.idx", len(raw), len(samples), crc32c(raw))
 
     def finish(self, plan: Plan, results: list[UnitResult]) -> dict[str, dict[str, int]]:
         outputs = super().finish(plan, results)  # every shard as its unit left it
