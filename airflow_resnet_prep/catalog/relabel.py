@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -172,10 +172,7 @@ def _copy_labels(
     val: SplitCatalog,
     train_synsets: list[str],
     labels_source: str | None,
-    credentials: HttpCredentials | None,
-    storage_conn_id: str | None,
-    download_sources: bool,
-    url_guard: UrlGuard | None,
+    fetch_labels: Callable[[], Fetched],
 ) -> RelabelResult:
     """A copy's own validation classes: used as they are; a labels file named explicitly (neither empty
     nor the default) is read and checked against them, never downloaded otherwise."""
@@ -184,14 +181,7 @@ def _copy_labels(
     if not labels_source or labels_source == DEFAULT_LABELS_URL:
         log.info("validation: %d images labelled by the copy itself (%s)", len(val), val.labels)
         return RelabelResult(layout.uri(val_key), val.labels, None, len(val), len(val.synsets), 0)
-    fetched = resolve_source(
-        labels_source,
-        layout.local_downloads,
-        credentials=credentials,
-        storage_conn_id=storage_conn_id or None,
-        download=bool(download_sources),
-        url_guard=url_guard,
-    )
+    fetched = fetch_labels()
     shown = display_uri(fetched.path)
     with refused_download_removed(fetched, layout.local_downloads):
         check_copy_labels(val, read_labels(fetched.path), shown)
@@ -214,21 +204,23 @@ def relabel(
     refuses a URL before it is requested (see :func:`resolve_source`)."""
     layout = DataDir.at(data_dir, storage_conn_id)
     val_key = catalog_key("val")
+
+    def fetch_labels() -> Fetched:
+        return resolve_source(
+            labels_source,
+            layout.local_downloads,
+            credentials=credentials,
+            storage_conn_id=storage_conn_id or None,
+            download=bool(download_sources),
+            url_guard=url_guard,
+        )
+
     with layout.hold(wait_s=5):
         train = SplitCatalog.load(layout.store, catalog_key("train"))
         val = SplitCatalog.load(layout.store, val_key)
         train_synsets = train.synsets
         if val.labels:  # a copy that labels its own validation images (catalog/copies.py)
-            return _copy_labels(
-                layout,
-                val,
-                train_synsets,
-                labels_source,
-                credentials,
-                storage_conn_id,
-                download_sources,
-                url_guard,
-            )
+            return _copy_labels(layout, val, train_synsets, labels_source, fetch_labels)
         if labelled_by_source(val):
             check_labelled(val, train_synsets)
             log.info("validation images already come in class folders: the labels file is not needed")
@@ -238,14 +230,7 @@ def relabel(
                 "labels_source is empty: the validation images carry no classes of their own "
                 f"({val.sources[0].shown}), so a labels file must give them"
             )
-        fetched = resolve_source(
-            labels_source,
-            layout.local_downloads,
-            credentials=credentials,
-            storage_conn_id=storage_conn_id or None,
-            download=bool(download_sources),
-            url_guard=url_guard,
-        )
+        fetched = fetch_labels()
         shown = display_uri(fetched.path)
         with refused_download_removed(fetched, layout.local_downloads):
             labelled = assign_labels(val, read_labels(fetched.path), train_synsets, shown)
