@@ -59,7 +59,7 @@ from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.formats.crc32c import combine_all, crc32c, from_hex, to_hex
 from airflow_resnet_prep.layout import RECORDIO, DataDir, work_key
-from airflow_resnet_prep.params import MAX_RESIZE
+from airflow_resnet_prep.params import MAX_RESIZE, PARAMS
 from airflow_resnet_prep.storage import Assembly, Part, is_object_uri
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,11 @@ class RecordIOConverter(Converter):
     output_key: ClassVar[str] = RECORDIO
 
     def __init__(
-        self, resize: int = 0, quality: int = 95, on_bad_image: str = "fail", decode_check: bool = False
+        self,
+        resize: int = PARAMS["resize"].default,
+        quality: int = PARAMS["quality"].default,
+        on_bad_image: str = PARAMS["on_bad_image"].default,
+        decode_check: bool = PARAMS["decode_check"].default,
     ) -> None:
         if not 0 <= int(resize) <= MAX_RESIZE:
             raise ValueError(

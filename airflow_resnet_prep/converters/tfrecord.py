@@ -44,6 +44,7 @@ from airflow_resnet_prep.formats.tfexample import example_parts
 from airflow_resnet_prep.formats.tfrecord import OVERHEAD as TFRECORD_OVERHEAD
 from airflow_resnet_prep.formats.tfrecord import TFRecordWriter
 from airflow_resnet_prep.layout import TFRECORDS, DataDir
+from airflow_resnet_prep.params import PARAMS
 
 if TYPE_CHECKING:
     from airflow_resnet_prep.formats.tfdecode import JpegDecoder
@@ -85,12 +86,12 @@ class TFRecordConverter(Converter):
 
     def __init__(
         self,
-        train_shards: int = 1024,
-        val_shards: int = 128,
-        shuffle_seed: int = 0,
-        on_bad_image: str = "fail",
-        dali_index: bool = False,
-        decode_check: bool = False,
+        train_shards: int = PARAMS["train_shards"].default,
+        val_shards: int = PARAMS["val_shards"].default,
+        shuffle_seed: int = PARAMS["shuffle_seed"].default,
+        on_bad_image: str = PARAMS["on_bad_image"].default,
+        dali_index: bool = PARAMS["dali_index"].default,
+        decode_check: bool = PARAMS["decode_check"].default,
     ) -> None:
         for name, value in (("train_shards", train_shards), ("val_shards", val_shards)):
             if int(value) < 1:
