@@ -26,6 +26,7 @@ ROWS = {
     "nvidia_bucket_to_bucket",
     "reference_bucket_to_bucket",
     "cat_tars",
+    "cat_tars_sync",
     "nvidia_from_tars",
     "reference_from_tars",
 }
@@ -90,7 +91,8 @@ def test_bucket_table(tmp_path: Path) -> None:
         assert reads["unit_requests"] > 0 and reads["unit_bytes"] >= report["sample"]["image_bytes"]
         assert row["requests_per_image"] > 0
         assert (
-            rows[f"{impl}_from_tars"]["baseline"] == "cat_tars" and "reads" not in rows[f"{impl}_from_tars"]
+            rows[f"{impl}_from_tars"]["baseline"] == "cat_tars_sync"
+            and "reads" not in rows[f"{impl}_from_tars"]
         )
         # Converted from the bucket, byte for byte what the local tars give.
         assert report["outputs_identical"][impl]["identical"] is True

@@ -166,18 +166,18 @@ def build_split_catalog(
     where = store.url
     layout, labels = OFFICIAL, ""
     try:
-        copy = index_copy(split, store, where)
+        try:
+            size: int | None = store.size()
+        except ObjectNotFoundError:
+            size = None  # a folder or prefix
+        copy = index_copy(split, store, where, size)
         if copy is not None:
             layout, sources, refs, labels = copy
         else:
-            try:
-                size = store.size()
-            except ObjectNotFoundError:
+            if size is None:
                 kind, refs = DIR, _index_dir(store, where)
                 if not refs and not store.exists() and not store.list():
-                    raise SourceError(
-                        f"{where}: {split} source does not exist (no file, no folder)"
-                    ) from None
+                    raise SourceError(f"{where}: {split} source does not exist (no file, no folder)")
             else:
                 kind, refs = TAR, _index_tar(store, where, size)
             # The source's address carries its connection: every later step and worker reaches it the same way.

@@ -57,12 +57,10 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def index_copy(split: str, store: Store, where: str) -> Copy | None:
-    """Index ``split`` of the copy at ``store``, or None when it is no copy of these layouts (an official
-    tar or tree, which :mod:`.build` reads)."""
-    try:
-        size = store.size()
-    except ObjectNotFoundError:
+def index_copy(split: str, store: Store, where: str, size: int | None) -> Copy | None:
+    """Index ``split`` of the copy at ``store`` (``size``: its size, None for a folder or prefix), or None
+    when it is no copy of these layouts (an official tar or tree, which :mod:`.build` reads)."""
+    if size is None:
         return _index_folder(split, store, where)
     head = store.read_range("", 0, min(4, size))
     if is_zip(head):
