@@ -36,6 +36,17 @@ def _fetch_op(data_dir: str, train: str, val: str, **kw):
 # -- 4. ambient credentials: the worker's own identity -----------------------------------------------
 
 
+def _forget_ambient_clients() -> None:
+    """Drop the S3 clients made without a connection in this process: a client reads the AWS_*
+    variables when it is made, and one made by an earlier test would still reach real AWS."""
+    import s3fs
+    from airflow.sdk.io import store as io_store
+
+    for alias in [a for a in io_store._STORE_CACHE if a.startswith("airflow-resnet-prep:s3::")]:
+        del io_store._STORE_CACHE[alias]
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture
 def ambient(s3_server, monkeypatch):
     """The worker's own identity, as an instance role would give it: AWS_* variables reaching the S3
@@ -44,7 +55,9 @@ def ambient(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return s3_server
+    _forget_ambient_clients()
+    yield s3_server
+    _forget_ambient_clients()
 
 
 def _keys(server, prefix: str) -> list[str]:
