@@ -57,10 +57,8 @@ def _parse(name: str, text: str, *, as_json: bool = False) -> Any:
     if kind == "boolean" and text.lower() in _TRUE + _FALSE:
         return text.lower() in _TRUE
     if kind == "integer":
-        try:
+        with contextlib.suppress(ValueError):  # not a number: the schema names what is wrong
             return int(text)
-        except ValueError:
-            pass
     return decoded
 
 
