@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from airflow_resnet_prep.directio import DirectFile, DirectStream
 from airflow_resnet_prep.errors import DiskFullError, OutputConflictError
 
 log = logging.getLogger(__name__)
@@ -118,11 +119,23 @@ def durable_writer(
     path: str | os.PathLike[str], buffering: int = 1 << 20, writeback_bytes: int = 16 << 20
 ) -> Iterator[BinaryIO]:
     """A file for a large output: written under a temporary name, renamed whole and synced on success
-    (see :func:`atomic_path`), a full disk reported as :class:`DiskFullError` naming ``path``, and its
+    (see :func:`atomic_path`), a full disk reported as :class:`DiskFullError` naming ``path``. Written
+    around the page cache where the file system allows it (:mod:`.directio`); else buffered, its
     writeback started every ``writeback_bytes`` (:class:`EarlyWriteback`), so the final fsync is short
     and the output does not fill the page cache."""
-    with atomic_path(path) as tmp, open(tmp, "wb", buffering=buffering) as fh, EarlyWriteback(tmp) as wb:
-        yield _WritebackFile(fh, wb, writeback_bytes)  # type: ignore[misc]
+    with atomic_path(path) as tmp:
+        file = DirectFile(tmp)
+        if file.direct:  # around the page cache (see directio): nothing to write back early
+            try:
+                stream = DirectStream(file)
+                yield stream  # type: ignore[misc]
+                stream.finish()
+            finally:
+                file.close()
+            return
+        file.close()
+        with open(tmp, "wb", buffering=buffering) as fh, EarlyWriteback(tmp) as wb:
+            yield _WritebackFile(fh, wb, writeback_bytes)  # type: ignore[misc]
 
 
 class _WritebackFile:

@@ -37,6 +37,7 @@ from airflow_resnet_prep.converters.recordio_frame import (
     frame_run,
     unit_result,
 )
+from airflow_resnet_prep.directio import DirectFile, Edge, pwrite_all
 from airflow_resnet_prep.errors import OutputConflictError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import disk_full_as_error, fsync_dir, tmp_name
@@ -108,16 +109,17 @@ def _write_split(plan: Plan, split: str, processes: int, env: Mapping[str, str],
     tmp = tmp_name(rec)
     try:
         with disk_full_as_error(rec):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            out = DirectFile(tmp)
             try:
                 if processes <= 1 or len(chunks) <= 1:
-                    framed = _run_in_process(frame, chunks, fd, progress)
+                    framed, edges = _run_in_process(frame, chunks, out, progress)
                 else:
                     with fork_context() as ctx:
-                        framed = _run_in_pool(ctx, frame, chunks, fd, split, processes, env, progress)
-                os.fsync(fd)
+                        framed, edges = _run_in_pool(ctx, frame, chunks, out, split, processes, env, progress)
+                out.write_edges(edges)
+                os.fsync(out.fd)
             finally:
-                os.close(fd)
+                out.close()
         os.replace(tmp, rec)
         fsync_dir(rec.parent)
     finally:
@@ -147,7 +149,7 @@ class _Framer:
 
 
 def _pwrite_all(fd: int, buffers: list, offset: int) -> None:
-    """Write ``buffers`` at ``offset``; os.pwritev may write less than asked (and takes at most IOV_MAX).
+    """Write ``buffers`` at ``offset`` through the page cache (a file system refusing direct writes).
 
     Then ``POSIX_FADV_DONTNEED`` from :data:`WRITEBACK_WINDOW` before the run to its end: Linux starts
     writing back the run's dirty pages without waiting, and drops the pages of the runs before it, which
@@ -157,47 +159,52 @@ def _pwrite_all(fd: int, buffers: list, offset: int) -> None:
     cost grows with the range it covers.
     """
     start = offset
-    pending = [memoryview(b) for b in buffers if len(b)]
-    while pending:
-        batch = pending[:512]
-        written = os.pwritev(fd, batch, offset)
-        offset += written
-        while written:
-            if written >= len(pending[0]):
-                written -= len(pending.pop(0))
-            else:
-                pending[0] = pending[0][written:]
-                written = 0
+    pwrite_all(fd, [memoryview(b) for b in buffers if len(b)], offset)
+    offset = start + sum(len(b) for b in buffers)
     low = max(0, start - WRITEBACK_WINDOW)
     os.posix_fadvise(fd, low, offset - low, os.POSIX_FADV_DONTNEED)
 
 
-def _run_in_process(frame: _Framer, chunks: list[_Chunk], fd: int, progress: Progress) -> list[Framed]:
-    framed_all, offset, half = [], 0, len(chunks) // 2
+def _write_run(out: DirectFile, buffers: list, offset: int, size: int) -> list[Edge]:
+    """A run's whole pages written around the page cache (its edges returned, for the end), or the
+    whole run buffered where the file system refuses that (:mod:`..directio`)."""
+    edges = out.write_run(buffers, offset, size)
+    if edges is None:
+        _pwrite_all(out.fd, buffers, offset)
+        return []
+    return edges
+
+
+def _run_in_process(
+    frame: _Framer, chunks: list[_Chunk], out: DirectFile, progress: Progress
+) -> tuple[list[Framed], list[Edge]]:
+    framed_all: list[Framed] = []
+    edges: list[Edge] = []
+    offset, half = 0, len(chunks) // 2
     with ImageReader(frame.sources) as reader:
         for index, chunk in enumerate(chunks):
             started = time.monotonic()
             framed, buffers = frame(reader, chunk)
-            _pwrite_all(fd, buffers, offset)
+            edges += _write_run(out, buffers, offset, framed.size)
             framed.seconds = time.monotonic() - started
             offset += framed.size
             framed_all.append(framed)
             progress.advance(len(chunk.items))
             if index == half:
                 failpoint("unit-half")
-    return framed_all
+    return framed_all, edges
 
 
 def _run_in_pool(
     ctx: Any,
     frame: _Framer,
     chunks: list[_Chunk],
-    fd: int,
+    out: DirectFile,
     split: str,
     processes: int,
     env: Mapping[str, str],
     progress: Progress,
-) -> list[Framed]:
+) -> tuple[list[Framed], list[Edge]]:
     n = len(chunks)
     cond = ctx.Condition()
     next_chunk = ctx.RawValue("q", 0)
@@ -233,9 +240,9 @@ def _run_in_pool(
                         cond.wait_for(lambda i=index: frontier.value >= i)
                         start = starts[index]
                     started = time.monotonic()
-                    _pwrite_all(fd, buffers, start)
+                    edges = _write_run(out, buffers, start, framed.size)
                     framed.seconds += time.monotonic() - started
-                    results.put(("ok", (index, framed)))
+                    results.put(("ok", (index, framed, edges)))
                     if index == n // 2:
                         failpoint("unit-half")
         except BaseException as exc:  # reported to the parent, which stops the others
@@ -251,6 +258,7 @@ def _run_in_pool(
     for proc in procs:
         proc.start()
     framed_all: dict[int, Framed] = {}
+    edges: list[Edge] = []
     try:
         while len(framed_all) < n:
             try:
@@ -267,8 +275,9 @@ def _run_in_pool(
                 continue
             if kind == "error":
                 raise value
-            index, framed = value
+            index, framed, run_edges = value
             framed_all[index] = framed
+            edges += run_edges
             progress.advance(len(chunks[index].items))
             failpoint("direct-parent")
     finally:
@@ -277,7 +286,7 @@ def _run_in_pool(
                 proc.kill()
         for proc in procs:
             proc.join()
-    return [framed_all[i] for i in range(n)]
+    return [framed_all[i] for i in range(n)], edges
 
 
 def _save_done(plan: Plan, units: list[Unit], chunks: list[_Chunk], framed: list[Framed]) -> None:

@@ -1,0 +1,174 @@
+"""Writing large outputs around the page cache (``O_DIRECT``), where the file system allows it.
+
+On the benchmark machine a buffered write of an output cost more CPU than everything else the
+``nvidia`` converter does per byte but framing: the copy into the page cache, then the writeback and
+the dropping of its pages (which :class:`~airflow_resnet_prep.fsutil.EarlyWriteback` starts in the
+writing process so that the output does not fill the cache). A direct write hands the disk the
+process's own page-aligned buffer: about a tenth of that system time, for one copy into the buffer in
+user space (docs/performance.md). Outputs are written once and read by other programs, so the page cache
+gains nothing from holding them.
+
+Direct writes must start, end and sit in memory on 4 KiB boundaries. A file's whole pages are written
+directly; the bytes of a page that two writes share (a run that starts where another ended, the last
+partial page of a file) are *edges*, written buffered once every direct write of the file is done,
+so that a cached page never meets a direct write of the same page. A file system that refuses
+``O_DIRECT`` (on open, or on the first write: some FUSE and network file systems) gets buffered
+writes throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+from collections.abc import Sequence
+from typing import Any
+
+ALIGN = 4096
+Edge = tuple[int, bytes]  # (file offset, bytes) written buffered at the end
+
+
+class DirectFile:
+    """A new file (created or truncated) written at given offsets, directly where possible.
+
+    ``fd`` is an ordinary descriptor (edges, fsync, and everything when direct writes are refused).
+    Processes forked after it was made may write runs of their own; each gets its own buffer.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._direct: int | None = None
+        with contextlib.suppress(OSError, AttributeError):  # AttributeError: no O_DIRECT on this OS
+            self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        self._buffer: mmap.mmap | None = None  # made by the process that writes (after a fork)
+        self.direct_bytes = 0  # written around the page cache by this process
+
+    @property
+    def direct(self) -> bool:
+        return self._direct is not None
+
+    def buffer(self, size: int) -> mmap.mmap:
+        """This process's page-aligned buffer of at least ``size`` bytes (its content is not kept)."""
+        if self._buffer is None or len(self._buffer) < size:
+            if self._buffer is not None:
+                with contextlib.suppress(BufferError):  # see close()
+                    self._buffer.close()
+            self._buffer = mmap.mmap(-1, -(-size // ALIGN) * ALIGN)
+        return self._buffer
+
+    def write_direct(self, view: memoryview, offset: int) -> bool:
+        """Write ``view`` (aligned in memory, length and ``offset`` multiples of :data:`ALIGN`) directly;
+        False when the file system refused, in which case nothing was written and the file is
+        buffered from now on."""
+        assert self._direct is not None
+        try:
+            pwrite_all(self._direct, [view], offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            os.close(self._direct)
+            self._direct = None
+            return False
+        self.direct_bytes += len(view)
+        return True
+
+    def write_run(self, buffers: Sequence[Any], offset: int, size: int) -> list[Edge] | None:
+        """Write the ``size`` bytes of ``buffers`` at ``offset``: its whole pages directly, returning
+        its edges; None when it was not written (direct writes refused, or the run holds no whole
+        page): the caller writes it buffered."""
+        first, last = -(-offset // ALIGN) * ALIGN, (offset + size) // ALIGN * ALIGN
+        if self._direct is None or last <= first:
+            return None
+        skew = offset % ALIGN  # memory and file share their alignment
+        buf = self.buffer(skew + size)
+        at = skew
+        for b in buffers:
+            buf[at : at + len(b)] = b
+            at += len(b)
+        # Views are left to the garbage collector: one released while an error's traceback still
+        # holds a slice of it would replace that error (a full disk) with a BufferError.
+        view = memoryview(buf)
+        if not self.write_direct(view[first - offset + skew : last - offset + skew], first):
+            return None
+        edges = [(offset, bytes(view[skew : first - offset + skew]))] if first > offset else []
+        if last < offset + size:
+            edges.append((last, bytes(view[last - offset + skew : skew + size])))
+        return edges
+
+    def write_edges(self, edges: Sequence[Edge]) -> None:
+        for offset, data in edges:
+            pwrite_all(self.fd, [memoryview(data)], offset)
+
+    def close(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+        if self._buffer is not None:
+            # A view still held (by an error's traceback) keeps it open until the view is collected.
+            with contextlib.suppress(BufferError):
+                self._buffer.close()
+            self._buffer = None
+        os.close(self.fd)
+
+
+class DirectStream:
+    """A file-like writer (``write``, ``writelines``, ``tell``) of a :class:`DirectFile` from its start:
+    ``chunk`` bytes gathered in the aligned buffer, then written directly; :meth:`finish` writes the
+    rest (its last partial page buffered). Used only while the file takes direct writes."""
+
+    def __init__(self, file: DirectFile, chunk: int = 8 << 20) -> None:
+        self._file, self._chunk = file, chunk
+        self._buf = file.buffer(chunk)
+        self._used = 0  # bytes gathered in the buffer
+        self._at = 0  # file offset of the buffer's first byte (a multiple of ALIGN)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n, done = len(view), 0
+        while done < n:
+            take = min(n - done, self._chunk - self._used)
+            self._buf[self._used : self._used + take] = view[done : done + take]
+            self._used += take
+            done += take
+            if self._used == self._chunk:
+                self._flush(self._chunk)
+        return n
+
+    def writelines(self, buffers: Any) -> None:
+        for b in buffers:
+            self.write(b)
+
+    def tell(self) -> int:
+        return self._at + self._used
+
+    def _flush(self, whole: int) -> None:
+        view = memoryview(self._buf)
+        if not (self._file.direct and self._file.write_direct(view[:whole], self._at)):
+            pwrite_all(self._file.fd, [view[:whole]], self._at)
+        self._at += whole
+        self._used -= whole
+
+    def finish(self) -> None:
+        """Write what is gathered: its whole pages directly, the last partial page buffered."""
+        whole = self._used // ALIGN * ALIGN
+        if whole:
+            self._flush(whole)
+        if self._used:
+            pwrite_all(self._file.fd, [memoryview(self._buf)[whole : whole + self._used]], self._at)
+            self._at += self._used
+            self._used = 0
+
+
+def pwrite_all(fd: int, pending: list[memoryview], offset: int) -> None:
+    """Write ``pending`` at ``offset``: os.pwritev may write less than asked and takes at most IOV_MAX."""
+    while pending:
+        batch = pending[:512]
+        written = os.pwritev(fd, batch, offset)
+        offset += written
+        while written:
+            if written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][written:]
+                written = 0
