@@ -1314,9 +1314,9 @@ def check_sample_args(
 
 
 def selected_rows(arg: str) -> list[str]:
-    wanted = {r for r in arg.split(",") if r}
-    wanted |= {DEFINITIONS[r][1] for r in wanted}
-    wanted.add("cat")
+    wanted = {r for r in arg.split(",") if r} | {"cat"}
+    while missing := {DEFINITIONS[r][1] for r in wanted} - wanted:  # baselines of baselines too
+        wanted |= missing
     return [r for r in ROW_ORDER if r in wanted]
 
 
