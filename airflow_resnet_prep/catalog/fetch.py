@@ -68,8 +68,8 @@ def check_remote_data_dir(layout: DataDir, sources: list[str], download_sources:
 
 
 def _copies_still_serve(record: dict[str, Any], copies: WorkingCopies, inflate: bool) -> bool:
-    """Whether saved catalogs may be reused as to working copies: those they read are still whole, and a
-    compressed source is read the way ``inflate`` asks (from a working copy, or in place)."""
+    """Whether saved catalogs may be reused, as far as working copies go: the copies they read are still
+    whole, and a compressed source is read the way ``inflate`` asks (from a working copy, or in place)."""
     used = record.get("inflated", [])
     compressed = HUGGINGFACE in record.get("layouts", {}).values()
     return (not compressed or bool(used) == inflate) and all(copies.finished(name) for name in used)

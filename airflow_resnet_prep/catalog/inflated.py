@@ -21,7 +21,6 @@ import logging
 import posixpath
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from airflow_resnet_prep.failpoints import failpoint
@@ -165,10 +164,11 @@ class WorkingCopies:
             with RangeFile(read_at, size, costly_reads=self.store.requests_are_costly) as fh:
                 return list(iter_tar(fh, copy.url, start=0, size=size)), copy.address  # type: ignore[arg-type]
         self.store.delete(name + RECORD)  # the copy below is about to change: never reused meanwhile
-        opener: Callable[[], BinaryIO] = lambda: shard.open_read("", block_size=_MB)  # noqa: E731
-        if progress is not None:
-            inner = opener
-            opener = lambda: _CountedReader(inner(), progress)  # type: ignore[assignment,return-value]  # noqa: E731
+
+        def opener() -> BinaryIO:
+            raw = shard.open_read("", block_size=_MB)
+            return raw if progress is None else _CountedReader(raw, progress)  # type: ignore[return-value]
+
         started = time.monotonic()
         with self.store.writer(name) as out:
             found, size = inflate_tgz(opener, shown, _CopyWriter(out))  # type: ignore[arg-type]
