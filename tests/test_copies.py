@@ -148,6 +148,19 @@ def test_a_zip_over_http_resumes_with_range_and_is_read_in_place(sample, officia
     assert not (tmp_path / "raw").exists()
 
 
+def test_a_huggingface_shard_over_http_is_downloaded_then_inflated_once(sample, official, tmp_path):
+    data = write_copy(sample, "huggingface")
+    shard = (data / "val_images.tar.gz").read_bytes()
+    with FileServer(files={"val_images.tar.gz": shard}, ranges=True) as server:
+        done = cli(tmp_path, "reference", str(data), server.url("val_images.tar.gz"))
+        gets = server.gets("val_images.tar.gz")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert outputs(tmp_path, "reference") == official["reference"]
+    assert len(gets) == 1
+    assert (tmp_path / "downloads" / "val_images.tar.gz").read_bytes() == shard  # the download, as served
+    assert (tmp_path / INFLATED / "val_images.tar").read_bytes() == gzip.decompress(shard)
+
+
 @pytest.mark.parametrize("layout", ["kaggle-zip", "huggingface"])
 def test_copies_in_a_bucket_are_read_in_place(sample, official, tmp_path, s3_server, s3_prefix, layout):
     from airflow_resnet_prep.pipeline import run
