@@ -12,6 +12,7 @@ is that param's default in every DAG of the deployment (:func:`deployment_defaul
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -68,6 +69,15 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
         "@weekly",
         "",
     ),
+    "inflate_compressed_sources": (
+        "Inflate each compressed source file (Hugging Face's train_images_<n>.tar.gz, val_images.tar.gz) "
+        "once, in the fetch step, into a plain tar under the data_dir's downloads/inflated/, which every "
+        "later step reads in place (true/false). It costs disk space about the images' size (~150 GB for "
+        "ImageNet). false: the shards are read as compressed streams, inflated again by every read of a "
+        "unit or chunk (thousands of passes over the real set); only for a disk too small for the copy.",
+        "false",
+        "true",
+    ),
     "report_view": (
         "Show the Dataset report tab on DAG runs (true/false). The API server reads this at start.",
         "false",
@@ -113,11 +123,18 @@ OPTIONS.update(
 )
 # Param defaults that were read before they were declared (0.2.0 read every string param) are new here.
 _ADDED_IN = {
-    name: "0.3.0"
-    for name in PARAM_DEFAULT_OPTIONS
-    if name not in ("data_dir", "train_source", "val_source", "labels_source", "workers")
+    **{
+        name: "0.3.0"
+        for name in PARAM_DEFAULT_OPTIONS
+        if name not in ("data_dir", "train_source", "val_source", "labels_source", "workers")
+    },
+    "inflate_compressed_sources": "0.3.0",
 }
-_TYPES = {"report_view": "boolean", **{name: PARAMS[name].schema["type"] for name in PARAM_DEFAULT_OPTIONS}}
+_TYPES = {
+    "report_view": "boolean",
+    "inflate_compressed_sources": "boolean",
+    **{name: PARAMS[name].schema["type"] for name in PARAM_DEFAULT_OPTIONS},
+}
 
 
 def _airflow_conf() -> Any:
@@ -181,9 +198,17 @@ def deployment_defaults() -> dict[str, Any]:
     return found
 
 
-def get(option: str) -> str:
-    """The value of a declared option; its default when unset."""
-    return lookup(option) or OPTIONS[option][2]
+def get(option: str, load_airflow: bool = True) -> str:
+    """The value of a declared option; its default when unset.
+
+    ``load_airflow=False``, for code the CLI and library callers run too: Airflow's config only when this
+    process has loaded it already (a task), else the variables alone (loading it costs seconds)."""
+    if load_airflow or "airflow.configuration" in sys.modules or "airflow.sdk.configuration" in sys.modules:
+        return lookup(option) or OPTIONS[option][2]
+    for name in (ENV_PREFIX + option.upper(), LEGACY_ENV_PREFIX + option.upper()):
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    return OPTIONS[option][2]
 
 
 def get_list(option: str) -> list[str]:
@@ -191,8 +216,8 @@ def get_list(option: str) -> list[str]:
     return [item.strip() for item in get(option).split(",") if item.strip()]
 
 
-def get_bool(option: str) -> bool:
-    return get(option).lower() in ("true", "1", "yes", "on")
+def get_bool(option: str, load_airflow: bool = True) -> bool:
+    return get(option, load_airflow).lower() in ("true", "1", "yes", "on")
 
 
 def provider_config() -> dict[str, Any]:

@@ -14,6 +14,7 @@ Points (where they are placed and why there):
 
 * ``download-chunk``: after a chunk of a download is written to its ``.part`` (sources/download.py);
 * ``fetch-train-catalog``: after the train catalog is saved, before the fetch record (catalog/fetch.py);
+* ``inflate-copy``: after a piece of a shard's uncompressed working copy is written (catalog/inflated.py);
 * ``unit-half``: after half of a conversion unit's records are written (both converters);
 * ``finish``: in the finish step (recordio: after a split's ``.rec`` is joined, before its ``.idx`` and
   ``.lst``; tfrecord: while checking the shards);
@@ -28,7 +29,15 @@ import os
 import signal
 
 ENV = "AIRFLOW_RESNET_PREP_FAILPOINT"
-POINTS = ("download-chunk", "fetch-train-catalog", "unit-half", "finish", "before-manifest", "direct-parent")
+POINTS = (
+    "download-chunk",
+    "fetch-train-catalog",
+    "inflate-copy",
+    "unit-half",
+    "finish",
+    "before-manifest",
+    "direct-parent",
+)
 
 
 def _parse(value: str) -> tuple[str, int]:

@@ -36,6 +36,9 @@ from airflow_resnet_prep.storage.base import check_key
 log = logging.getLogger(__name__)
 
 DOWNLOADS = "downloads"
+INFLATED = (
+    "downloads/inflated"  # fetch's plain-tar working copies of compressed sources (catalog/inflated.py)
+)
 CATALOG = "catalog"
 FETCH_RECORD = "catalog/fetch.json"  # written last by fetch: the source fingerprints of the catalogs
 RELABEL_RECORD = "catalog/relabel.json"

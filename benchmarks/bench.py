@@ -155,8 +155,14 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
     ),
     "nvidia_from_kaggle": ("as nvidia_from_tars, from Kaggle's extracted tree", "nvidia_from_tars", None),
     "nvidia_from_huggingface": (
-        "as nvidia_from_tars, from Hugging Face's data/ folder (5 train .tar.gz + val): streamed, every "
-        "image inflated where it lies",
+        "as nvidia_from_tars, from Hugging Face's data/ folder (5 train .tar.gz + val): each shard inflated "
+        "once, at fetch, into a plain tar of the data_dir that the conversion reads as an official tar",
+        "nvidia_from_tars",
+        None,
+    ),
+    "nvidia_from_huggingface_in_place": (
+        "as nvidia_from_huggingface with inflate_compressed_sources=false: no working copy, every read "
+        "call (chunk) inflates each shard up to its last wanted image",
         "nvidia_from_tars",
         None,
     ),
@@ -166,7 +172,12 @@ DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
         None,
     ),
 }
-COPY_ROWS = {"from_kaggle_zip": "kaggle-zip", "from_kaggle": "kaggle", "from_huggingface": "huggingface"}
+COPY_ROWS = {
+    "from_kaggle_zip": "kaggle-zip",
+    "from_kaggle": "kaggle",
+    "from_huggingface": "huggingface",
+    "from_huggingface_in_place": "huggingface",
+}
 ROW_ORDER = list(DEFINITIONS)
 
 
@@ -316,7 +327,7 @@ def job_convert(spec: dict[str, Any]) -> dict[str, Any]:
     clock = Clock()
     if spec.get("from_tars"):
         with clock.phase("fetch"):
-            fetch(data_dir, spec["train_source"], spec["val_source"])
+            fetch(data_dir, spec["train_source"], spec["val_source"], inflate=spec.get("inflate"))
         with clock.phase("relabel"):
             relabel(data_dir, spec["labels_source"])
     with clock.phase("plan"):
@@ -705,6 +716,8 @@ def row_spec(name: str, sample: Sample, run_root: Path, workers: int) -> dict[st
     if tail in COPY_ROWS:  # one copy for both splits, its own validation labels
         copy = str(sample.copy(COPY_ROWS[tail]))
         spec.update(from_tars=True, train_source=copy, val_source=copy, labels_source="")
+        if tail.endswith("_in_place"):
+            spec["inflate"] = False
     elif from_tars:
         spec.update(
             from_tars=True,
@@ -1301,9 +1314,9 @@ def check_sample_args(
 
 
 def selected_rows(arg: str) -> list[str]:
-    wanted = {r for r in arg.split(",") if r}
-    wanted |= {DEFINITIONS[r][1] for r in wanted}
-    wanted.add("cat")
+    wanted = {r for r in arg.split(",") if r} | {"cat"}
+    while missing := {DEFINITIONS[r][1] for r in wanted} - wanted:  # baselines of baselines too
+        wanted |= missing
     return [r for r in ROW_ORDER if r in wanted]
 
 

@@ -2,14 +2,16 @@
 Kaggle's tree or Hugging Face's shards is byte-identical to the one made from the official tars of the
 same images (the sample generator lays those images out as each copy).
 
-Through the CLI (each layout, both implementations, ``labels_source`` left out), the real DAG file
-(``dag.test()``, the default ``labels_source``: nothing downloaded), the zip and the Hugging Face folder in
-the S3 test server (read in place), the zip served over HTTP (a cut download resumed with Range), and a
-run on the zip killed in the middle of a unit, then rerun.
+Through the CLI (each layout, both implementations, ``labels_source`` left out; Hugging Face's shards
+also read in place, without working copies), the real DAG file (``dag.test()``, the default
+``labels_source``: nothing downloaded), the zip and the Hugging Face folder in the S3 test server (read in
+place), the zip served over HTTP (a cut download resumed with Range), a run on the zip killed in the middle
+of a unit, and a fetch killed while it writes the shards' working copies, each then rerun.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -21,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from airflow_resnet_prep.failpoints import ENV as FAILPOINT_ENV
-from airflow_resnet_prep.fsutil import read_json
+from airflow_resnet_prep.fsutil import TMP_SUFFIX, read_json
+from airflow_resnet_prep.layout import INFLATED
 from airflow_resnet_prep.sample_copies import write_copy
 from tests.support.httpserver import FileServer
 
@@ -32,7 +35,15 @@ SHARDS = {"train_shards": 4, "val_shards": 2}
 CLI_TIMEOUT_S = 300
 
 
-def cli(data_dir: Path, implementation: str, train: str, val: str, labels: str | None = None, failpoint=None):
+def cli(
+    data_dir: Path,
+    implementation: str,
+    train: str,
+    val: str,
+    labels: str | None = None,
+    failpoint=None,
+    inflate: bool = True,
+):
     args = [sys.executable, "-m", "airflow_resnet_prep.pipeline", "--data-dir", str(data_dir)]
     args += ["--train-source", train, "--val-source", val, "--implementation", implementation]
     args += ["--labels-source", labels] if labels else []
@@ -40,6 +51,7 @@ def cli(data_dir: Path, implementation: str, train: str, val: str, labels: str |
         args += ["--param", f"{name}={json.dumps(value)}"]
     env = {k: v for k, v in os.environ.items() if k != FAILPOINT_ENV}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["AIRFLOW__RESNET_PREP__INFLATE_COMPRESSED_SOURCES"] = str(inflate).lower()
     if failpoint:
         env[FAILPOINT_ENV] = failpoint
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
@@ -72,7 +84,27 @@ def test_cli_on_a_copy_gives_the_official_bytes(sample, official, tmp_path, layo
     manifest = read_json(tmp_path / "manifest.json")
     assert {manifest["sources"][s]["layout"] for s in ("train", "val")} == {layout}
     assert manifest["sources"]["labels"] is None  # no labels file read, nothing downloaded
-    assert not (tmp_path / "downloads").exists() or not any((tmp_path / "downloads").iterdir())
+    downloads = tmp_path / "downloads"
+    kept = (
+        sorted(p.relative_to(tmp_path).as_posix() for p in downloads.rglob("*")) if downloads.exists() else []
+    )
+    if layout == "huggingface":  # the working copies: each shard inflated into a plain tar, and its record
+        shards = [f"train_images_{n}.tar" for n in range(5)] + ["val_images.tar"]  # test_images: never read
+        assert kept == [INFLATED, *sorted(f"{INFLATED}/{n}{x}" for n in shards for x in ("", ".json"))]
+    else:
+        assert kept == []
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_huggingface_shards_read_in_place_give_the_official_bytes(sample, official, tmp_path, implementation):
+    """``inflate_compressed_sources = false``: no working copy; every read call inflates the shards."""
+    copy = str(write_copy(sample, "huggingface"))
+    done = cli(tmp_path, implementation, copy, copy, inflate=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert outputs(tmp_path, implementation) == official[implementation]
+    assert not (tmp_path / INFLATED).exists()
+    catalog_head = (tmp_path / "catalog" / "train.tsv").read_text().splitlines()[0]
+    assert '"kind": "tar.gz"' in catalog_head and '"kind": "tar"' not in catalog_head
 
 
 def test_dag_on_copies_gives_the_official_bytes(sample, official, tmp_path, airflow_db):
@@ -116,6 +148,19 @@ def test_a_zip_over_http_resumes_with_range_and_is_read_in_place(sample, officia
     assert not (tmp_path / "raw").exists()
 
 
+def test_a_huggingface_shard_over_http_is_downloaded_then_inflated_once(sample, official, tmp_path):
+    data = write_copy(sample, "huggingface")
+    shard = (data / "val_images.tar.gz").read_bytes()
+    with FileServer(files={"val_images.tar.gz": shard}, ranges=True) as server:
+        done = cli(tmp_path, "reference", str(data), server.url("val_images.tar.gz"))
+        gets = server.gets("val_images.tar.gz")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert outputs(tmp_path, "reference") == official["reference"]
+    assert len(gets) == 1
+    assert (tmp_path / "downloads" / "val_images.tar.gz").read_bytes() == shard  # the download, as served
+    assert (tmp_path / INFLATED / "val_images.tar").read_bytes() == gzip.decompress(shard)
+
+
 @pytest.mark.parametrize("layout", ["kaggle-zip", "huggingface"])
 def test_copies_in_a_bucket_are_read_in_place(sample, official, tmp_path, s3_server, s3_prefix, layout):
     from airflow_resnet_prep.pipeline import run
@@ -145,6 +190,41 @@ def test_copies_in_a_bucket_are_read_in_place(sample, official, tmp_path, s3_ser
     assert read_json(tmp_path / "manifest.json")["sources"]["val"]["layout"] == layout
 
 
+def test_huggingface_working_copies_in_a_bucket_data_dir(sample, official, s3_server, s3_prefix):
+    """Shards and data_dir in the bucket: each copy is uploaded (a multipart upload, completed whole) into
+    the data_dir's prefix and read in place from there; a second implementation inflates nothing."""
+    from airflow_resnet_prep.pipeline import run
+    from airflow_resnet_prep.storage import store_for
+
+    store = store_for(s3_prefix)
+    copy = write_copy(sample, "huggingface")
+    for file in sorted(copy.iterdir()):
+        store.write_bytes(f"data/{file.name}", file.read_bytes())
+    values = {"train_source": f"{s3_prefix}/data", "val_source": f"{s3_prefix}/data", "workers": 1, **SHARDS}
+    for implementation in IMPLEMENTATIONS:
+        run({**values, "data_dir": f"{s3_prefix}/dd", "implementation": implementation})
+        folder = f"dd/{OUTPUT_DIR[implementation]}"
+        made = {
+            i.key.rsplit("/", 1)[1]: hashlib.sha256(store.read_bytes(i.key)).hexdigest()
+            for i in store.list(folder)
+        }
+        assert made == official[implementation]
+        for info in store.list(f"dd/{INFLATED}"):  # marks that a copy made again would not keep
+            if info.key.endswith(".json"):
+                record = json.loads(store.read_bytes(info.key))
+                assert record.get("at") == "first run" or implementation == IMPLEMENTATIONS[0]
+                store.write_bytes(info.key, json.dumps({**record, "at": "first run"}).encode())
+    inflated = {i.key.rsplit("/", 1)[1]: i for i in store.list(f"dd/{INFLATED}")}
+    for name in [f"train_images_{n}.tar" for n in range(5)] + ["val_images.tar"]:
+        assert store.read_bytes(f"dd/{INFLATED}/{name}") == gzip.decompress(
+            (copy / f"{name}.gz").read_bytes()
+        )
+        record = json.loads(store.read_bytes(f"dd/{INFLATED}/{name}.json"))
+        assert record["size"] == inflated[name].size and record["shard"]["etag"]
+    catalog = store.read_bytes("dd/catalog/train.tsv").split(b"\n", 1)[0].decode()
+    assert f'"path": "{s3_prefix}/dd/{INFLATED}/train_images_0.tar"' in catalog
+
+
 def test_a_run_on_the_zip_killed_mid_unit_resumes_to_the_same_bytes(sample, official, tmp_path):
     zip_path = str(write_copy(sample, "kaggle-zip"))
     killed = cli(tmp_path, "reference", zip_path, zip_path, failpoint="unit-half:2")
@@ -155,6 +235,23 @@ def test_a_run_on_the_zip_killed_mid_unit_resumes_to_the_same_bytes(sample, offi
     resumed = cli(tmp_path, "reference", zip_path, zip_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert outputs(tmp_path, "reference") == official["reference"]
+
+
+def test_a_fetch_killed_while_inflating_leaves_no_finished_looking_copy(sample, official, tmp_path):
+    copy = write_copy(sample, "huggingface")
+    killed = cli(tmp_path, "nvidia", str(copy), str(copy), failpoint="inflate-copy:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    inflated = tmp_path / INFLATED
+    assert any(p.name.endswith(TMP_SUFFIX) for p in inflated.iterdir())  # killed mid-copy
+    for record in inflated.glob("*.json"):  # a copy with a record must be whole: it would be reused
+        tar = record.with_suffix("")
+        assert tar.read_bytes() == gzip.decompress((copy / f"{tar.name}.gz").read_bytes())
+    assert not (tmp_path / "catalog" / "fetch.json").exists()
+    resumed = cli(tmp_path, "nvidia", str(copy), str(copy))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert outputs(tmp_path, "nvidia") == official["nvidia"]
+    assert not [p.name for p in inflated.iterdir() if p.name.endswith(TMP_SUFFIX)]
+    assert len(list(inflated.glob("*.tar.json"))) == 6
 
 
 def test_sample_cli_writes_each_layout(tmp_path):

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from airflow_resnet_prep.catalog.copies import OFFICIAL, index_copy
+from airflow_resnet_prep.catalog.inflated import WorkingCopies
 from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.progress import Progress
@@ -156,12 +157,18 @@ def _index_dir(store: Store, shown: str) -> list[ImageRef]:
 
 
 def build_split_catalog(
-    split: str, source: str | os.PathLike[str], conn_id: str | None = None, *, store: Store | None = None
+    split: str,
+    source: str | os.PathLike[str],
+    conn_id: str | None = None,
+    *,
+    store: Store | None = None,
+    inflated: WorkingCopies | None = None,
 ) -> SplitCatalog:
     """Index ``source`` (a tar file or a folder; a local path, or an object or prefix in a bucket, see
     :mod:`airflow_resnet_prep.sources.bucket`) into the catalog of ``split`` ("train" or "val").
 
-    ``store``: the store of ``source`` when the caller has one (e.g. to read its request counts)."""
+    ``store``: the store of ``source`` when the caller has one (e.g. to read its request counts).
+    ``inflated``: where compressed sources get their working copies (:mod:`.inflated`); None: read in place."""
     store = store if store is not None else source_store(source, conn_id)
     where = store.url
     layout, labels = OFFICIAL, ""
@@ -170,7 +177,7 @@ def build_split_catalog(
             size: int | None = store.size()
         except ObjectNotFoundError:
             size = None  # a folder or prefix
-        copy = index_copy(split, store, where, size)
+        copy = index_copy(split, store, where, size, inflated)
         if copy is not None:
             layout, sources, refs, labels = copy
         else:

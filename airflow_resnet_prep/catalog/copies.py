@@ -4,7 +4,8 @@
   gives every member's place: :mod:`airflow_resnet_prep.sources.zipindex`);
 - ``kaggle``: its extracted root (``ILSVRC/Data/CLS-LOC/{train/<wnid>/,val/}``, ``LOC_val_solution.csv``);
 - ``huggingface``: ``ILSVRC/imagenet-1k``'s ``data/`` folder (or the repository root holding it), or one of
-  its files: ``train_images_{0..4}.tar.gz``, ``val_images.tar.gz`` (streamed:
+  its files: ``train_images_{0..4}.tar.gz``, ``val_images.tar.gz`` (inflated once into a plain tar, the
+  working copy the catalog points at: :mod:`.inflated`; or, without working copies, streamed:
   :mod:`airflow_resnet_prep.sources.gzstream`).
 
 Every image gets its ILSVRC name back (``<wnid>_<n>.JPEG``, ``ILSVRC2012_val_%08d.JPEG``), so that the
@@ -20,14 +21,16 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, NamedTuple
 
+from airflow_resnet_prep.catalog.inflated import SharedProgress, WorkingCopies
 from airflow_resnet_prep.catalog.members import TGZ, ZIP
-from airflow_resnet_prep.catalog.model import DIR, ImageRef, Source
+from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source
 from airflow_resnet_prep.errors import LabelsError, SourceError
 from airflow_resnet_prep.sources.gzstream import is_gzip, iter_tgz
+from airflow_resnet_prep.sources.tarindex import TarMember
 from airflow_resnet_prep.sources.zipindex import ZipMember, is_zip, iter_zip, member_bytes
 from airflow_resnet_prep.storage import ObjectNotFoundError, Store
 
@@ -57,24 +60,29 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def index_copy(split: str, store: Store, where: str, size: int | None) -> Copy | None:
+def index_copy(
+    split: str, store: Store, where: str, size: int | None, inflated: WorkingCopies | None = None
+) -> Copy | None:
     """Index ``split`` of the copy at ``store`` (``size``: its size, None for a folder or prefix), or None
-    when it is no copy of these layouts (an official tar or tree, which :mod:`.build` reads)."""
+    when it is no copy of these layouts (an official tar or tree, which :mod:`.build` reads).
+
+    ``inflated``: where compressed shards are inflated into plain tars that the catalog points at (each
+    shard inflated once, here); None reads them as compressed streams (one pass per read call)."""
     if size is None:
-        return _index_folder(split, store, where)
+        return _index_folder(split, store, where, inflated)
     head = store.read_range("", 0, min(4, size))
     if is_zip(head):
         return _index_kaggle_zip(split, store, where, size)
     if is_gzip(head):
-        return _index_huggingface(split, [store], where)
+        return _index_huggingface(split, [(store, size)], where, inflated)
     return None
 
 
-def _index_folder(split: str, store: Store, where: str) -> Copy | None:
+def _index_folder(split: str, store: Store, where: str, inflated: WorkingCopies | None) -> Copy | None:
     for prefix in ("", "data/"):
         if store.exists(prefix + HF_VAL) or store.exists(prefix + "train_images_0.tar.gz"):
             folder = store.child(prefix.rstrip("/")) if prefix else store
-            return _index_huggingface_folder(split, folder, f"{where}/{prefix}".rstrip("/"))
+            return _index_huggingface_folder(split, folder, f"{where}/{prefix}".rstrip("/"), inflated)
     local = store.local_path()
     if (
         store.exists(VAL_SOLUTION)
@@ -199,8 +207,9 @@ def _index_kaggle_tree(split: str, store: Store, where: str) -> Copy:
 
 
 # -- Hugging Face ------------------------------------------------------------------------------------------
-def _index_huggingface_folder(split: str, folder: Store, where: str) -> Copy:
-    names = sorted(info.key for info in folder.list() if "/" not in info.key)
+def _index_huggingface_folder(split: str, folder: Store, where: str, inflated: WorkingCopies | None) -> Copy:
+    sizes = {info.key: info.size for info in folder.list() if "/" not in info.key}
+    names = sorted(sizes)
     if split == "train":
         shards = sorted(
             (n for n in names if HF_TRAIN.fullmatch(n)), key=lambda n: int(HF_TRAIN.fullmatch(n)[1])
@@ -210,7 +219,7 @@ def _index_huggingface_folder(split: str, folder: Store, where: str) -> Copy:
     if not shards:
         wanted = "train_images_<n>.tar.gz" if split == "train" else HF_VAL
         raise SourceError(f"{where}: this Hugging Face copy has no {wanted}; the {split} images are missing")
-    return _index_huggingface(split, [folder.child(n) for n in shards], where)
+    return _index_huggingface(split, [(folder.child(n), sizes[n]) for n in shards], where, inflated)
 
 
 def _hf_name(name: str, where: str) -> tuple[str, str]:
@@ -222,13 +231,29 @@ def _hf_name(name: str, where: str) -> tuple[str, str]:
     return f"{base}.{ext}", wnid
 
 
-def _index_huggingface(split: str, shards: list[Store], where: str) -> Copy:
+def _index_huggingface(
+    split: str, shards: list[tuple[Store, int]], where: str, inflated: WorkingCopies | None
+) -> Copy:
+    """The images of the shards (``(store, size)``), each shard indexed (and inflated) in one pass, the
+    shards at the same time."""
+    sources: list[Source] = [Source(TGZ, shard.address) for shard, _ in shards]
+    progress = None
+    if inflated is not None:
+        total_mb = sum(size >> 20 for _, size in shards)
+        progress = SharedProgress(f"inflating the {split} shards", total=total_mb, unit="MB")
+
     def index(src: int) -> list[ImageRef]:
-        shard = shards[src]
+        shard = shards[src][0]
         shown = shard.url
-        opener: Callable[[], BinaryIO] = lambda: shard.open_read("", block_size=1 << 20)  # noqa: E731
+        members: list[TarMember] | Iterator[TarMember]
+        if inflated is None:
+            opener: Callable[[], BinaryIO] = lambda: shard.open_read("", block_size=1 << 20)  # noqa: E731
+            members = iter_tgz(opener, shown)
+        else:
+            members, copy = inflated.members(shard, shown, progress)
+            sources[src] = Source(TAR, copy)
         refs = []
-        for member in iter_tgz(opener, shown):
+        for member in members:
             if "/" in member.path or not _is_image(member.path):
                 continue
             name, wnid = _hf_name(member.path, f"{shown}[{member.path}]")
@@ -245,6 +270,7 @@ def _index_huggingface(split: str, shards: list[Store], where: str) -> Copy:
 
     with ThreadPoolExecutor(min(INDEX_SHARDS_AT_ONCE, len(shards)), thread_name_prefix="tgz-index") as pool:
         refs = [ref for found in pool.map(index, range(len(shards))) for ref in found]
-    sources = [Source(TGZ, shard.address) for shard in shards]
+    if progress is not None:
+        progress.finish()
     labels = f"{where}: the wnid at the end of each file name" if split == "val" else ""
     return Copy(HUGGINGFACE, sources, refs, labels)

@@ -1,7 +1,8 @@
 """The fetch step: make the sources readable (download a URL, use a local path or a bucket object in
 place, or copy the object first with ``download_sources``), then catalog every image.
 
-A rerun whose sources have the same fingerprints reuses the saved catalogs without rescanning.
+A rerun whose sources have the same fingerprints reuses the saved catalogs without rescanning (and the
+working copies they read, :mod:`.inflated`, while those are whole).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_resnet_prep import config
 from airflow_resnet_prep.catalog.build import build_split_catalog
-from airflow_resnet_prep.catalog.copies import OFFICIAL
+from airflow_resnet_prep.catalog.copies import HUGGINGFACE, OFFICIAL
 from airflow_resnet_prep.catalog.extract import extract_split, is_on_disk
+from airflow_resnet_prep.catalog.inflated import WorkingCopies
 from airflow_resnet_prep.catalog.model import SplitCatalog
 from airflow_resnet_prep.errors import PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.layout import FETCH_RECORD, DataDir, catalog_key
+from airflow_resnet_prep.layout import FETCH_RECORD, INFLATED, DataDir, catalog_key
 from airflow_resnet_prep.sources.credentials import HttpCredentials
 from airflow_resnet_prep.sources.download import UrlGuard, resolve_source
 from airflow_resnet_prep.storage import display_uri, is_object_uri
@@ -64,6 +67,14 @@ def check_remote_data_dir(layout: DataDir, sources: list[str], download_sources:
             )
 
 
+def _copies_still_serve(record: dict[str, Any], copies: WorkingCopies, inflate: bool) -> bool:
+    """Whether saved catalogs may be reused, as far as working copies go: the copies they read are still
+    whole, and a compressed source is read the way ``inflate`` asks (from a working copy, or in place)."""
+    used = record.get("inflated", [])
+    compressed = HUGGINGFACE in record.get("layouts", {}).values()
+    return (not compressed or bool(used) == inflate) and all(copies.finished(name) for name in used)
+
+
 def fetch(
     data_dir: DataDir | str | os.PathLike[str],
     train_source: str,
@@ -76,6 +87,7 @@ def fetch(
     storage_conn_id: str | None = None,
     download_sources: bool = False,
     url_guards: Mapping[str, UrlGuard] | None = None,
+    inflate: bool | None = None,
 ) -> FetchResult:
     """Resolve both sources, build (or reuse) their catalogs, optionally extract; see the module doc.
 
@@ -83,7 +95,10 @@ def fetch(
     else ``storage_conn_id``; they are read in place unless ``download_sources`` copies them to
     ``downloads/`` first. ``data_dir`` is a :class:`DataDir`, or text naming one. ``url_guards``
     (``{"train_source": guard, "val_source": guard}``) refuse a URL before it is requested, the source's
-    and each redirect hop's (see :func:`resolve_source`)."""
+    and each redirect hop's (see :func:`resolve_source`). ``inflate``: whether compressed sources get a
+    working copy (None: ``[resnet_prep] inflate_compressed_sources``)."""
+    if inflate is None:
+        inflate = config.get_bool("inflate_compressed_sources", load_airflow=False)
     layout = DataDir.at(data_dir, storage_conn_id).ensure()
     if layout.disk is None:
         check_remote_data_dir(layout, [train_source, val_source], download_sources, extract)
@@ -115,11 +130,13 @@ def fetch(
         t_download = time.monotonic() - started
 
         record = layout.read_json(FETCH_RECORD)
+        copies = WorkingCopies(layout.store.child(INFLATED))
         reused = (
             record is not None
             and record.get("fingerprints") == fingerprints
             and record.get("paths", paths) == paths
             and all(layout.exists(catalog_key(s)) for s in ("train", "val"))
+            and _copies_still_serve(record, copies, inflate)
         )
         if reused:
             log.info(
@@ -131,12 +148,16 @@ def fetch(
             layouts = record.get("layouts", {})
         else:
             layout.delete(FETCH_RECORD)  # the catalogs below are about to change
+            if inflate and copies.discard_partial():  # we hold the lock: no writer of them is alive
+                log.info("%s: removed what a killed fetch left of its working copies", copies.store.url)
             catalogs: dict[str, SplitCatalog] = {}
             # An archive in a bucket is indexed by a chain of small requests (each header gives the next
             # one's offset): index the two splits at the same time, so the latencies overlap.
             with ThreadPoolExecutor(2, thread_name_prefix="index") as pool:
                 pending = {
-                    split: pool.submit(build_split_catalog, split, f.path)
+                    split: pool.submit(
+                        build_split_catalog, split, f.path, inflated=copies if inflate else None
+                    )
                     for split, f in (("train", train), ("val", val))
                 }
             for split in ("train", "val"):
@@ -156,9 +177,11 @@ def fetch(
                     "paths": paths,
                     "counts": counts,
                     "layouts": layouts,
+                    "inflated": copies.used,  # the working copies the catalogs read
                     "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 },
             )
+            copies.remove_unused()
         t_catalog = time.monotonic() - started - t_download
 
         imagenet_path = display_uri(train.path)  # a bucket URI without its connection id

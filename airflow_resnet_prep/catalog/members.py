@@ -2,10 +2,12 @@
 
 - ``zip``: a member's span (local header onwards, :mod:`airflow_resnet_prep.sources.zipindex`) is read
   like a tar member, by offset (ranges coalesced in a bucket), and inflated when deflated;
-- ``tar.gz``: a member of a compressed tar (Hugging Face's shards) is reached only by inflating the stream
-  up to it: all the images one :meth:`~.model.ImageReader.iter_read` call wants from a stream are read
-  in one pass (in stream order) into a spool, memory up to ``SPOOL_MEMORY`` and a temporary file beyond,
-  then served in the order asked. docs/sources.md says what this costs.
+- ``tar.gz``: a member of a compressed tar (Hugging Face's shards, when ``[resnet_prep]
+  inflate_compressed_sources`` is off: else the catalog points at the shard's plain-tar working copy,
+  :mod:`.inflated`) is reached only by inflating the stream up to it: all the images one
+  :meth:`~.model.ImageReader.iter_read` call wants from a stream are read in one pass (in stream order)
+  into a spool, memory up to ``SPOOL_MEMORY`` and a temporary file beyond, then served in the order
+  asked. docs/sources.md says what this costs.
 """
 
 from __future__ import annotations

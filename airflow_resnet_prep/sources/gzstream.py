@@ -6,8 +6,9 @@ extracted: :class:`GzipStream` inflates forward, in bounded pieces, from a seque
 file (a local file, or an object in a bucket read in large sequential pieces); indexing is one pass over
 the stream (:func:`iter_tgz`, the tar headers read as for a plain tar), and reading a set of members is
 one more pass up to the last of them (:func:`read_members`, offsets in increasing order). A seek
-backwards starts again from the beginning: callers sort what they read. docs/sources.md says what this
-costs and why it was chosen.
+backwards starts again from the beginning: callers sort what they read. :func:`inflate_tgz` indexes the
+stream and hands every uncompressed byte to a writer in the same pass (the fetch step's working copy, a
+plain tar: :mod:`airflow_resnet_prep.catalog.inflated`). docs/sources.md says what each costs.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ class GzipStream:
     """The uncompressed content of a gzip file (members concatenated), as a forward-seekable reader.
 
     ``opener`` gives a fresh sequential reader of the compressed file (called again on a seek backwards).
+    ``sink``: a writer that gets every uncompressed byte once, in order, as it is inflated (what a seek
+    skips over too; after a restart, only what it did not get yet).
     """
 
     costly_reads = False  # for iter_tar: every header is read with a seek forward and a 512-byte read
 
-    def __init__(self, opener: Callable[[], BinaryIO], where: str) -> None:
+    def __init__(self, opener: Callable[[], BinaryIO], where: str, sink: BinaryIO | None = None) -> None:
         self._open, self.where = opener, where
         self._raw: BinaryIO | None = None
+        self._sink, self._teed = sink, 0  # uncompressed bytes the sink has
         self._restart()
 
     def _restart(self) -> None:
@@ -49,6 +53,7 @@ class GzipStream:
         self._inflater = zlib.decompressobj(_GZIP)
         self._buf, self._at = b"", 0  # the current uncompressed piece; self._pos is at its byte _at
         self._pos = 0
+        self._produced = 0  # uncompressed bytes inflated since the start, the current piece included
 
     def close(self) -> None:
         if self._raw is not None:
@@ -85,9 +90,21 @@ class GzipStream:
                         )
                     data = z.decompress(compressed, OUT_CHUNK)
                 if data:
+                    self._produced += len(data)
+                    if self._sink is not None and self._produced > self._teed:
+                        self._sink.write(memoryview(data)[len(data) - (self._produced - self._teed) :])
+                        self._teed = self._produced
                     return data
         except zlib.error as exc:
             raise SourceError(f"{self.where}: damaged gzip data ({exc})") from None
+
+    def drain(self) -> int:
+        """Inflate the rest of the stream (the sink gets it; gzip's own check of each member, CRC-32 and
+        length, runs at its end); return the size of the uncompressed content."""
+        while self._more():
+            self._buf, self._at = b"", 0
+        self._pos = self._produced
+        return self._produced
 
     def tell(self) -> int:
         return self._pos
@@ -136,6 +153,15 @@ def iter_tgz(opener: Callable[[], BinaryIO], archive: str) -> Iterator[TarMember
     """The regular files of the gzip-compressed tar, offsets in the uncompressed tar: one pass."""
     with GzipStream(opener, archive) as stream:
         yield from iter_tar(stream, archive, start=0, size=_UNKNOWN_SIZE)  # type: ignore[arg-type]
+
+
+def inflate_tgz(opener: Callable[[], BinaryIO], archive: str, sink: BinaryIO) -> tuple[list[TarMember], int]:
+    """The regular files of the gzip-compressed tar (as :func:`iter_tgz`) and the size of the tar, from
+    one pass that writes the whole uncompressed tar to ``sink``: a plain tar where each member is at its
+    offset. Damage anywhere in the file, after the tar's end included, raises naming ``archive``."""
+    with GzipStream(opener, archive, sink) as stream:
+        members = list(iter_tar(stream, archive, start=0, size=_UNKNOWN_SIZE))  # type: ignore[arg-type]
+        return members, stream.drain()
 
 
 def read_members(

@@ -35,6 +35,7 @@ from airflow_resnet_prep.storage.base import (
     LeaseHeldError,
     ObjectInfo,
     ObjectNotFoundError,
+    ObjectVersion,
     Part,
     PieceSink,
     StorageError,
@@ -120,6 +121,12 @@ class LocalStore(Store):
         if stat.S_ISDIR(st.st_mode):  # a folder, like a prefix in a bucket, is no object
             raise ObjectNotFoundError(f"{path}: a folder, not a file")
         return st.st_size
+
+    def version(self, key: str = "") -> ObjectVersion:
+        # The modification time stands for an object's version: a file rewritten in place changes it.
+        path = self._path(key)
+        size = self.size(key)
+        return ObjectVersion(size, None, str(path.stat().st_mtime_ns))
 
     def exists(self, key: str = "") -> bool:
         return self._path(key).exists()

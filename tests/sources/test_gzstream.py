@@ -73,3 +73,40 @@ def test_truncated_and_damaged_streams_are_named():
     damaged[len(damaged) // 3] ^= 0xFF
     with pytest.raises(SourceError, match=r"s\.tar\.gz: "):
         list(iter_tgz(lambda: io.BytesIO(bytes(damaged)), "s.tar.gz"))
+
+
+def test_inflate_tgz_writes_the_plain_tar_once_while_indexing():
+    tgz, tar = make_tgz(MEMBERS)
+    tgz_padded = gzip.compress(tar + bytes(10240), mtime=0)  # a tar's blocking after its end: copied too
+    for compressed, plain in ((tgz, tar), (tgz_padded, tar + bytes(10240))):
+        opens, sink = [], io.BytesIO()
+
+        def opener(data=compressed, opens=opens):
+            opens.append(1)
+            return io.BytesIO(data)
+
+        members, size = gzstream.inflate_tgz(opener, "s.tar.gz", sink)
+        assert sink.getvalue() == plain and size == len(plain)
+        assert [(m.path, m.offset, m.size) for m in members] == [
+            (m.path, m.offset, m.size) for m in iter_tgz(lambda: io.BytesIO(tgz), "s.tar.gz")
+        ]
+        assert len(opens) == 1
+
+
+def test_a_sink_gets_each_byte_once_across_a_restart():
+    _, tar = make_tgz(MEMBERS)
+    sink = io.BytesIO()
+    stream = GzipStream(lambda: io.BytesIO(gzip.compress(tar, mtime=0)), "s.tar.gz", sink)
+    stream.seek(len(tar) // 2)
+    stream.seek(100)  # backwards: inflated again from the start, not written again
+    assert stream.read(50) == tar[100:150]
+    assert stream.drain() == len(tar)
+    assert sink.getvalue() == tar
+
+
+def test_inflating_a_damaged_stream_raises_naming_it():
+    tgz, _ = make_tgz(MEMBERS)
+    trailer_damaged = tgz[:-8] + bytes(8)  # the tar is whole; the CRC-32 and length after it are wrong
+    for bad in (tgz[: len(tgz) - 20], trailer_damaged):
+        with pytest.raises(SourceError, match=r"s\.tar\.gz: "):
+            gzstream.inflate_tgz(lambda data=bad: io.BytesIO(data), "s.tar.gz", io.BytesIO())
