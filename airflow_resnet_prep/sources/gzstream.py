@@ -76,6 +76,8 @@ class GzipStream:
                 # *and* unused_data; only unused_data is the rest of the file.
                 if z.eof:  # a member ended: another one may follow
                     rest = z.unused_data or self._raw.read(IN_CHUNK)
+                    while rest and not rest.strip(b"\0"):  # zero padding at the end, which gzip allows
+                        rest = self._raw.read(IN_CHUNK)
                     if not rest:
                         return b""
                     self._inflater = zlib.decompressobj(_GZIP)

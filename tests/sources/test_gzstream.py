@@ -110,3 +110,13 @@ def test_inflating_a_damaged_stream_raises_naming_it():
     for bad in (tgz[: len(tgz) - 20], trailer_damaged):
         with pytest.raises(SourceError, match=r"s\.tar\.gz: "):
             gzstream.inflate_tgz(lambda data=bad: io.BytesIO(data), "s.tar.gz", io.BytesIO())
+
+
+def test_zero_padding_after_the_last_member_is_the_end_as_for_gzip():
+    tgz, tar = make_tgz(MEMBERS)
+    sink = io.BytesIO()
+    members, size = gzstream.inflate_tgz(lambda: io.BytesIO(tgz + b"\0" * 10_000), "s.tar.gz", sink)
+    assert size == len(tar) and sink.getvalue() == tar and [m.path for m in members] == list(MEMBERS)
+    # Anything else after it is damage, named.
+    with pytest.raises(SourceError, match=r"s\.tar\.gz: damaged gzip data"):
+        gzstream.inflate_tgz(lambda: io.BytesIO(tgz + b"\0" * 100 + b"junk"), "s.tar.gz", io.BytesIO())
