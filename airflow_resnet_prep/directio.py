@@ -23,6 +23,7 @@ import errno
 import mmap
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 ALIGN = 4096
@@ -113,15 +114,22 @@ class DirectFile:
 
 
 class DirectStream:
-    """A file-like writer (``write``, ``writelines``, ``tell``) of a :class:`DirectFile` from its start:
-    ``chunk`` bytes gathered in the aligned buffer, then written directly; :meth:`finish` writes the
-    rest (its last partial page buffered). Used only while the file takes direct writes."""
+    """A file-like writer (``write``, ``writelines``, ``tell``) of a :class:`DirectFile` from its start.
+
+    Bytes are gathered in one of two aligned buffers of ``chunk`` bytes; a full one is written directly
+    by a thread of its own while the caller fills the other (a direct write waits for the disk: the
+    wait then overlaps the caller's work). :meth:`finish` writes the rest, its last partial page
+    buffered; :meth:`close` (always) waits for the thread.
+    """
 
     def __init__(self, file: DirectFile, chunk: int = 8 << 20) -> None:
         self._file, self._chunk = file, chunk
-        self._buf = file.buffer(chunk)
-        self._used = 0  # bytes gathered in the buffer
-        self._at = 0  # file offset of the buffer's first byte (a multiple of ALIGN)
+        self._buffers = [mmap.mmap(-1, chunk), mmap.mmap(-1, chunk)]  # page-aligned
+        self._buf = self._buffers[0]
+        self._used = 0  # bytes gathered in the current buffer
+        self._at = 0  # file offset of the current buffer's first byte (a multiple of ALIGN)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="direct-writer")
+        self._pending: Future[None] | None = None
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -132,7 +140,11 @@ class DirectStream:
             self._used += take
             done += take
             if self._used == self._chunk:
-                self._flush(self._chunk)
+                self._wait()
+                self._pending = self._thread.submit(self._write, self._buf, self._chunk, self._at)
+                self._buf = self._buffers[1] if self._buf is self._buffers[0] else self._buffers[0]
+                self._at += self._chunk
+                self._used = 0
         return n
 
     def writelines(self, buffers: Any) -> None:
@@ -142,22 +154,33 @@ class DirectStream:
     def tell(self) -> int:
         return self._at + self._used
 
-    def _flush(self, whole: int) -> None:
-        view = memoryview(self._buf)
-        if not (self._file.direct and self._file.write_direct(view[:whole], self._at)):
-            pwrite_all(self._file.fd, [view[:whole]], self._at)
-        self._at += whole
-        self._used -= whole
+    def _write(self, buf: mmap.mmap, size: int, offset: int) -> None:
+        # Views are left to the garbage collector (see DirectFile.write_run).
+        view = memoryview(buf)[:size]
+        if not (self._file.direct and self._file.write_direct(view, offset)):
+            pwrite_all(self._file.fd, [view], offset)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def finish(self) -> None:
         """Write what is gathered: its whole pages directly, the last partial page buffered."""
+        self._wait()
         whole = self._used // ALIGN * ALIGN
         if whole:
-            self._flush(whole)
-        if self._used:
-            pwrite_all(self._file.fd, [memoryview(self._buf)[whole : whole + self._used]], self._at)
-            self._at += self._used
-            self._used = 0
+            self._write(self._buf, whole, self._at)
+        if self._used > whole:
+            pwrite_all(self._file.fd, [memoryview(self._buf)[whole : self._used]], self._at + whole)
+        self._at += self._used
+        self._used = 0
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        for buf in self._buffers:
+            with contextlib.suppress(BufferError):  # see DirectFile.close
+                buf.close()
 
 
 def pwrite_all(fd: int, pending: list[memoryview], offset: int) -> None:

@@ -126,11 +126,12 @@ def durable_writer(
     with atomic_path(path) as tmp:
         file = DirectFile(tmp)
         if file.direct:  # around the page cache (see directio): nothing to write back early
+            stream = DirectStream(file)
             try:
-                stream = DirectStream(file)
                 yield stream  # type: ignore[misc]
                 stream.finish()
             finally:
+                stream.close()
                 file.close()
             return
         file.close()

@@ -104,6 +104,7 @@ def test_a_stream_writes_the_file_whole(tmp_path: Path, chunk: int) -> None:
         assert stream.tell() == sum(map(len, pieces))
         stream.finish()
     finally:
+        stream.close()
         out.close()
     assert (tmp_path / "shard").read_bytes() == b"".join(pieces)
     assert (out.direct_bytes > 0) == _direct_io_works(tmp_path)

@@ -23,6 +23,7 @@ import os
 import queue
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,23 +176,60 @@ def _write_run(out: DirectFile, buffers: list, offset: int, size: int) -> list[E
     return edges
 
 
+class _WriteBehind:
+    """Writes each run in a thread of its own while the process frames the next one: a direct write
+    waits for the disk, and the wait then overlaps the framing. One run is in flight at a time, so a
+    process holds about two runs. :meth:`write` returns the run written before (``tag``, edges)."""
+
+    def __init__(self, out: DirectFile) -> None:
+        self._out = out
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="rec-writer")
+        self._pending: tuple[Any, Future[list[Edge]]] | None = None
+
+    def write(self, buffers: list, offset: int, size: int, tag: Any) -> tuple[Any, list[Edge]] | None:
+        done = self.wait()
+        self._pending = (tag, self._thread.submit(_write_run, self._out, buffers, offset, size))
+        return done
+
+    def wait(self) -> tuple[Any, list[Edge]] | None:
+        """The run in flight, once written (its error raised here); None when there is none."""
+        if self._pending is None:
+            return None
+        tag, future = self._pending
+        self._pending = None
+        return tag, future.result()
+
+    def __enter__(self) -> _WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.shutdown(wait=True)  # an error leaves at most one write to finish
+
+
 def _run_in_process(
     frame: _Framer, chunks: list[_Chunk], out: DirectFile, progress: Progress
 ) -> tuple[list[Framed], list[Edge]]:
     framed_all: list[Framed] = []
     edges: list[Edge] = []
     offset, half = 0, len(chunks) // 2
-    with ImageReader(frame.sources) as reader:
+
+    def written(done: tuple[Any, list[Edge]] | None) -> None:
+        if done is not None:
+            (framed, count), run_edges = done
+            framed_all.append(framed)
+            edges.extend(run_edges)
+            progress.advance(count)
+
+    with ImageReader(frame.sources) as reader, _WriteBehind(out) as behind:
         for index, chunk in enumerate(chunks):
             started = time.monotonic()
             framed, buffers = frame(reader, chunk)
-            edges += _write_run(out, buffers, offset, framed.size)
             framed.seconds = time.monotonic() - started
+            written(behind.write(buffers, offset, framed.size, (framed, len(chunk.items))))
             offset += framed.size
-            framed_all.append(framed)
-            progress.advance(len(chunk.items))
             if index == half:
                 failpoint("unit-half")
+        written(behind.wait())
     return framed_all, edges
 
 
@@ -219,8 +257,14 @@ def _run_in_pool(
 
     def worker() -> None:
         start_worker(parent, env)
+
+        def report(done: tuple[Any, list[Edge]] | None) -> None:
+            if done is not None:
+                (index, framed), edges = done
+                results.put(("ok", (index, framed, edges)))
+
         try:
-            with ImageReader(frame.sources) as reader:
+            with ImageReader(frame.sources) as reader, _WriteBehind(out) as behind:
                 while True:
                     with cond:
                         index = next_chunk.value
@@ -239,12 +283,10 @@ def _run_in_pool(
                         cond.notify_all()
                         cond.wait_for(lambda i=index: frontier.value >= i)
                         start = starts[index]
-                    started = time.monotonic()
-                    edges = _write_run(out, buffers, start, framed.size)
-                    framed.seconds += time.monotonic() - started
-                    results.put(("ok", (index, framed, edges)))
+                    report(behind.write(buffers, start, framed.size, (index, framed)))
                     if index == n // 2:
                         failpoint("unit-half")
+                report(behind.wait())
         except BaseException as exc:  # reported to the parent, which stops the others
             results.put(("error", portable_error(exc)))
             results.close()
