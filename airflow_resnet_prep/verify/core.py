@@ -141,9 +141,10 @@ def verify(
         report.records += sum(p.records for p in parts)
     expected = _expected_counts(manifest)
     if impl == REFERENCE:
-        _check_reference(layout, report, outputs, present, by_file, expected)
+        _check_shards(layout, report, outputs, present, by_file, expected, TFRECORDS)
     elif impl == WEBDATASET:
-        _check_webdataset(layout, report, outputs, present, by_file, expected)
+        lengths = _check_shards(layout, report, outputs, present, by_file, expected, WEBDATASET_DIR)
+        _check_webdataset_info(layout, report, outputs, present, lengths)
     else:
         _check_nvidia(layout, report, outputs, present, by_file, expected, classes)
     report.seconds = time.monotonic() - started
@@ -370,59 +371,26 @@ def _records_match(report: VerifyReport, key: str, stats: dict, found: int) -> N
         report.problems.append(Finding(key, f"{found:,} records, the manifest says {stats['records']:,}"))
 
 
-def _check_reference(
+def _check_shards(
     layout: DataDir,
     report: VerifyReport,
     outputs: dict[str, dict],
     present: dict[str, int],
     by_file: dict[str, list[SegmentResult]],
     expected: dict[str, Counter],
-) -> None:
-    found = {"train": Counter(), "val": Counter()}
-    for key, parts in by_file.items():
-        split = "train" if key.rpartition("/")[2].startswith("train-") else "val"
-        records = sum(p.records for p in parts)
-        _records_match(report, key, outputs.get(key, {}), records)
-        for p in parts:
-            found[split].update(p.classes)
-            _limited(
-                report,
-                key,
-                [Finding(key, reason, pos, offset, name) for offset, pos, reason, name in p.decode_failures],
-            )
-        idx_key = f"{key}.idx"
-        if idx_key in outputs:
-            text = _check_small(report, layout, idx_key, outputs[idx_key], present)
-            if text is not None:
-                lines = [(o, s) for p in parts for o, s in zip(p.offsets, p.sizes, strict=True)]
-                _compare_lines(report, idx_key, text, [f"{o} {s}" for o, s in lines], "the record")
-    for split in ("train", "val"):
-        _check_counts(
-            report, split, f"{TFRECORDS}/ ({split} shards)", found[split], expected.get(split, Counter())
-        )
-
-
-def _compare_lines(report: VerifyReport, key: str, text: str, wanted: list[str], what: str) -> None:
-    report.problems.extend(compare_lines(key, text, wanted, what))
-
-
-def _check_webdataset(
-    layout: DataDir,
-    report: VerifyReport,
-    outputs: dict[str, dict],
-    present: dict[str, int],
-    by_file: dict[str, list[SegmentResult]],
-    expected: dict[str, Counter],
-) -> None:
-    """Shards (records, classes, decode failures; their .idx was compared by the scan), the .idx
-    files' CRCs, and ``_info.json`` against the shards found."""
-    from airflow_resnet_prep.converters.webdataset import INFO, SPLIT_NAME
+    folder: str,
+) -> dict[str, dict[str, int]]:
+    """Shard files (TFRecords, WebDataset tars): each one's records against the manifest, its images
+    that do not decode, its ``.idx`` (its CRC; for TFRecords also its lines against the records
+    found); then each split's records per class. Returns the records of each shard by split and name."""
+    from airflow_resnet_prep.converters.webdataset import SPLIT_NAME
 
     found = {"train": Counter(), "val": Counter()}
     lengths: dict[str, dict[str, int]] = {"train": {}, "val": {}}
     for key, parts in by_file.items():
         name = key.rpartition("/")[2]
-        split = "val" if f"-{SPLIT_NAME['val']}-" in name else "train"
+        # Reference shards are train-*/validation-*; WebDataset's imagenet-train-*/imagenet-val-*.
+        split = "train" if name.startswith("train-") or f"-{SPLIT_NAME['train']}-" in name else "val"
         records = sum(p.records for p in parts)
         lengths[split][name] = records
         _records_match(report, key, outputs.get(key, {}), records)
@@ -436,16 +404,33 @@ def _check_webdataset(
                     for offset, pos, reason, image in p.decode_failures
                 ],
             )
-        if f"{key}.idx" in outputs:
-            _check_small(report, layout, f"{key}.idx", outputs[f"{key}.idx"], present)
+        idx_key = f"{key}.idx"
+        if idx_key in outputs:
+            text = _check_small(report, layout, idx_key, outputs[idx_key], present)
+            if text is not None and folder == TFRECORDS:  # WebDataset's .idx was compared by the scan
+                lines = [(o, s) for p in parts for o, s in zip(p.offsets, p.sizes, strict=True)]
+                _compare_lines(report, idx_key, text, [f"{o} {s}" for o, s in lines], "the record")
+    for split in ("train", "val"):
+        _check_counts(
+            report, split, f"{folder}/ ({split} shards)", found[split], expected.get(split, Counter())
+        )
+    return lengths
+
+
+def _compare_lines(report: VerifyReport, key: str, text: str, wanted: list[str], what: str) -> None:
+    report.problems.extend(compare_lines(key, text, wanted, what))
+
+
+def _check_webdataset_info(
+    layout: DataDir, report: VerifyReport, outputs: dict[str, dict], present: dict[str, int], lengths: dict
+) -> None:
+    """``_info.json`` against the shards found."""
+    from airflow_resnet_prep.converters.webdataset import INFO, SPLIT_NAME
+
     info_key = f"{WEBDATASET_DIR}/{INFO}"
     text = _check_small(report, layout, info_key, outputs.get(info_key, {}), present)
     if text is not None:
         _check_info(report, info_key, text, lengths, SPLIT_NAME)
-    for split in ("train", "val"):
-        _check_counts(
-            report, split, f"{WEBDATASET_DIR}/ ({split} shards)", found[split], expected.get(split, Counter())
-        )
 
 
 def _check_info(
