@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from airflow_resnet_prep.catalog.copies import OFFICIAL, index_copy
-from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
+from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog, gc_paused
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.progress import Progress
 from airflow_resnet_prep.sources.bucket import source_store
@@ -176,6 +176,13 @@ def build_split_catalog(
 
     ``store``: the store of ``source`` when the caller has one (e.g. to read its request counts)."""
     store = store if store is not None else source_store(source, conn_id)
+    if store.requests_are_costly:  # minutes of requests, whose client's garbage the collector must see
+        return _build_split_catalog(split, store)
+    with gc_paused():  # an ImageRef per image, no cycles among them
+        return _build_split_catalog(split, store)
+
+
+def _build_split_catalog(split: str, store: Store) -> SplitCatalog:
     where = store.url
     layout, labels = OFFICIAL, ""
     try:
@@ -223,7 +230,9 @@ def build_split_catalog(
         )
     refs.sort(key=_CLASS_AND_NAME)
     keys = list(map(_CLASS_AND_NAME, refs))
-    if len(set(keys)) < len(keys):
+    if not all(
+        map(operator.lt, keys, itertools.islice(keys, 1, None))
+    ):  # sorted: a key not above the last repeats it
         for prev, cur in itertools.pairwise(refs):
             if prev.synset == cur.synset and prev.name == cur.name:
                 raise SourceError(

@@ -17,7 +17,6 @@ import itertools
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -149,26 +148,34 @@ class SplitCatalog:
 
     @classmethod
     def load_classes(cls, store: Store, key: str) -> list[str]:
-        """What ``load(store, key).synsets`` gives, without making an ImageRef per image (relabel needs
-        the training classes only): the first field of every line, the rest of a line unchecked (the
-        plan loads the catalog whole). A catalog whose lines do not all start with a class field, or
-        that holds fewer or more lines than its header says, is loaded whole, for load's message."""
+        """What ``load(store, key).synsets`` gives, read as :meth:`load_class_counts` reads."""
+        return sorted(set(cls.load_class_counts(store, key)) - {""})
+
+    @classmethod
+    def load_class_counts(cls, store: Store, key: str) -> dict[str, int]:
+        """What ``load(store, key).class_counts()`` gives, without making an ImageRef per image (relabel
+        needs the training classes only, the manifest the counts): the first field of every line, the
+        rest of a line unchecked (the plan loads the catalog whole). A catalog whose lines do not all
+        start with a class field, or that holds fewer or more lines than its header says, is loaded
+        whole, for load's message."""
         with _open(store, key) as raw:
             chunks = _line_chunks(raw, None)
             head = _header(chunks, store.uri(key))
-            classes: set[str] = set()
-            lines = found = 0
+            counts: collections.Counter[str] = collections.Counter()
+            images, whole = 0, True
             try:
                 for chunk in itertools.chain([head.rest], chunks):
-                    text = chunk.decode("utf-8")
-                    fields = _CLASS_FIELD.findall(text)
-                    classes.update(fields)
-                    lines, found = lines + text.count("\n"), found + len(fields)
+                    lines = chunk.decode("utf-8").split("\n")
+                    lines.pop()  # what follows the last line break: nothing
+                    fields = list(map(str.partition, lines, itertools.repeat("\t")))  # (class, tab, rest)
+                    whole = whole and all(map(itemgetter(1), fields))
+                    counts.update(map(_SYNSET, fields))
+                    images += len(lines)
             except UnicodeDecodeError:
-                found = -1
-        if lines != found or lines != head.count:
-            return cls.load(store, key).synsets
-        return sorted(classes - {""})
+                whole = False
+        if not whole or images != head.count:
+            return cls.load(store, key).class_counts()
+        return dict(sorted(counts.items()))
 
     @classmethod
     def _parse(cls, fh: BinaryIO, path: str) -> SplitCatalog:
@@ -195,7 +202,6 @@ _LINE = "%s\t%s\t%s\t%s\t%s\t%s\n"
 _FIELDS = len(ImageRef._fields)
 _SAVE_LINES = 1 << 16  # lines joined per write: a few MB at a time, whatever the catalog's size
 _LOAD_BLOCK = 4 << 20  # bytes parsed at a time: bounds the lists of fields alive at once
-_CLASS_FIELD = re.compile(r"^([^\t\n]*)\t", re.MULTILINE)  # a line's first field (its class)
 _RERUN = "rerun the fetch step to rebuild it"
 
 
@@ -283,7 +289,9 @@ def _parse_lines(chunk: bytes, sources: int, synsets: dict[str, str], images: li
         _first_bad_line(lines, sources, before)
     fields = "\t".join(lines).split("\t")
     try:
-        srcs, offsets, sizes = (list(map(int, fields[i::_FIELDS])) for i in (2, 3, 4))
+        offsets, sizes = (list(map(int, fields[i::_FIELDS])) for i in (3, 4))
+        texts = fields[2::_FIELDS]  # a few distinct source numbers: each read once
+        srcs = list(map({text: int(text) for text in set(texts)}.__getitem__, texts))
     except ValueError:
         _first_bad_line(lines, sources, before)
     if min(srcs) < 0 or max(srcs) >= sources or min(offsets) < 0 or min(sizes) < 0:

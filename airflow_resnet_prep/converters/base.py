@@ -242,13 +242,15 @@ class Plan:
 
     def save_done(self, result: UnitResult) -> None:
         """Record the unit ``result.unit`` done: it will not run again, and finish counts it."""
-        self.data_dir.write_json(self.unit_done_key(result.unit), result.to_dict())
+        # On one line: a RecordIO unit's record holds an offset per image.
+        self.data_dir.write_json(self.unit_done_key(result.unit), result.to_dict(), indent=None)
 
     def split_sources(self, split: str) -> list[Source]:
         return [Source(s["kind"], s["path"]) for s in self.sources[split]]
 
     def load_items(self, unit_id: int) -> list[WorkItem]:
-        return parse_items(self.unit_item_columns(unit_id))
+        with gc_paused():
+            return parse_items(self.unit_item_columns(unit_id))
 
     def unit_item_columns(self, unit_id: int) -> list[list[str]]:
         """The fields of the unit's item list, a list per :class:`WorkItem` field (as text)."""
@@ -433,12 +435,13 @@ def finish(converter: Converter, plan: Plan) -> dict[str, Any]:
     """Check every unit is done, then let the format finalise its outputs; return the summary."""
     results = []
     missing = []
-    for unit in plan.units:
-        done = plan.done(unit.id)
-        if done is None:
-            missing.append(unit.id)
-        else:
-            results.append(done)
+    with gc_paused():  # a RecordIO unit's record holds a list per image
+        for unit in plan.units:
+            done = plan.done(unit.id)
+            if done is None:
+                missing.append(unit.id)
+            else:
+                results.append(done)
     if missing:
         raise PrepError(
             f"{plan.data_dir.uri(plan.work_dir)}: {len(missing)} of {len(plan.units)} units are not done "

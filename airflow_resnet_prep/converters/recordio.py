@@ -96,8 +96,9 @@ def list_split(catalog: SplitCatalog) -> list[tuple[int, ImageRef, int]]:
 
 
 # A .lst line (index, label as a float, path "<synset>/<name>") and an .idx line (index, offset): formats
-# applied to a whole tuple of fields, so that writing them takes no Python call per line.
-_LST_LINE = "%d\t%f\t%s/%s\n"
+# applied to a whole tuple of fields, so that writing them takes no Python call per line. A label is a
+# whole number: "%d.000000" writes it as "%f" would write it as a float, without making the float.
+_LST_LINE = "%d\t%d.000000\t%s/%s\n"
 _IDX_LINE = "%d\t%d\n"
 _SYNSET = operator.itemgetter(0)  # of an ImageRef
 _INDEX, _OFFSET = operator.itemgetter(0), operator.itemgetter(1)  # of a unit's .idx pair

@@ -116,7 +116,10 @@ def _fast_index(fh: BinaryIO, archive: str, start: int, total: int) -> list[TarM
             stored = int(block[148:156].partition(b"\0")[0], 8)
         except ValueError:
             size, stored = _octal(block[124:136]), _octal(block[148:156])  # type: ignore[assignment]
-        if stored != _byte_sum(block) - sum(block[148:156]) + 8 * 32 or size is None:
+        # The checksum sums the header's bytes, its own field read as spaces. Adler-32's low 16 bits hold
+        # 1 + the byte sum modulo 65,521: exact over 256 bytes (at most 65,280), and computed in C.
+        byte_sum = (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
+        if stored != byte_sum - sum(block[148:156]) + 8 * 32 or size is None:
             return None
         kind = block[156:157]
         if kind not in _PLAIN_TYPES:
@@ -147,12 +150,6 @@ def _fast_index(fh: BinaryIO, archive: str, start: int, total: int) -> list[TarM
         pos = data + (size if kind in _FILE_TYPES else 0)
         pos += -pos % _BLOCK
     return None  # no end-of-archive marker: let tarfile find out what is wrong
-
-
-def _byte_sum(block: bytes) -> int:
-    """The sum of a 512-byte header's bytes (what its checksum is made of), in C: Adler-32 keeps
-    1 + the byte sum modulo 65,521 in its low 16 bits, which is exact for 256 bytes (at most 65,280)."""
-    return (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
 
 
 # A TarMember made in C (the class's own __new__ is a Python function: a call per member).

@@ -50,6 +50,8 @@ def test_catalog_load_reads_in_pieces_and_digests_the_file(sample, tmp_path, mon
     loaded = SplitCatalog.load(LocalStore(tmp_path), "train.tsv")
     assert loaded == catalog and loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert SplitCatalog.load_classes(LocalStore(tmp_path), "train.tsv") == catalog.synsets
+    counts = SplitCatalog.load_class_counts(LocalStore(tmp_path), "train.tsv")
+    assert counts == catalog.class_counts() and list(counts) == catalog.synsets
     path.write_bytes(path.read_bytes()[:-1])  # the last line without its line feed
     assert SplitCatalog.load(LocalStore(tmp_path), "train.tsv") == catalog
 
@@ -87,7 +89,7 @@ def test_catalog_with_a_byte_that_is_not_utf8_names_its_line(sample, tmp_path):
     at = data.index(b"\n", len(data) // 2) + 3  # inside the line that starts there
     path.write_bytes(data[:at] + b"\xff" + data[at + 1 :])
     line = data.count(b"\n", 0, at) + 1
-    for load in (SplitCatalog.load, SplitCatalog.load_classes):
+    for load in (SplitCatalog.load, SplitCatalog.load_classes, SplitCatalog.load_class_counts):
         with pytest.raises(SourceError, match=rf"damaged catalog \(line {line}: 'utf-8' codec"):
             load(LocalStore(tmp_path), "train.tsv")
 
@@ -96,7 +98,7 @@ def test_catalog_missing_lines_is_refused(sample, tmp_path):
     catalog = build_split_catalog("train", sample.train_tar)
     path = _saved(tmp_path, catalog)
     path.write_text("\n".join(path.read_text(encoding="utf-8").split("\n")[:-2]) + "\n", encoding="utf-8")
-    for load in (SplitCatalog.load, SplitCatalog.load_classes):
+    for load in (SplitCatalog.load, SplitCatalog.load_classes, SplitCatalog.load_class_counts):
         with pytest.raises(
             SourceError, match=rf"holds {len(catalog) - 1} images, its header says {len(catalog)}"
         ):
