@@ -229,10 +229,8 @@ def _build_split_catalog(split: str, store: Store) -> SplitCatalog:
             f"{where}: training images must be grouped by class (<synset>/<image> or <synset>.tar)"
         )
     refs.sort(key=_CLASS_AND_NAME)
-    keys = list(map(_CLASS_AND_NAME, refs))
-    if not all(
-        map(operator.lt, keys, itertools.islice(keys, 1, None))
-    ):  # sorted: a key not above the last repeats it
+    keys = map(_CLASS_AND_NAME, refs)  # made as compared: no list of a tuple per image
+    if not all(map(operator.lt, keys, map(_CLASS_AND_NAME, itertools.islice(refs, 1, None)))):  # one repeats
         for prev, cur in itertools.pairwise(refs):
             if prev.synset == cur.synset and prev.name == cur.name:
                 raise SourceError(

@@ -79,10 +79,9 @@ def list_split(catalog: SplitCatalog) -> list[tuple[int, ImageRef, int]]:
     The walk order (class folders sorted, files sorted within each) is the catalog's own order.
     """
     refs = catalog.images
-    keys = list(map(_CLASS_AND_NAME, refs))
-    if not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):  # not sorted, or a name twice
-        order = sorted(range(len(refs)), key=keys.__getitem__)
-        refs = [refs[i] for i in order]
+    keys = map(_CLASS_AND_NAME, refs)  # made as compared: no list of a tuple per image
+    if not all(map(operator.lt, keys, map(_CLASS_AND_NAME, itertools.islice(refs, 1, None)))):
+        refs = sorted(refs, key=_CLASS_AND_NAME)  # not sorted, or a name twice
         for previous, ref in itertools.pairwise(refs):
             if (previous.synset, previous.name) == (ref.synset, ref.name):
                 raise PrepError(
@@ -149,15 +148,18 @@ class RecordIOConverter(Converter):
         if not listing:
             return []
         indexes, refs, labels = zip(*listing, strict=True)
+        del listing  # a tuple per image: not kept while the items are made
         items = work_items(refs, labels, indexes, itertools.repeat(0))
         # A unit ends at its UNIT_RECORDS-th image, or later at the first one that brings it to
         # min_unit_bytes: found on the running total of the sizes, with no Python step per image.
-        ends = list(itertools.accumulate(map(_SIZE, refs)))
+        ends = list(itertools.accumulate(map(_SIZE, refs))) if self.min_unit_bytes else None
         units: list[UnitSpec] = []
         start = 0
         while start < len(items):
-            before = ends[start - 1] if start else 0
-            end = max(start + UNIT_RECORDS, bisect.bisect_left(ends, before + self.min_unit_bytes) + 1)
+            end = start + UNIT_RECORDS
+            if ends is not None:
+                before = ends[start - 1] if start else 0
+                end = max(end, bisect.bisect_left(ends, before + self.min_unit_bytes) + 1)
             units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], items[start:end]))
             start = end
         return units
