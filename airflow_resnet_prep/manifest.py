@@ -97,8 +97,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Everything a user (or a rerun) needs to know about this output. ``params`` must hold no secret."""
     classes = {
-        split: SplitCatalog.load(layout.store, catalog_key(split)).class_counts()
-        for split in ("train", "val")
+        split: SplitCatalog.load_class_counts(layout.store, catalog_key(split)) for split in ("train", "val")
     }
     return {
         "manifest_version": MANIFEST_VERSION,

@@ -15,15 +15,17 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import operator
 import os
 import posixpath
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from airflow_resnet_prep.catalog.copies import OFFICIAL, index_copy
 from airflow_resnet_prep.catalog.inflated import WorkingCopies
-from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog
+from airflow_resnet_prep.catalog.model import DIR, TAR, ImageRef, Source, SplitCatalog, gc_paused
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.progress import Progress
 from airflow_resnet_prep.sources.bucket import source_store
@@ -37,6 +39,13 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 # Nested tars of an archive in a bucket indexed at once (each a chain of 512-byte header requests); past
 # ~32 the client's CPU per request (signing, parsing: ~0.5 ms) is the limit, not the latency.
 INDEX_CONCURRENCY = 32
+
+
+# What _check_plain_name accepts (its fast path): no separator, tab or line break, not starting with ".".
+_PLAIN_NAME = re.compile(r"[^./\\\t\n][^/\\\t\n]*")
+_SYNSET, _CLASS_AND_NAME = operator.itemgetter(0), operator.itemgetter(0, 1)  # of an ImageRef
+# An ImageRef made in C (the class's own __new__ is a Python function: a call per image).
+_new_ref = functools.partial(tuple.__new__, ImageRef)
 
 
 def is_image_name(name: str) -> bool:
@@ -65,40 +74,44 @@ def _index_tar_file(
     skipped = 0
     progress = Progress(f"indexing {name}", total=0, unit="members")
     nested: list[tuple[str, str, int, int]] = []  # (synset, member path, offset, size)
-    for member in iter_tar(fh, archive, start=0, size=total):
-        parts = member.path.split("/")
-        if len(parts) == 1 and member.path.lower().endswith(".tar"):
-            synset = member.path[:-4]
-            _check_plain_name(f"{archive}[{member.path}]", synset)
-            nested.append((synset, member.path, member.offset, member.size))
+    for path, offset, size in iter_tar(fh, archive, start=0, size=total):
+        parts = path.split("/")
+        if len(parts) == 1 and path.lower().endswith(".tar"):
+            synset = path[:-4]
+            _check_plain_name(f"{archive}[{path}]", synset)
+            nested.append((synset, path, offset, size))
             continue
-        if not is_image_name(parts[-1]):
+        if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             skipped += 1
             continue
         if len(parts) == 1:
             synset = ""
         elif len(parts) == 2:
             synset = parts[0]
-            _check_plain_name(f"{archive}[{member.path}]", synset)
+            _check_plain_name(f"{archive}[{path}]", synset)
         else:
             raise SourceError(
-                f"{archive}: member {member.path!r} is nested too deep; expected <synset>/<image> or a flat file"
+                f"{archive}: member {path!r} is nested too deep; expected <synset>/<image> or a flat file"
             )
-        _check_plain_name(f"{archive}[{member.path}]", parts[-1])
-        refs.append(ImageRef(synset, parts[-1], 0, member.offset, member.size, member.path))
+        if _PLAIN_NAME.fullmatch(parts[-1]) is None:
+            _check_plain_name(f"{archive}[{path}]", parts[-1])
+        refs.append(_new_ref((synset, parts[-1], 0, offset, size, path)))
         progress.advance()
 
     def inner(entry: tuple[str, str, int, int], reader: BinaryIO) -> tuple[list[ImageRef], int]:
+        """A nested tar's images (once per member of the whole set: kept to operations done in C)."""
         synset, path, offset, size = entry
         where = f"{archive}[{path}]"
         found, not_images = [], 0
-        for image in iter_tar(reader, where, start=offset, size=size):
-            image_name = image.path.rsplit("/", 1)[-1]
-            if not is_image_name(image_name):
+        prefix = path + "/"
+        for image_path, image_offset, image_size in iter_tar(reader, where, start=offset, size=size):
+            image_name = image_path.rpartition("/")[2]
+            if not image_name.lower().endswith(IMAGE_EXTENSIONS):
                 not_images += 1
                 continue
-            _check_plain_name(where, image_name)
-            found.append(ImageRef(synset, image_name, 0, image.offset, image.size, f"{path}/{image.path}"))
+            if _PLAIN_NAME.fullmatch(image_name) is None:
+                _check_plain_name(where, image_name)
+            found.append(_new_ref((synset, image_name, 0, image_offset, image_size, prefix + image_path)))
         return found, not_images
 
     if opener is None or len(nested) <= 1:
@@ -170,6 +183,13 @@ def build_split_catalog(
     ``store``: the store of ``source`` when the caller has one (e.g. to read its request counts).
     ``inflated``: where compressed sources get their working copies (:mod:`.inflated`); None: read in place."""
     store = store if store is not None else source_store(source, conn_id)
+    if store.requests_are_costly:  # minutes of requests, whose client's garbage the collector must see
+        return _build_split_catalog(split, store, inflated)
+    with gc_paused():  # an ImageRef per image, no cycles among them
+        return _build_split_catalog(split, store, inflated)
+
+
+def _build_split_catalog(split: str, store: Store, inflated: WorkingCopies | None) -> SplitCatalog:
     where = store.url
     layout, labels = OFFICIAL, ""
     try:
@@ -205,7 +225,7 @@ def build_split_catalog(
             )
     if not refs:
         raise SourceError(f"{where}: the {split} source holds no images (.JPEG/.jpg/.png)")
-    labelled = sum(1 for r in refs if r.synset)
+    labelled = sum(1 for synset in map(_SYNSET, refs) if synset)
     if labelled not in (0, len(refs)):
         unlabelled = next(r for r in refs if not r.synset)
         raise SourceError(
@@ -215,10 +235,14 @@ def build_split_catalog(
         raise SourceError(
             f"{where}: training images must be grouped by class (<synset>/<image> or <synset>.tar)"
         )
-    refs.sort(key=lambda r: (r.synset, r.name))
-    for prev, cur in itertools.pairwise(refs):
-        if prev.synset == cur.synset and prev.name == cur.name:
-            raise SourceError(f"{where}: duplicate image {cur.synset + '/' if cur.synset else ''}{cur.name}")
+    refs.sort(key=_CLASS_AND_NAME)
+    keys = map(_CLASS_AND_NAME, refs)  # made as compared: no list of a tuple per image
+    if not all(map(operator.lt, keys, map(_CLASS_AND_NAME, itertools.islice(refs, 1, None)))):  # one repeats
+        for prev, cur in itertools.pairwise(refs):
+            if prev.synset == cur.synset and prev.name == cur.name:
+                raise SourceError(
+                    f"{where}: duplicate image {cur.synset + '/' if cur.synset else ''}{cur.name}"
+                )
     if labels:  # a copy's validation images, classes already given: a name must not come twice in any class
         seen: set[str] = set()
         for ref in refs:

@@ -8,14 +8,19 @@ unit's images lying close together share one request (:meth:`ImageReader.iter_re
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
-import io
+import gc
+import hashlib
+import itertools
 import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from operator import itemgetter
+from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol, TypeVar
 
 from airflow_resnet_prep.catalog.members import (
     COPY_KINDS,
@@ -46,6 +51,9 @@ class ImageRef(NamedTuple):
     offset: int  # byte offset of the data inside a tar source; 0 for a folder source
     size: int
     member: str  # tar: "n01440764.tar/n01440764_10026.JPEG"; folder: "n01440764/n01440764_10026.JPEG"
+
+
+_SYNSET = itemgetter(0)  # an ImageRef's class, for the loops over a whole catalog
 
 
 class _Ref(Protocol):
@@ -85,6 +93,8 @@ class SplitCatalog:
     images: list[ImageRef] = field(default_factory=list)
     layout: str = "official"  # which copy the source is (catalog/copies.py)
     labels: str = ""  # where a copy's validation classes came from; "" when the labels file gives them
+    #: SHA-256 of the file the catalog was loaded from (a plan's identity); "" when made in memory
+    sha256: str = field(default="", compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -92,27 +102,24 @@ class SplitCatalog:
     @property
     def synsets(self) -> list[str]:
         """The sorted distinct classes present (empty strings, i.e. unlabelled images, excluded)."""
-        return sorted({ref.synset for ref in self.images if ref.synset})
+        return sorted(set(map(_SYNSET, self.images)) - {""})
 
     @property
     def labelled(self) -> bool:
-        return all(ref.synset for ref in self.images)
+        return all(map(_SYNSET, self.images))
 
     def where(self, ref: ImageRef) -> str:
         """A human-readable location of the image, for error messages."""
         return self.sources[ref.src].describe(ref)
 
     def class_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for ref in self.images:
-            counts[ref.synset] = counts.get(ref.synset, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(collections.Counter(map(_SYNSET, self.images)).items()))
 
     def total_bytes(self) -> int:
-        return sum(ref.size for ref in self.images)
+        return sum(map(itemgetter(4), self.images))
 
     # -- persistence: one TSV per split, a JSON header line first ------------------------------------
-    def _lines(self) -> Iterator[str]:
+    def _header_line(self) -> str:
         header = {
             "version": CATALOG_VERSION,
             "split": self.split,
@@ -121,54 +128,207 @@ class SplitCatalog:
         }
         if self.layout != "official":
             header.update(layout=self.layout, labels=self.labels)
-        yield "# " + json.dumps(header, sort_keys=True) + "\n"
-        for r in self.images:
-            yield f"{r.synset}\t{r.name}\t{r.src}\t{r.offset}\t{r.size}\t{r.member}\n"
+        return "# " + json.dumps(header, sort_keys=True) + "\n"
 
     def save(self, store: Store, key: str) -> None:
         """Write the catalog under ``key`` of ``store`` (streamed; the key appears only when whole)."""
+        images = self.images
         with store.writer(key) as fh:
-            fh.writelines(line.encode("utf-8") for line in self._lines())
+            fh.write(self._header_line().encode("utf-8"))
+            # An ImageRef is a tuple: the line format applies to it whole, with no Python call per image.
+            for start in range(0, len(images), _SAVE_LINES):
+                chunk = images[start : start + _SAVE_LINES]
+                fh.write("".join(map(_LINE.__mod__, chunk)).encode("utf-8"))
 
     @classmethod
     def load(cls, store: Store, key: str) -> SplitCatalog:
-        try:
-            raw = store.open_read(key, block_size=1 << 20)
-        except FileNotFoundError:
-            raise SourceError(f"{store.uri(key)}: catalog not found; run the fetch step first") from None
-        with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as fh:  # type: ignore[arg-type]
-            return cls._parse(fh, store.uri(key))
+        """The catalog saved under ``key``; its :attr:`sha256` is that of the file's bytes."""
+        with _open(store, key) as raw, gc_paused():
+            return cls._parse(raw, store.uri(key))
 
     @classmethod
-    def _parse(cls, fh: Iterable[str], path: str) -> SplitCatalog:
-        rerun = "rerun the fetch step to rebuild it"
-        number = 1
-        lines = iter(fh)
-        try:
-            first = next(lines, "")
+    def load_classes(cls, store: Store, key: str) -> list[str]:
+        """What ``load(store, key).synsets`` gives, read as :meth:`load_class_counts` reads."""
+        return sorted(set(cls.load_class_counts(store, key)) - {""})
+
+    @classmethod
+    def load_class_counts(cls, store: Store, key: str) -> dict[str, int]:
+        """What ``load(store, key).class_counts()`` gives, without making an ImageRef per image (relabel
+        needs the training classes only, the manifest the counts): the first field of every line, the
+        rest of a line unchecked (the plan loads the catalog whole). A catalog whose lines do not all
+        start with a class field, or that holds fewer or more lines than its header says, is loaded
+        whole, for load's message."""
+        with _open(store, key) as raw:
+            chunks = _line_chunks(raw, None)
+            head = _header(chunks, store.uri(key))
+            counts: collections.Counter[str] = collections.Counter()
+            images, whole = 0, True
             try:
-                header = json.loads(first[2:]) if first.startswith("# ") else None
-            except json.JSONDecodeError:
-                header = None
-            if not isinstance(header, dict) or header.get("version") != CATALOG_VERSION:
-                raise SourceError(f"{path}: not a catalog of version {CATALOG_VERSION}; {rerun}")
-            sources = [Source(s["kind"], s["path"]) for s in header["sources"]]
-            split, count = header["split"], header["images"]
-            images = []
-            for number, line in enumerate(lines, start=2):  # noqa: B007 (number names the bad line below)
-                synset, name, src, offset, size, member = line.rstrip("\n").split("\t")
-                ref = ImageRef(synset, name, int(src), int(offset), int(size), member)
-                if not (0 <= ref.src < len(sources) and ref.offset >= 0 and ref.size >= 0):
-                    raise ValueError("source, offset or size out of range")
-                images.append(ref)
-        except SourceError:
-            raise
-        except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
-            raise SourceError(f"{path}: damaged catalog (line {number}: {exc}); {rerun}") from None
-        if len(images) != count:
-            raise SourceError(f"{path}: holds {len(images)} images, its header says {count}; {rerun}")
-        layout, labels = header.get("layout", "official"), header.get("labels", "")
-        return cls(split=split, sources=sources, images=images, layout=layout, labels=labels)
+                for chunk in itertools.chain([head.rest], chunks):
+                    lines = chunk.decode("utf-8").split("\n")
+                    lines.pop()  # what follows the last line break: nothing
+                    fields = list(map(str.partition, lines, itertools.repeat("\t")))  # (class, tab, rest)
+                    whole = whole and all(map(itemgetter(1), fields))
+                    counts.update(map(_SYNSET, fields))
+                    images += len(lines)
+            except UnicodeDecodeError:
+                whole = False
+        if not whole or images != head.count:
+            return cls.load(store, key).class_counts()
+        return dict(sorted(counts.items()))
+
+    @classmethod
+    def _parse(cls, fh: BinaryIO, path: str) -> SplitCatalog:
+        digest = hashlib.sha256()
+        chunks = _line_chunks(fh, digest)
+        head = _header(chunks, path)
+        images: list[ImageRef] = []
+        synsets: dict[str, str] = {}  # one string per class, shared by its images
+        for chunk in itertools.chain([head.rest], chunks):
+            try:
+                _parse_lines(chunk, len(head.sources), synsets, images)
+            except _BadLine as exc:
+                raise SourceError(f"{path}: damaged catalog (line {exc.number}: {exc}); {_RERUN}") from None
+        if len(images) != head.count:
+            raise SourceError(f"{path}: holds {len(images)} images, its header says {head.count}; {_RERUN}")
+        layout, labels = head.fields.get("layout", "official"), head.fields.get("labels", "")
+        catalog = cls(split=head.split, sources=head.sources, images=images, layout=layout, labels=labels)
+        catalog.sha256 = digest.hexdigest()
+        return catalog
+
+
+# The catalog's line: synset, name, source index, offset, size, member (ImageRef's fields, in order).
+_LINE = "%s\t%s\t%s\t%s\t%s\t%s\n"
+_FIELDS = len(ImageRef._fields)
+_SAVE_LINES = 1 << 16  # lines joined per write: a few MB at a time, whatever the catalog's size
+_LOAD_BLOCK = 4 << 20  # bytes parsed at a time: bounds the lists of fields alive at once
+_RERUN = "rerun the fetch step to rebuild it"
+
+
+class _BadLine(ValueError):
+    def __init__(self, number: int, problem: str) -> None:
+        super().__init__(problem)
+        self.number = number
+
+
+class _Header(NamedTuple):
+    fields: dict[str, Any]  # as saved
+    sources: list[Source]
+    split: str
+    count: int  # images
+    rest: bytes  # what follows the header line in the first chunk
+
+
+def _open(store: Store, key: str) -> BinaryIO:
+    try:
+        return store.open_read(key, block_size=_LOAD_BLOCK)  # type: ignore[return-value]
+    except FileNotFoundError:
+        raise SourceError(f"{store.uri(key)}: catalog not found; run the fetch step first") from None
+
+
+def _header(chunks: Iterator[bytes], path: str) -> _Header:
+    """The header of a catalog read as ``chunks`` (:func:`_line_chunks`)."""
+    first = next(chunks, b"")
+    end = first.find(b"\n") + 1 or len(first)
+    try:
+        text = first[:end].decode("utf-8")
+        header = json.loads(text[2:]) if text.startswith("# ") else None
+    except ValueError:  # not UTF-8, or not JSON
+        header = None
+    if not isinstance(header, dict) or header.get("version") != CATALOG_VERSION:
+        raise SourceError(f"{path}: not a catalog of version {CATALOG_VERSION}; {_RERUN}")
+    try:
+        sources = [Source(s["kind"], s["path"]) for s in header["sources"]]
+        return _Header(header, sources, header["split"], header["images"], first[end:])
+    except (KeyError, TypeError) as exc:
+        raise SourceError(f"{path}: damaged catalog (line 1: {exc}); {_RERUN}") from None
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a catalog or plan is built in bulk: it holds no cycles,
+    but every few hundred new tuples would make the collector walk all of them again (half the time of
+    loading a catalog of a million images)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _line_chunks(fh: BinaryIO, digest: Any | None) -> Iterator[bytes]:
+    """The file's bytes in pieces of whole lines (the last one as it ends), fed to ``digest`` as read."""
+    pending = b""
+    while block := fh.read(_LOAD_BLOCK):
+        if digest is not None:
+            digest.update(block)
+        pending += block
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            yield pending[:cut]
+            pending = pending[cut:]
+    if pending:
+        yield pending + b"\n"
+
+
+def _parse_lines(chunk: bytes, sources: int, synsets: dict[str, str], images: list[ImageRef]) -> None:
+    """Append the images of ``chunk`` (whole lines) to ``images``, a column at a time. Anything amiss
+    is raised as :class:`_BadLine` naming the first bad line, found by :func:`_first_bad_line`."""
+    before = len(images)
+    try:
+        text = chunk.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLine(_line_number(images, chunk.count(b"\n", 0, exc.start)), str(exc)) from None
+    lines = text.split("\n")
+    lines.pop()  # what follows the last line break: nothing
+    if not lines:
+        return
+    if set(map(str.count, lines, itertools.repeat("\t"))) != {_FIELDS - 1}:
+        _first_bad_line(lines, sources, before)
+    fields = "\t".join(lines).split("\t")
+    try:
+        offsets, sizes = (list(map(int, fields[i::_FIELDS])) for i in (3, 4))
+        texts = fields[2::_FIELDS]  # a few distinct source numbers: each read once
+        srcs = list(map({text: int(text) for text in set(texts)}.__getitem__, texts))
+    except ValueError:
+        _first_bad_line(lines, sources, before)
+    if min(srcs) < 0 or max(srcs) >= sources or min(offsets) < 0 or min(sizes) < 0:
+        _first_bad_line(lines, sources, before)
+    classes = fields[0::_FIELDS]
+    images.extend(
+        map(
+            tuple.__new__,
+            itertools.repeat(ImageRef),
+            zip(
+                map(synsets.setdefault, classes, classes),
+                fields[1::_FIELDS],
+                srcs,
+                offsets,
+                sizes,
+                fields[5::_FIELDS],
+                strict=True,
+            ),
+        )
+    )
+
+
+def _line_number(images: list[ImageRef], index: int) -> int:
+    return 2 + len(images) + index  # line 1 is the header
+
+
+def _first_bad_line(lines: list[str], sources: int, before: int) -> NoReturn:
+    """Raise :class:`_BadLine` for the first of ``lines`` that does not hold a valid image."""
+    for index, line in enumerate(lines):
+        number = 2 + before + index
+        try:
+            _synset, _name, src, offset, size, _member = line.split("\t")
+            if not (0 <= int(src) < sources and int(offset) >= 0 and int(size) >= 0):
+                raise ValueError("source, offset or size out of range")
+        except ValueError as exc:
+            raise _BadLine(number, str(exc)) from None
+    raise AssertionError("no bad line among lines found bad")
 
 
 class ImageReader:

@@ -216,9 +216,8 @@ def relabel(
         )
 
     with layout.hold(wait_s=5):
-        train = SplitCatalog.load(layout.store, catalog_key("train"))
+        train_synsets = SplitCatalog.load_classes(layout.store, catalog_key("train"))
         val = SplitCatalog.load(layout.store, val_key)
-        train_synsets = train.synsets
         if val.labels:  # a copy that labels its own validation images (catalog/copies.py)
             return _copy_labels(layout, val, train_synsets, labels_source, fetch_labels)
         if labelled_by_source(val):

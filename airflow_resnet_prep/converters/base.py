@@ -21,19 +21,22 @@ and hands that to whatever runs its units (:mod:`.local`), worker processes incl
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog
+from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog, gc_paused
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError
 from airflow_resnet_prep.formats.crc32c import to_hex
 from airflow_resnet_prep.layout import MANIFEST, DataDir, catalog_key, work_key
@@ -239,36 +242,59 @@ class Plan:
 
     def save_done(self, result: UnitResult) -> None:
         """Record the unit ``result.unit`` done: it will not run again, and finish counts it."""
-        self.data_dir.write_json(self.unit_done_key(result.unit), result.to_dict())
+        # On one line: a RecordIO unit's record holds an offset per image.
+        self.data_dir.write_json(self.unit_done_key(result.unit), result.to_dict(), indent=None)
 
     def split_sources(self, split: str) -> list[Source]:
         return [Source(s["kind"], s["path"]) for s in self.sources[split]]
 
     def load_items(self, unit_id: int) -> list[WorkItem]:
-        items = []
-        text = self.data_dir.store.read_bytes(self.unit_items_key(unit_id)).decode("utf-8")
-        for line in text.splitlines():
-            s, n, src, off, size, member, label, index, output = line.split("\t")
-            items.append(
-                WorkItem(s, n, int(src), int(off), int(size), member, int(label), int(index), int(output))
+        with gc_paused():
+            return parse_items(self.unit_item_columns(unit_id))
+
+    def unit_item_columns(self, unit_id: int) -> list[list[str]]:
+        """The fields of the unit's item list, a list per :class:`WorkItem` field (as text)."""
+        key = self.unit_items_key(unit_id)
+        lines = self.data_dir.store.read_bytes(key).decode("utf-8").split("\n")
+        if not lines[-1]:  # split at line feeds only: a name may hold any other line separator
+            lines.pop()
+        if set(map(str.count, lines, itertools.repeat("\t"))) - {_ITEM_FIELDS - 1}:
+            raise PrepError(
+                f"{self.data_dir.uri(key)}: damaged item list; rerun the plan step with force=true"
             )
-        return items
+        fields = "\t".join(lines).split("\t") if lines else []
+        return [fields[i::_ITEM_FIELDS] for i in range(_ITEM_FIELDS)]
 
 
 def plan_key(implementation: str) -> str:
     return f"{work_key(implementation)}/plan.json"
 
 
-def _items_text(items: Iterable[WorkItem]) -> str:
-    return "".join("\t".join(map(str, item)) + "\n" for item in items)
+# A unit's item list: a line per WorkItem, its fields in order, tab-separated.
+_ITEM_FIELDS = len(WorkItem._fields)
+_ITEM_LINE = "\t".join(["%s"] * _ITEM_FIELDS) + "\n"
+# A WorkItem made in C from a tuple of its fields (the class's own __new__ is a Python call per item).
+_new_item = functools.partial(tuple.__new__, WorkItem)
 
 
-def _digest(data_dir: DataDir, key: str) -> str:
-    h = hashlib.sha256()
-    with data_dir.store.open_read(key, block_size=1 << 20) as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def work_items(
+    refs: Sequence[ImageRef], labels: Iterable[int], indexes: Iterable[int], outputs: Iterable[int]
+) -> list[WorkItem]:
+    """``WorkItem(*ref, label, index, output)`` for each image, made without a Python call per image
+    (``outputs`` may run on past the images: ``itertools.repeat``)."""
+    return list(map(_new_item, map(operator.add, refs, zip(labels, indexes, outputs, strict=False))))
+
+
+def parse_items(columns: list[list[str]]) -> list[WorkItem]:
+    """The WorkItems whose fields (as text, see :meth:`Plan.unit_item_columns`) are ``columns``."""
+    synsets, names, members = columns[0], columns[1], columns[5]
+    srcs, offsets, sizes, labels, indexes, outputs = (map(int, columns[i]) for i in (2, 3, 4, 6, 7, 8))
+    rows = zip(synsets, names, srcs, offsets, sizes, members, labels, indexes, outputs, strict=True)
+    return list(map(_new_item, rows))
+
+
+def _items_text(items: list[WorkItem]) -> str:
+    return "".join(map(_ITEM_LINE.__mod__, items))
 
 
 def plan(
@@ -282,7 +308,8 @@ def plan(
     data_dir = as_data_dir(data_dir)
     work_dir = work_key(converter.implementation)
     with data_dir.hold(wait_s=5):
-        catalogs = {split: SplitCatalog.load(data_dir.store, catalog_key(split)) for split in SPLITS}
+        with gc_paused():
+            catalogs = {split: SplitCatalog.load(data_dir.store, catalog_key(split)) for split in SPLITS}
         if not catalogs["val"].labelled:
             raise PrepError(
                 f"{data_dir.uri(catalog_key('val'))}: validation images have no classes yet; run relabel first"
@@ -296,7 +323,7 @@ def plan(
         key = {
             "implementation": converter.implementation,
             "params": converter.params,
-            "catalogs": {split: _digest(data_dir, catalog_key(split)) for split in SPLITS},
+            "catalogs": {split: catalogs[split].sha256 for split in SPLITS},  # of the files' bytes
         }
         plan_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -307,7 +334,10 @@ def plan(
         _clear_previous(data_dir, converter, existing, force)
 
         converter.min_unit_bytes = MIN_REMOTE_UNIT_BYTES if data_dir.store.requests_are_costly else 0
-        specs = [spec for split in SPLITS for spec in converter.plan_split(split, catalogs[split], classes)]
+        with gc_paused():  # a WorkItem per image, no cycles among them
+            specs = [
+                spec for split in SPLITS for spec in converter.plan_split(split, catalogs[split], classes)
+            ]
         result = Plan(
             implementation=converter.implementation,
             plan_id=plan_id,
@@ -405,12 +435,13 @@ def finish(converter: Converter, plan: Plan) -> dict[str, Any]:
     """Check every unit is done, then let the format finalise its outputs; return the summary."""
     results = []
     missing = []
-    for unit in plan.units:
-        done = plan.done(unit.id)
-        if done is None:
-            missing.append(unit.id)
-        else:
-            results.append(done)
+    with gc_paused():  # a RecordIO unit's record holds a list per image
+        for unit in plan.units:
+            done = plan.done(unit.id)
+            if done is None:
+                missing.append(unit.id)
+            else:
+                results.append(done)
     if missing:
         raise PrepError(
             f"{plan.data_dir.uri(plan.work_dir)}: {len(missing)} of {len(plan.units)} units are not done "

@@ -26,9 +26,11 @@ would silently give labels that mean something else.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import logging
+import operator
 import os
 import random
 import time
@@ -45,6 +47,7 @@ from airflow_resnet_prep.converters.base import (
     check_on_bad_image,
     record_source_reads,
     run_plan_unit,
+    work_items,
 )
 from airflow_resnet_prep.converters.decodecheck import decode_check_param, prepare_decoder
 from airflow_resnet_prep.converters.recordio_direct import write_in_place
@@ -75,23 +78,31 @@ def list_split(catalog: SplitCatalog) -> list[tuple[int, ImageRef, int]]:
 
     The walk order (class folders sorted, files sorted within each) is the catalog's own order.
     """
-    folders: dict[str, int] = {}
-    listing = []
-    previous: ImageRef | None = None
-    for index, ref in enumerate(sorted(catalog.images, key=lambda r: (r.synset, r.name))):
-        if previous is not None and (previous.synset, previous.name) == (ref.synset, ref.name):
-            raise PrepError(
-                f"{catalog.where(ref)}: a second {catalog.split} image named {ref.synset}/{ref.name}"
-            )
-        label = folders.setdefault(ref.synset, len(folders))
-        listing.append((index, ref, label))
-        previous = ref
+    refs = catalog.images
+    keys = map(_CLASS_AND_NAME, refs)  # made as compared: no list of a tuple per image
+    if not all(map(operator.lt, keys, map(_CLASS_AND_NAME, itertools.islice(refs, 1, None)))):
+        refs = sorted(refs, key=_CLASS_AND_NAME)  # not sorted, or a name twice
+        for previous, ref in itertools.pairwise(refs):
+            if (previous.synset, previous.name) == (ref.synset, ref.name):
+                raise PrepError(
+                    f"{catalog.where(ref)}: a second {catalog.split} image named {ref.synset}/{ref.name}"
+                )
+    # A folder's label is its rank among the folders (the walk meets them in sorted order).
+    folders = {synset: label for label, synset in enumerate(sorted(set(map(_SYNSET, refs))))}
+    listing = list(zip(range(len(refs)), refs, map(folders.__getitem__, map(_SYNSET, refs)), strict=True))
     random.Random(IM2REC_SHUFFLE_SEED).shuffle(listing)
     return listing
 
 
-def lst_line(index: int, label: float, relpath: str) -> str:
-    return f"{index}\t{label:f}\t{relpath}\n"
+# A .lst line (index, label as a float, path "<synset>/<name>") and an .idx line (index, offset): formats
+# applied to a whole tuple of fields, so that writing them takes no Python call per line. A label is a
+# whole number: "%d.000000" writes it as "%f" would write it as a float, without making the float.
+_LST_LINE = "%d\t%d.000000\t%s/%s\n"
+_IDX_LINE = "%d\t%d\n"
+_SYNSET = operator.itemgetter(0)  # of an ImageRef
+_INDEX, _OFFSET = operator.itemgetter(0), operator.itemgetter(1)  # of a unit's .idx pair
+_SIZE = operator.itemgetter(4)
+_CLASS_AND_NAME = operator.itemgetter(0, 1)
 
 
 class RecordIOConverter(Converter):
@@ -134,17 +145,23 @@ class RecordIOConverter(Converter):
     def plan_split(self, split: str, catalog: SplitCatalog, classes: list[str]) -> list[UnitSpec]:
         check_class_folders(split, catalog, classes)
         listing = list_split(catalog)
+        if not listing:
+            return []
+        indexes, refs, labels = zip(*listing, strict=True)
+        del listing  # a tuple per image: not kept while the items are made
+        items = work_items(refs, labels, indexes, itertools.repeat(0))
+        # A unit ends at its UNIT_RECORDS-th image, or later at the first one that brings it to
+        # min_unit_bytes: found on the running total of the sizes, with no Python step per image.
+        ends = list(itertools.accumulate(map(_SIZE, refs))) if self.min_unit_bytes else None
         units: list[UnitSpec] = []
-        chunk: list[WorkItem] = []
-        size = 0
-        for index, ref, label in listing:
-            chunk.append(WorkItem(*ref, label, index, 0))
-            size += ref.size
-            if len(chunk) >= UNIT_RECORDS and size >= self.min_unit_bytes:
-                units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], chunk))
-                chunk, size = [], 0
-        if chunk:
-            units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], chunk))
+        start = 0
+        while start < len(items):
+            end = start + UNIT_RECORDS
+            if ends is not None:
+                before = ends[start - 1] if start else 0
+                end = max(end, bisect.bisect_left(ends, before + self.min_unit_bytes) + 1)
+            units.append(UnitSpec(split, [f"{split}.{len(units):05d}.rec"], items[start:end]))
+            start = end
         return units
 
     def prepare_plan(self, plan: Plan) -> None:
@@ -255,20 +272,27 @@ class RecordIOConverter(Converter):
 def _idx_text(parts: list[UnitResult]) -> str:
     lines, start = [], 0  # start: where the unit's part begins in the joined file
     for r in parts:
-        lines.extend(f"{index}\t{start + off}\n" for index, off in r.extra["offsets"])
+        pairs = r.extra["offsets"]  # [index, offset in the part]
+        indexes, offsets = map(_INDEX, pairs), map(start.__add__, map(_OFFSET, pairs))
+        lines.extend(map(_IDX_LINE.__mod__, zip(indexes, offsets, strict=True)))
         start += _parts_size([r])
     return "".join(lines)
 
 
 def _lst_text(plan: Plan, parts: list[UnitResult]) -> str:
+    """The .lst of the split's units: a line per item, in unit order, but those left out."""
     # Skipped images are keyed per split: a val folder source may reuse a train file name.
     skipped = {(s["synset"], s["name"]) for r in parts for s in r.skipped}
-    return "".join(
-        lst_line(item.index, float(item.label), f"{item.synset}/{item.name}")
-        for r in parts
-        for item in plan.load_items(r.unit)
-        if (item.synset, item.name) not in skipped
-    )
+    lines: list[str] = []
+    for r in parts:
+        columns = plan.unit_item_columns(r.unit)
+        synsets, names = columns[0], columns[1]
+        rows = zip(map(int, columns[7]), map(int, columns[6]), synsets, names, strict=True)
+        if skipped:
+            kept = [(s, n) not in skipped for s, n in zip(synsets, names, strict=True)]
+            rows = itertools.compress(rows, kept)  # type: ignore[assignment]
+        lines.extend(map(_LST_LINE.__mod__, rows))
+    return "".join(lines)
 
 
 def _joined_crc(parts: list[UnitResult]) -> str | None:
@@ -307,20 +331,19 @@ def check_class_folders(split: str, catalog: SplitCatalog, classes: list[str]) -
     would shift every later label (and one missing from val would make val's labels disagree with
     train's). A folder source laid out by class is checked for class folders without images.
     """
-    present = {r.synset for r in catalog.images}
+    present = set(map(_SYNSET, catalog.images))
     for src, source in enumerate(catalog.sources):
-        members = [r.member for r in catalog.images if r.src == src]
-        if source.kind != DIR or not all("/" in m for m in members) or is_object_uri(source.path):
-            # a tar, or a flat validation folder: no class folders to check; a bucket has no empty
-            # folders (a prefix exists only through the objects below it)
-            continue
+        if source.kind != DIR or is_object_uri(source.path):
+            continue  # a tar has no class folders; a bucket has no empty ones (a prefix exists only through its objects)
+        if not all("/" in r.member for r in catalog.images if r.src == src):
+            continue  # a flat validation folder: no class folders to check
         for entry in sorted(os.scandir(source.path), key=lambda e: e.name):
             if entry.is_dir() and not entry.name.startswith(".") and entry.name not in present:
                 raise PrepError(
                     f"{entry.path}: class folder holds no images (.JPEG/.jpg/.png); im2rec would skip it "
                     "and number the later classes differently; remove it or add its images"
                 )
-    missing = sorted(set(classes) - set(catalog.synsets))
+    missing = sorted(set(classes) - present)
     if missing:
         raise PrepError(
             f"{catalog.sources[0].path}: the {split} split has no images of class {missing[0]}"

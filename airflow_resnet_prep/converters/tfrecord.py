@@ -20,6 +20,8 @@ import contextlib
 import random
 import re
 from collections.abc import Iterator
+from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_resnet_prep.catalog.model import ImageReader, SplitCatalog
@@ -34,6 +36,7 @@ from airflow_resnet_prep.converters.base import (
     check_on_bad_image,
     read_or_report,
     record_source_reads,
+    work_items,
 )
 from airflow_resnet_prep.converters.decodecheck import decode_check_param, make_decoder, prepare_decoder
 from airflow_resnet_prep.errors import BadImageError, PrepError
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from airflow_resnet_prep.formats.tfdecode import JpegDecoder
 
 SHARD_PREFIX = {"train": "train", "val": "validation"}
+_SYNSET, _NAME = itemgetter(0), itemgetter(1)  # of an ImageRef
 # %05d prints more digits past 99,999 shards.
 _OUTPUT_NAME = re.compile(r"(train|validation)-\d{5,}-of-\d{5,}(\.idx)?")
 # Units hold whole shards; a unit of about this many images keeps the number of units (and of Airflow
@@ -123,23 +127,25 @@ class TFRecordConverter(Converter):
         if split == "train":
             random.Random(self.params["shuffle_seed"]).shuffle(refs)
         else:
-            refs.sort(key=lambda r: r.name)
+            refs.sort(key=_NAME)
         if len(refs) < shards:
             raise PrepError(
                 f"{split}: {len(refs):,} images cannot fill {shards:,} shards without empty ones; "
                 f"lower {'train_shards' if split == 'train' else 'val_shards'}"
             )
         label_of = {synset: i + self.first_label for i, synset in enumerate(classes)}
+        labels = list(map(label_of.__getitem__, map(_SYNSET, refs)))
         bounds = [len(refs) * i // shards for i in range(shards + 1)]
         per_unit = max(1, min(round(UNIT_IMAGES / (len(refs) / shards)), shards // MIN_UNITS))
         units = []
         for first in range(0, shards, per_unit):
             last = min(first + per_unit, shards)
-            items = [
-                WorkItem(*refs[pos], label_of[refs[pos].synset], pos, shard - first)
-                for shard in range(first, last)
-                for pos in range(bounds[shard], bounds[shard + 1])
-            ]
+            items: list[WorkItem] = []
+            for shard in range(first, last):
+                start, end = bounds[shard], bounds[shard + 1]
+                items += work_items(
+                    refs[start:end], labels[start:end], range(start, end), repeat(shard - first)
+                )
             outputs = [self.shard_name(split, s, shards) for s in range(first, last)]
             units.append(UnitSpec(split, outputs, items))
         return units

@@ -13,10 +13,12 @@ ones by one 512-byte read per header. A local file keeps one seek and 512-byte r
 
 from __future__ import annotations
 
+import functools
 import os
 import tarfile
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
+from zlib import adler32
 
 from airflow_resnet_prep.errors import SourceError, UnsafeArchiveError
 from airflow_resnet_prep.storage.rangefile import window
@@ -30,6 +32,8 @@ class TarMember(NamedTuple):
 
 def check_member_name(archive: str, name: str) -> str:
     """Return the normalised member path, or raise if it could land outside the extraction target."""
+    if "/" not in name and name not in ("", ".", "..") and "\x00" not in name and name[1:2] != ":":
+        return name  # a plain file name (the usual case): as the checks below would return it
     if not name or "\x00" in name:
         raise UnsafeArchiveError(
             f"{archive}: a member has an empty name or one holding a NUL byte; refusing it"
@@ -87,29 +91,42 @@ def _octal(field: bytes) -> int | None:
 
 def _fast_index(fh: BinaryIO, archive: str, start: int, total: int) -> list[TarMember] | None:
     """The archive's regular files from its raw headers, or None when a header is anything but plain
-    and valid (tarfile then reads the archive, and reports damage)."""
+    and valid (tarfile then reads the archive, and reports damage).
+
+    This loop runs once per member (1.3 M for ImageNet): it keeps to operations done in C."""
     members: list[TarMember] = []
     ahead = _ReadAhead(fh, start, total, members) if getattr(fh, "costly_reads", False) else None
+    # A RangeFile's positioned read (a local file's pread through its store) spares a seek per header.
+    read_at = getattr(fh, "read_at", None) if ahead is None else None
     pos = 0
     while pos + _BLOCK <= total:
-        if ahead is None:  # a local file: a seek and a 512-byte read (the page cache does the rest)
+        if ahead is not None:
+            block = ahead.header(pos)
+        elif read_at is not None:  # a local file: one 512-byte read (the page cache does the rest)
+            block = read_at(start + pos, _BLOCK)
+        else:
             fh.seek(start + pos)
             block = fh.read(_BLOCK)
-        else:
-            block = ahead.header(pos)
         if block == _ZERO_BLOCK:
             return members
         if len(block) < _BLOCK:
             return None
-        stored, size = _octal(block[148:156]), _octal(block[124:136])
-        if stored != sum(block) - sum(block[148:156]) + 8 * 32 or size is None:
+        try:  # the usual fields: octal digits ending with a NUL (or spaces), see _octal
+            size = int(block[124:136].partition(b"\0")[0], 8)
+            stored = int(block[148:156].partition(b"\0")[0], 8)
+        except ValueError:
+            size, stored = _octal(block[124:136]), _octal(block[148:156])  # type: ignore[assignment]
+        # The checksum sums the header's bytes, its own field read as spaces. Adler-32's low 16 bits hold
+        # 1 + the byte sum modulo 65,521: exact over 256 bytes (at most 65,280), and computed in C.
+        byte_sum = (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
+        if stored != byte_sum - sum(block[148:156]) + 8 * 32 or size is None:
             return None
         kind = block[156:157]
         if kind not in _PLAIN_TYPES:
             return None
-        name = block[0:100].split(b"\0", 1)[0]
+        name = block[0:100].partition(b"\0")[0]
         if block[257:263] == b"ustar\0" and block[345] != 0:  # POSIX ustar: name = prefix/name
-            name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+            name = block[345:500].partition(b"\0")[0] + b"/" + name
         text = name.decode("utf-8", "surrogateescape")
         if kind == b"\0" and text.endswith("/"):
             kind = b"5"
@@ -129,10 +146,14 @@ def _fast_index(fh: BinaryIO, archive: str, start: int, total: int) -> list[TarM
                     f"{archive}: truncated: member {text!r} needs {size} bytes at offset "
                     f"{start + data}, the archive ends first"
                 )
-            members.append(TarMember(path, start + data, size))
+            members.append(_new_member((path, start + data, size)))
         pos = data + (size if kind in _FILE_TYPES else 0)
         pos += -pos % _BLOCK
     return None  # no end-of-archive marker: let tarfile find out what is wrong
+
+
+# A TarMember made in C (the class's own __new__ is a Python function: a call per member).
+_new_member = functools.partial(tuple.__new__, TarMember)
 
 
 # Read-ahead for a tar in a bucket. A request costs milliseconds of latency and CPU (client and server)

@@ -24,7 +24,9 @@ class RangeFile(io.RawIOBase):
     """
 
     def __init__(self, read_at: Callable[[int, int], bytes], size: int, costly_reads: bool = True) -> None:
-        self._read_at, self._size, self._pos = read_at, size, 0
+        self._size, self._pos = size, 0
+        #: the positioned read itself, for a caller that knows its offsets (no seek, no position kept)
+        self.read_at = read_at
         self.costly_reads = costly_reads
 
     def readable(self) -> bool:
@@ -45,7 +47,7 @@ class RangeFile(io.RawIOBase):
         end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
         if end <= self._pos:
             return b""
-        data = self._read_at(self._pos, end - self._pos)
+        data = self.read_at(self._pos, end - self._pos)
         self._pos += len(data)
         return data
 

@@ -657,3 +657,33 @@ def test_negative_resize_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"resize must be 0 .* got -1"):
         run_nvidia(tmp_path / "data", train, val, resize=-1)
     assert not (tmp_path / "data" / "recordio").exists()
+
+
+def test_units_hold_enough_records_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each unit but a split's last ends at the first image that gives it both UNIT_RECORDS images and
+    min_unit_bytes (a bucket's smallest piece); together they hold the listing, in order."""
+    from airflow_resnet_prep.catalog.model import ImageRef, Source, SplitCatalog
+
+    monkeypatch.setattr(recordio, "UNIT_RECORDS", 7)
+    rng = random.Random(5)
+    synsets = [f"n{c:08d}" for c in range(3)]
+    images = [
+        ImageRef(s, f"{s}_{i}.JPEG", 0, 512 * i, rng.choice([0, 1, 10, 100, 1000]), f"{s}/{s}_{i}.JPEG")
+        for s in synsets
+        for i in range(40)
+    ]
+    catalog = SplitCatalog("train", [Source("tar", "/x.tar")], images)
+    listing = recordio.list_split(catalog)
+    unsorted = SplitCatalog("train", catalog.sources, rng.sample(images, len(images)))
+    assert recordio.list_split(unsorted) == listing  # the walk's order, whatever the catalog's
+    for min_bytes in (0, 1, 500, 3000, 10**9):
+        converter = RecordIOConverter()
+        converter.min_unit_bytes = min_bytes
+        units = converter.plan_split("train", catalog, synsets)
+        assert [u.outputs for u in units] == [[f"train.{n:05d}.rec"] for n in range(len(units))]
+        items = [item for u in units for item in u.items]
+        assert [(i.index, i.ref, i.label, i.output) for i in items] == [(*x, 0) for x in listing]
+        for unit in units[:-1]:
+            sizes = [i.size for i in unit.items]
+            assert len(sizes) >= 7 and sum(sizes) >= min_bytes
+            assert len(sizes) == 7 or sum(sizes[:-1]) < min_bytes  # not one image later than needed

@@ -39,3 +39,58 @@ def test_header_reader_agrees_with_tarfile(sample, tmp_path):
         fast, slow = both(path)
         assert slow[0].path == f"{long_dir}/x.JPEG"
         assert (fast == slow) if handled else fast is None
+
+
+def _header_fields(tar: bytes, **fields: bytes) -> bytes:
+    """``tar`` with its first header's fields replaced (name: offset) and its checksum made right again."""
+    at = {"name": 0, "size": 124, "linkname": 157, "uname": 265, "gname": 297, "pad": 500}
+    header = bytearray(tar[:512])
+    for name, value in fields.items():
+        header[at[name] : at[name] + len(value)] = value
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + tar[512:]
+
+
+def test_header_reader_checks_what_tarfile_checks(tmp_path):
+    """Through a store's positioned reads as through a file: the same members as tarfile for headers
+    whose bytes sum high (the checksum is summed 256 bytes at a time), fields in other spellings
+    (base-256, space-terminated, no terminator), and no member from a header whose checksum is wrong."""
+    import functools
+    import io
+
+    from airflow_resnet_prep.sources import tarindex
+    from airflow_resnet_prep.storage import LocalStore
+    from airflow_resnet_prep.storage.rangefile import RangeFile
+
+    def tar_of(name: str, data: bytes) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            _file(tar, name, data)
+        return buf.getvalue()
+
+    data = b"\xff\xd8" + bytes(range(256)) * 3 + b"\xff\xd9"
+    plain = tar_of("x.JPEG", data)
+    high = tar_of("\u00ff" * 47 + ".JPEG", data)  # a name of 94 bytes 0xc3 0xbf
+    cases = {
+        "plain": plain,
+        "high bytes": _header_fields(  # each half of the header sums to over 40,000
+            high, linkname=b"\xff" * 100, uname=b"\xfe" * 32, gname=b"\xfd" * 32, pad=b"\xff" * 12
+        ),
+        "base-256 size": _header_fields(plain, size=b"\x80" + len(data).to_bytes(11, "big")),
+        "space-ended size": _header_fields(plain, size=b"%011o " % len(data)),
+        "12-digit size": _header_fields(plain, size=b"%012o" % len(data)),
+    }
+    for case, blob in cases.items():
+        path = tmp_path / "t.tar"
+        path.write_bytes(blob)
+        store = LocalStore(path)
+        ranged = RangeFile(functools.partial(store.read_range, ""), len(blob), costly_reads=False)
+        with open(path, "rb") as fh:
+            slow = list(tarindex._tarfile_index(fh, case, 0, len(blob)))
+            assert tarindex._fast_index(fh, case, 0, len(blob)) == slow, case
+        assert tarindex._fast_index(ranged, case, 0, len(blob)) == slow and len(slow) == 1, case
+        store.close()
+    wrong = bytearray(plain)
+    wrong[0] ^= 1  # the name changed, the checksum not: tarfile is left to report the damage
+    assert tarindex._fast_index(io.BytesIO(bytes(wrong)), "wrong", 0, len(wrong)) is None  # type: ignore[arg-type]
