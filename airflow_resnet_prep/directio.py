@@ -1,19 +1,18 @@
-"""Writing large outputs around the page cache (``O_DIRECT``), where the file system allows it.
+"""Writing a large output around the page cache (``O_DIRECT``), where the file system allows it.
 
-On the benchmark machine a buffered write of an output cost more CPU than everything else the
-``nvidia`` converter does per byte but framing: the copy into the page cache, then the writeback and
-the dropping of its pages (which :class:`~airflow_resnet_prep.fsutil.EarlyWriteback` starts in the
-writing process so that the output does not fill the cache). A direct write hands the disk the
+The ``nvidia`` one-machine path writes each split's ``.rec`` from several processes, run by run. On the
+benchmark machine a buffered write of it cost more CPU than anything the converter does per byte but
+framing: the copy into the page cache, then the writeback and the dropping of its pages (started in
+the writing process so that the output does not fill the cache). A direct write hands the disk the
 process's own page-aligned buffer: about a tenth of that system time, for one copy into the buffer in
-user space (docs/performance.md). Outputs are written once and read by other programs, so the page cache
-gains nothing from holding them.
+user space (docs/performance.md). The output is written once and read by other programs, so the page
+cache gains nothing from holding it.
 
-Direct writes must start, end and sit in memory on 4 KiB boundaries. A file's whole pages are written
-directly; the bytes of a page that two writes share (a run that starts where another ended, the last
-partial page of a file) are *edges*, written buffered once every direct write of the file is done,
-so that a cached page never meets a direct write of the same page. A file system that refuses
-``O_DIRECT`` (on open, or on the first write: some FUSE and network file systems) gets buffered
-writes throughout.
+Direct writes must start, end and sit in memory on 4 KiB boundaries. A run's whole pages are written
+directly; the bytes of a page that two runs share (a run starts where another ended; the file's last
+partial page) are *edges*, written buffered once every direct write of the file is done, so that a
+cached page never meets a direct write of the same page. A file system that refuses ``O_DIRECT`` (on
+open, or on the first write: some FUSE and network file systems) gets buffered writes throughout.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import errno
 import mmap
 import os
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 ALIGN = 4096
@@ -111,76 +109,6 @@ class DirectFile:
                 self._buffer.close()
             self._buffer = None
         os.close(self.fd)
-
-
-class DirectStream:
-    """A file-like writer (``write``, ``writelines``, ``tell``) of a :class:`DirectFile` from its start.
-
-    Bytes are gathered in one of two aligned buffers of ``chunk`` bytes; a full one is written directly
-    by a thread of its own while the caller fills the other (a direct write waits for the disk: the
-    wait then overlaps the caller's work). :meth:`finish` writes the rest, its last partial page
-    buffered; :meth:`close` (always) waits for the thread.
-    """
-
-    def __init__(self, file: DirectFile, chunk: int = 8 << 20) -> None:
-        self._file, self._chunk = file, chunk
-        self._buffers = [mmap.mmap(-1, chunk), mmap.mmap(-1, chunk)]  # page-aligned
-        self._buf = self._buffers[0]
-        self._used = 0  # bytes gathered in the current buffer
-        self._at = 0  # file offset of the current buffer's first byte (a multiple of ALIGN)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="direct-writer")
-        self._pending: Future[None] | None = None
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        n, done = len(view), 0
-        while done < n:
-            take = min(n - done, self._chunk - self._used)
-            self._buf[self._used : self._used + take] = view[done : done + take]
-            self._used += take
-            done += take
-            if self._used == self._chunk:
-                self._wait()
-                self._pending = self._thread.submit(self._write, self._buf, self._chunk, self._at)
-                self._buf = self._buffers[1] if self._buf is self._buffers[0] else self._buffers[0]
-                self._at += self._chunk
-                self._used = 0
-        return n
-
-    def writelines(self, buffers: Any) -> None:
-        for b in buffers:
-            self.write(b)
-
-    def tell(self) -> int:
-        return self._at + self._used
-
-    def _write(self, buf: mmap.mmap, size: int, offset: int) -> None:
-        # Views are left to the garbage collector (see DirectFile.write_run).
-        view = memoryview(buf)[:size]
-        if not (self._file.direct and self._file.write_direct(view, offset)):
-            pwrite_all(self._file.fd, [view], offset)
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def finish(self) -> None:
-        """Write what is gathered: its whole pages directly, the last partial page buffered."""
-        self._wait()
-        whole = self._used // ALIGN * ALIGN
-        if whole:
-            self._write(self._buf, whole, self._at)
-        if self._used > whole:
-            pwrite_all(self._file.fd, [memoryview(self._buf)[whole : self._used]], self._at + whole)
-        self._at += self._used
-        self._used = 0
-
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
-        for buf in self._buffers:
-            with contextlib.suppress(BufferError):  # see DirectFile.close
-                buf.close()
 
 
 def pwrite_all(fd: int, pending: list[memoryview], offset: int) -> None:

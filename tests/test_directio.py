@@ -1,5 +1,5 @@
-"""Large outputs written around the page cache where the file system allows it: runs at their offsets
-(the one-machine nvidia path) with the pages they share written last, and whole files as streams."""
+"""A large output written around the page cache where the file system allows it: runs at their
+offsets (the one-machine nvidia path), the pages they share written last."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_resnet_prep.directio import DirectFile, DirectStream
+from airflow_resnet_prep.directio import DirectFile
 from airflow_resnet_prep.fsutil import durable_writer
 
 
@@ -88,26 +88,6 @@ def test_a_file_system_without_direct_io_gets_buffered_writes(
     out = _write(tmp_path / "split.rec", runs, 3)
     assert out.direct_bytes == 0
     assert (tmp_path / "split.rec").read_bytes() == b"".join(b for run in runs for b in run)
-
-
-@pytest.mark.parametrize("chunk", [4096, 3 * 4096, 1 << 20])
-def test_a_stream_writes_the_file_whole(tmp_path: Path, chunk: int) -> None:
-    pieces = [b for run in _runs(4) for b in run]
-    out = DirectFile(tmp_path / "shard")
-    try:
-        stream = DirectStream(out, chunk)
-        for i, piece in enumerate(pieces):
-            if i % 2:
-                stream.write(memoryview(piece))
-            else:
-                stream.writelines([piece])
-        assert stream.tell() == sum(map(len, pieces))
-        stream.finish()
-    finally:
-        stream.close()
-        out.close()
-    assert (tmp_path / "shard").read_bytes() == b"".join(pieces)
-    assert (out.direct_bytes > 0) == _direct_io_works(tmp_path)
 
 
 def test_durable_writer_leaves_a_whole_file_or_none(tmp_path: Path) -> None:
