@@ -22,10 +22,20 @@ import errno
 import mmap
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 ALIGN = 4096
 Edge = tuple[int, bytes]  # (file offset, bytes) written buffered at the end
+
+
+class Staged(NamedTuple):
+    """A run copied into the aligned buffer (:meth:`DirectFile.stage`)."""
+
+    offset: int  # where the run starts in the file
+    size: int
+    skew: int  # where it starts in the buffer: offset % ALIGN
+    first: int  # its whole pages: [first, last) of the file
+    last: int
 
 
 class DirectFile:
@@ -72,10 +82,11 @@ class DirectFile:
         self.direct_bytes += len(view)
         return True
 
-    def write_run(self, buffers: Sequence[Any], offset: int, size: int) -> list[Edge] | None:
-        """Write the ``size`` bytes of ``buffers`` at ``offset``: its whole pages directly, returning
-        its edges; None when it was not written (direct writes refused, or the run holds no whole
-        page): the caller writes it buffered."""
+    def stage(self, buffers: Sequence[Any], offset: int, size: int) -> Staged | None:
+        """Copy the ``size`` bytes of ``buffers``, bound for ``offset``, into this process's aligned
+        buffer for :meth:`write_staged` (so the caller may let them go); None when the run cannot be
+        written directly (direct writes refused, or it holds no whole page): the caller writes it
+        buffered. The buffer holds one run: stage the next once this one is written."""
         first, last = -(-offset // ALIGN) * ALIGN, (offset + size) // ALIGN * ALIGN
         if self._direct is None or last <= first:
             return None
@@ -85,11 +96,19 @@ class DirectFile:
         for b in buffers:
             buf[at : at + len(b)] = b
             at += len(b)
+        return Staged(offset, size, skew, first, last)
+
+    def write_staged(self, run: Staged) -> list[Edge]:
+        """Write the staged ``run``: its whole pages directly, its edges returned for the end; the whole
+        run buffered (no edges) when the file system refuses the first direct write."""
+        offset, size, skew, first, last = run
+        assert self._buffer is not None
         # Views are left to the garbage collector: one released while an error's traceback still
         # holds a slice of it would replace that error (a full disk) with a BufferError.
-        view = memoryview(buf)
+        view = memoryview(self._buffer)
         if not self.write_direct(view[first - offset + skew : last - offset + skew], first):
-            return None
+            pwrite_all(self.fd, [view[skew : skew + size]], offset)
+            return []
         edges = [(offset, bytes(view[skew : first - offset + skew]))] if first > offset else []
         if last < offset + size:
             edges.append((last, bytes(view[last - offset + skew : skew + size])))

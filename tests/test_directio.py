@@ -40,11 +40,11 @@ def _write(path: Path, runs: list[list[bytes]], seed: int) -> DirectFile:
         edges = []
         for i in order:
             size = sum(map(len, runs[i]))
-            run_edges = out.write_run(runs[i], offsets[i], size)
-            if run_edges is None:  # no whole page in it, or no direct writes here: the caller writes it
+            staged = out.stage(runs[i], offsets[i], size)
+            if staged is None:  # no whole page in it, or no direct writes here: the caller writes it
                 os.pwritev(out.fd, runs[i], offsets[i])
-                run_edges = []
-            edges += run_edges
+            else:
+                edges += out.write_staged(staged)
         out.write_edges(edges)
         os.fsync(out.fd)
     finally:
@@ -87,6 +87,36 @@ def test_a_file_system_without_direct_io_gets_buffered_writes(
     runs = _runs(3)
     out = _write(tmp_path / "split.rec", runs, 3)
     assert out.direct_bytes == 0
+    assert (tmp_path / "split.rec").read_bytes() == b"".join(b for run in runs for b in run)
+
+
+def test_a_file_system_refusing_the_first_direct_write_gets_the_run_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some FUSE file systems open with O_DIRECT, then refuse the write with EINVAL: the staged run
+    # (its records already let go) is written buffered from the aligned buffer, and so is the rest.
+    real_open, real_pwritev = os.open, os.pwritev
+    direct_fds: set[int] = set()
+    refused: list[int] = []
+
+    def open_(path, flags, *args):  # type: ignore[no-untyped-def]
+        fd = real_open(path, flags, *args)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def pwritev(fd, buffers, offset):  # type: ignore[no-untyped-def]
+        if fd in direct_fds:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    runs = _runs(4)
+    out = _write(tmp_path / "split.rec", runs, 4)
+    assert out.direct_bytes == 0
+    assert len(refused) == int(_direct_io_works(tmp_path))  # refused once, then never tried again
     assert (tmp_path / "split.rec").read_bytes() == b"".join(b for run in runs for b in run)
 
 

@@ -166,29 +166,26 @@ def _pwrite_all(fd: int, buffers: list, offset: int) -> None:
     os.posix_fadvise(fd, low, offset - low, os.POSIX_FADV_DONTNEED)
 
 
-def _write_run(out: DirectFile, buffers: list, offset: int, size: int) -> list[Edge]:
-    """A run's whole pages written around the page cache (its edges returned, for the end), or the
-    whole run buffered where the file system refuses that (:mod:`..directio`)."""
-    edges = out.write_run(buffers, offset, size)
-    if edges is None:
-        _pwrite_all(out.fd, buffers, offset)
-        return []
-    return edges
-
-
 class _WriteBehind:
     """Writes each run in a thread of its own while the process frames the next one: a direct write
-    waits for the disk, and the wait then overlaps the framing. One run is in flight at a time, so a
-    process holds about two runs. :meth:`write` returns the run written before (``tag``, edges)."""
+    waits for the disk, and the wait then overlaps the framing. One run is in flight at a time, copied
+    into the aligned buffer before it leaves (:meth:`.DirectFile.stage`), so a process holds about two
+    runs' bytes. :meth:`write` returns the run written before (``tag``, edges)."""
 
     def __init__(self, out: DirectFile) -> None:
         self._out = out
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="rec-writer")
-        self._pending: tuple[Any, Future[list[Edge]]] | None = None
+        self._pending: tuple[Any, Future[list[Edge] | None]] | None = None
 
     def write(self, buffers: list, offset: int, size: int, tag: Any) -> tuple[Any, list[Edge]] | None:
+        """Start writing a run; the caller lets go of ``buffers`` (once staged, they are not needed)."""
         done = self.wait()
-        self._pending = (tag, self._thread.submit(_write_run, self._out, buffers, offset, size))
+        staged = self._out.stage(buffers, offset, size)
+        if staged is None:  # written through the page cache (see _pwrite_all)
+            future = self._thread.submit(_pwrite_all, self._out.fd, buffers, offset)
+        else:
+            future = self._thread.submit(self._out.write_staged, staged)
+        self._pending = (tag, future)
         return done
 
     def wait(self) -> tuple[Any, list[Edge]] | None:
@@ -197,7 +194,7 @@ class _WriteBehind:
             return None
         tag, future = self._pending
         self._pending = None
-        return tag, future.result()
+        return tag, future.result() or []
 
     def __enter__(self) -> _WriteBehind:
         return self
@@ -226,6 +223,7 @@ def _run_in_process(
             framed, buffers = frame(reader, chunk)
             framed.seconds = time.monotonic() - started
             written(behind.write(buffers, offset, framed.size, (framed, len(chunk.items))))
+            del buffers  # staged: the next run is framed without this one's records
             offset += framed.size
             if index == half:
                 failpoint("unit-half")
@@ -284,6 +282,7 @@ def _run_in_pool(
                         cond.wait_for(lambda i=index: frontier.value >= i)
                         start = starts[index]
                     report(behind.write(buffers, start, framed.size, (index, framed)))
+                    del buffers  # staged: the next run is framed without this one's records
                     if index == n // 2:
                         failpoint("unit-half")
                 report(behind.wait())
