@@ -88,22 +88,32 @@ def atomic_path(path: str | os.PathLike[str], sync: bool = True) -> Iterator[Pat
             tmp.unlink()
 
 
+# How far back each writeback call reaches: pages written back by then are dropped from the cache.
+WRITEBACK_WINDOW = 64 << 20
+
+
 class EarlyWriteback:
     """Starts the writeback of a file being written, so its final fsync has little left to wait for.
 
     ``POSIX_FADV_DONTNEED`` makes Linux begin writing the file's dirty pages without waiting for them
     (and drop clean ones from the cache, which an output does not need); the disk then works while
-    the CPU produces the next records instead of all at once at the end.
+    the CPU produces the next records instead of all at once at the end. Each call covers what was
+    written since the last one and :data:`WRITEBACK_WINDOW` before it (whose pages were still being
+    written back then), not the whole file: the call's cost grows with the range it covers.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
         self.fd: int | None = None
+        self._started = 0  # bytes whose writeback has been started
 
-    def start(self) -> None:
+    def start(self, written: int) -> None:
+        """Start the writeback of the file's first ``written`` bytes (all of them flushed)."""
         if self.fd is None:
             self.fd = os.open(self.path, os.O_RDONLY)
-        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        low = max(0, self._started - WRITEBACK_WINDOW)
+        os.posix_fadvise(self.fd, low, written - low, os.POSIX_FADV_DONTNEED)
+        self._started = written
 
     def __enter__(self) -> EarlyWriteback:
         return self
@@ -123,20 +133,32 @@ def durable_writer(
     and the output does not fill the page cache. (Written around the page cache instead, with
     :mod:`.directio`'s buffers and a writer thread, shards took 20 % more wall time for the same CPU:
     docs/performance.md.)"""
-    with atomic_path(path) as tmp, open(tmp, "wb", buffering=buffering) as fh, EarlyWriteback(tmp) as wb:
+    with atomic_path(path) as tmp, written_back(tmp, buffering, writeback_bytes) as fh:
+        yield fh
+
+
+@contextlib.contextmanager
+def written_back(
+    path: str | os.PathLike[str], buffering: int = 1 << 20, writeback_bytes: int = 16 << 20
+) -> Iterator[BinaryIO]:
+    """``path`` opened for writing, its writeback started every ``writeback_bytes``
+    (:class:`EarlyWriteback`): a large file that does not pile up in the page cache."""
+    with open(path, "wb", buffering=buffering) as fh, EarlyWriteback(path) as wb:
         yield _WritebackFile(fh, wb, writeback_bytes)  # type: ignore[misc]
 
 
 class _WritebackFile:
     def __init__(self, fh: BinaryIO, writeback: EarlyWriteback, every: int) -> None:
-        self._fh, self._writeback, self._every, self._pending = fh, writeback, every, 0
+        self._fh, self._writeback, self._every = fh, writeback, every
+        self._written = self._pending = 0
 
     def write(self, data: Any) -> int:
         n = self._fh.write(data)
         self._pending += n
         if self._pending >= self._every:
             self._fh.flush()
-            self._writeback.start()
+            self._written += self._pending
+            self._writeback.start(self._written)
             self._pending = 0
         return n
 

@@ -41,11 +41,8 @@ from airflow_resnet_prep.converters.recordio_frame import (
 from airflow_resnet_prep.directio import DirectFile, Edge, pwrite_all
 from airflow_resnet_prep.errors import OutputConflictError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
-from airflow_resnet_prep.fsutil import disk_full_as_error, fsync_dir, tmp_name
+from airflow_resnet_prep.fsutil import WRITEBACK_WINDOW, disk_full_as_error, fsync_dir, tmp_name
 from airflow_resnet_prep.progress import Progress
-
-# How far back each write drops the output's pages: a few runs, written back since they were written.
-WRITEBACK_WINDOW = 64 << 20
 
 
 @dataclass

@@ -28,6 +28,7 @@ from airflow_resnet_prep.fsutil import (
     fsync_dir,
     remove_stale_tmp,
     tmp_name,
+    written_back,
 )
 from airflow_resnet_prep.storage.base import (
     Assembly,
@@ -270,7 +271,7 @@ class LocalAssembly(Assembly):
         path: Path = self.store._path(self.piece_key(number))  # type: ignore[attr-defined]
         path.parent.mkdir(parents=True, exist_ok=True)
         # No fsync: complete checks every piece's size and syncs the joined file.
-        with atomic_path(path, sync=False) as tmp, open(tmp, "wb") as fh:
+        with atomic_path(path, sync=False) as tmp, written_back(tmp) as fh:
             sink = PieceSink(number, fh, self.where)  # type: ignore[arg-type]
             yield sink
         sink._part = Part(number, "", sink.size)
