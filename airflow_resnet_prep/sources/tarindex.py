@@ -80,6 +80,8 @@ _PLAIN_TYPES = {*_FILE_TYPES, b"5", b"1", b"2", b"3", b"4", b"6"}
 
 
 def _octal(field: bytes) -> int | None:
+    if field[:1] == b"\xff":  # GNU base-256, negative: no size is (tarfile reports it)
+        return None
     if field[:1] and field[0] & 0x80:  # GNU base-256 for large numbers
         return int.from_bytes(field[1:], "big")
     digits = field.split(b"\0", 1)[0].strip(b" ")
@@ -119,8 +121,8 @@ def _fast_index(fh: BinaryIO, archive: str, start: int, total: int) -> list[TarM
         # The checksum sums the header's bytes, its own field read as spaces. Adler-32's low 16 bits hold
         # 1 + the byte sum modulo 65,521: exact over 256 bytes (at most 65,280), and computed in C.
         byte_sum = (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
-        if stored != byte_sum - sum(block[148:156]) + 8 * 32 or size is None:
-            return None
+        if stored != byte_sum - sum(block[148:156]) + 8 * 32 or size is None or size < 0:
+            return None  # a negative size ("-5" reads as octal too) is tarfile's to report
         kind = block[156:157]
         if kind not in _PLAIN_TYPES:
             return None
@@ -240,6 +242,11 @@ def _tarfile_index(fh: BinaryIO, archive: str, start: int, total: int) -> Iterat
                 if not info.isfile():
                     raise UnsafeArchiveError(
                         f"{archive}: member {info.name!r} has unsupported type {info.type!r}"
+                    )
+                if info.size < 0:
+                    raise SourceError(
+                        f"{archive}: corrupt tar archive: member {info.name!r} has a negative size "
+                        f"({info.size}) in its header at offset {start + info.offset}"
                     )
                 if info.offset_data + info.size > total:
                     raise SourceError(

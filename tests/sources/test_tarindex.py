@@ -94,3 +94,23 @@ def test_header_reader_checks_what_tarfile_checks(tmp_path):
     wrong = bytearray(plain)
     wrong[0] ^= 1  # the name changed, the checksum not: tarfile is left to report the damage
     assert tarindex._fast_index(io.BytesIO(bytes(wrong)), "wrong", 0, len(wrong)) is None  # type: ignore[arg-type]
+
+
+def test_a_negative_member_size_is_refused_naming_the_member(tmp_path):
+    """A size field that reads as a negative number (octal "-5", or GNU base-256 with its sign byte) is
+    damage, reported with the member's name, never a member of negative size."""
+    import io
+
+    import pytest
+
+    from airflow_resnet_prep.errors import SourceError
+    from airflow_resnet_prep.sources import tarindex
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        _file(tar, "n01440764_1.JPEG", b"\xff\xd8" + bytes(600) + b"\xff\xd9")
+    for case, size in (("octal", b"-5\0"), ("base-256", b"\xff" * 12)):
+        path = tmp_path / f"{case}.tar"
+        path.write_bytes(_header_fields(buf.getvalue(), size=size))
+        with open(path, "rb") as fh, pytest.raises(SourceError, match=r"n01440764_1\.JPEG.*negative size"):
+            list(tarindex.iter_tar(fh, str(path)))
