@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the converters against the physical limit of this machine (issue 6).
+"""Benchmark the converters against the physical limit of this machine.
 
 ``python -m benchmarks.bench --images N --json PATH`` (``make bench``) does, with the standard library and
 the package only:
@@ -797,7 +797,7 @@ def measure_table(
                 "cpu_s_per_1k_images": round(
                     statistics.median(r["cpu_s"] for r in rs) / sample.images * 1000, 3
                 ),
-                # per GB of images: the unit a submitter sizes a 140 GB job in (issue 20's rows)
+                # per GB of images: the unit a submitter sizes a 140 GB job in
                 "cpu_s_per_gb": round(
                     statistics.median(r["cpu_s"] for r in rs) / (sample.image_bytes / 1e9), 2
                 ),

