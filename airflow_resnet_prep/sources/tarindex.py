@@ -80,7 +80,7 @@ _PLAIN_TYPES = {*_FILE_TYPES, b"5", b"1", b"2", b"3", b"4", b"6"}
 
 
 def _octal(field: bytes) -> int | None:
-    if field[:1] == b"\xff":  # GNU base-256, negative: no size is (tarfile reports it)
+    if field[:1] == b"\xff":  # GNU base-256 for a negative number: never a valid field here (tarfile says so)
         return None
     if field[:1] and field[0] & 0x80:  # GNU base-256 for large numbers
         return int.from_bytes(field[1:], "big")
