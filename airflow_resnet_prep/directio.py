@@ -29,13 +29,15 @@ Edge = tuple[int, bytes]  # (file offset, bytes) written buffered at the end
 
 
 class Staged(NamedTuple):
-    """A run copied into the aligned buffer (:meth:`DirectFile.stage`)."""
+    """A run copied into the aligned buffer (:meth:`DirectFile.stage`), at ``offset % ALIGN`` in it."""
 
     offset: int  # where the run starts in the file
     size: int
-    skew: int  # where it starts in the buffer: offset % ALIGN
-    first: int  # its whole pages: [first, last) of the file
-    last: int
+
+
+def _whole_pages(offset: int, size: int) -> tuple[int, int]:
+    """The file range ``[first, last)`` of the whole pages of ``size`` bytes at ``offset``."""
+    return -(-offset // ALIGN) * ALIGN, (offset + size) // ALIGN * ALIGN
 
 
 class DirectFile:
@@ -87,7 +89,7 @@ class DirectFile:
         buffer for :meth:`write_staged` (so the caller may let them go); None when the run cannot be
         written directly (direct writes refused, or it holds no whole page): the caller writes it
         buffered. The buffer holds one run: stage the next once this one is written."""
-        first, last = -(-offset // ALIGN) * ALIGN, (offset + size) // ALIGN * ALIGN
+        first, last = _whole_pages(offset, size)
         if self._direct is None or last <= first:
             return None
         skew = offset % ALIGN  # memory and file share their alignment
@@ -96,12 +98,13 @@ class DirectFile:
         for b in buffers:
             buf[at : at + len(b)] = b
             at += len(b)
-        return Staged(offset, size, skew, first, last)
+        return Staged(offset, size)
 
     def write_staged(self, run: Staged) -> list[Edge]:
         """Write the staged ``run``: its whole pages directly, its edges returned for the end; the whole
         run buffered (no edges) when the file system refuses the first direct write."""
-        offset, size, skew, first, last = run
+        offset, size = run
+        (first, last), skew = _whole_pages(offset, size), offset % ALIGN
         assert self._buffer is not None
         # Views are left to the garbage collector: one released while an error's traceback still
         # holds a slice of it would replace that error (a full disk) with a BufferError.

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from airflow_resnet_prep.directio import DirectFile
-from airflow_resnet_prep.fsutil import durable_writer
 
 
 def _runs(seed: int) -> list[list[bytes]]:
@@ -118,14 +117,3 @@ def test_a_file_system_refusing_the_first_direct_write_gets_the_run_buffered(
     assert out.direct_bytes == 0
     assert len(refused) == int(_direct_io_works(tmp_path))  # refused once, then never tried again
     assert (tmp_path / "split.rec").read_bytes() == b"".join(b for run in runs for b in run)
-
-
-def test_durable_writer_leaves_a_whole_file_or_none(tmp_path: Path) -> None:
-    pieces = [b for run in _runs(5) for b in run]
-    with durable_writer(tmp_path / "out.tfrecord") as fh:
-        fh.writelines(pieces)
-    assert (tmp_path / "out.tfrecord").read_bytes() == b"".join(pieces)
-    with pytest.raises(RuntimeError), durable_writer(tmp_path / "broken.tfrecord") as fh:
-        fh.write(pieces[0])
-        raise RuntimeError("killed mid-file")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tfrecord"]
