@@ -188,10 +188,6 @@ class DataDir:
         digest = hashlib.sha256(self.address.encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / "airflow-resnet-prep" / digest / DOWNLOADS
 
-    def connection_env(self) -> dict[str, str]:
-        """What a worker process needs in its environment to reach this data_dir (see Store)."""
-        return self.store.connection_env()
-
     # -- the local view: the local path of each place of the layout (only for a data_dir on a disk) ----------
     root = _local("")
     downloads = _local(DOWNLOADS)

@@ -443,16 +443,15 @@ class ImageReader:
         self.close()
 
 
-def export_connections(sources: Iterable[Source]) -> None:
-    """Put the Airflow connections the sources need into this process's environment, so that worker
-    processes started from here reach the bucket on their own (:meth:`Store.connection_env`): a forked
-    worker must not ask the task's supervisor, a spawned one cannot. A no-op for local sources."""
+def connection_env(sources: Iterable[Source]) -> dict[str, str]:
+    """What a worker process needs in its environment to reach the sources in a bucket
+    (:meth:`Store.connection_env`): a forked worker must not ask the task's supervisor for a
+    connection, a spawned one cannot. Empty for local sources."""
+    env: dict[str, str] = {}
     for source in sources:
         store = shared_store(source.path)
-        if not store.conn_id or f"AIRFLOW_CONN_{store.conn_id.upper()}" in os.environ:
-            continue
         try:
-            os.environ.update(store.connection_env())
+            env.update(store.connection_env())
         except Exception as exc:  # reported where it matters: the first read names the URI and connection
             log.warning(
                 "%s: cannot pass the connection %r to worker processes (%s)",
@@ -460,3 +459,11 @@ def export_connections(sources: Iterable[Source]) -> None:
                 store.conn_id,
                 type(exc).__name__,
             )
+    return env
+
+
+def export_connections(sources: Iterable[Source]) -> None:
+    """Put :func:`connection_env` of the sources into this process's environment, for the worker
+    processes started from here; a connection already there is kept."""
+    for key, value in connection_env(sources).items():
+        os.environ.setdefault(key, value)

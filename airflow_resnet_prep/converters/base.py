@@ -36,11 +36,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from airflow_resnet_prep.catalog.model import ImageReader, ImageRef, Source, SplitCatalog, gc_paused
+from airflow_resnet_prep.catalog.model import (
+    DIR,
+    ImageReader,
+    ImageRef,
+    Source,
+    SplitCatalog,
+    connection_env,
+    gc_paused,
+)
 from airflow_resnet_prep.errors import BadImageError, OutputConflictError, PrepError
 from airflow_resnet_prep.formats.crc32c import to_hex
 from airflow_resnet_prep.layout import MANIFEST, DataDir, catalog_key, work_key
-from airflow_resnet_prep.sources.bucket import source_store
 
 log = logging.getLogger(__name__)
 
@@ -207,19 +214,8 @@ class Plan:
         """What a worker process needs in its environment to reach the data_dir and the sources in a
         bucket (:meth:`~airflow_resnet_prep.storage.Store.connection_env`): a forked worker must not ask
         the task's supervisor for a connection, a spawned one cannot."""
-        # A local store needs nothing: it gives an empty mapping.
-        stores = [self.data_dir.store] + [
-            source_store(s["path"]) for srcs in self.sources.values() for s in srcs
-        ]
-        env: dict[str, str] = {}
-        for store in stores:
-            try:
-                env.update(store.connection_env())
-            except Exception as exc:  # reported where it matters: the first read names the URI and connection
-                log.warning(
-                    "%s: cannot pass its connection to worker processes (%s)", store, type(exc).__name__
-                )
-        return env
+        data_dir = Source(DIR, self.data_dir.address)
+        return connection_env([data_dir, *(s for split in self.sources for s in self.split_sources(split))])
 
     def unit_items_key(self, unit_id: int) -> str:
         return f"{self.work_dir}/units/{unit_id:05d}.tsv"

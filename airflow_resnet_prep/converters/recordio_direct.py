@@ -38,11 +38,11 @@ from airflow_resnet_prep.converters.recordio_frame import (
     frame_run,
     unit_result,
 )
-from airflow_resnet_prep.directio import DirectFile, Edge, pwrite_all
 from airflow_resnet_prep.errors import OutputConflictError, PrepError
 from airflow_resnet_prep.failpoints import failpoint
 from airflow_resnet_prep.fsutil import WRITEBACK_WINDOW, disk_full_as_error, fsync_dir, tmp_name
 from airflow_resnet_prep.progress import Progress
+from airflow_resnet_prep.storage.directio import DirectFile, Edge, pwrite_all
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_resnet_prep.directio import DirectFile
+from airflow_resnet_prep.storage.directio import DirectFile
 
 
 def _runs(seed: int) -> list[list[bytes]]:
