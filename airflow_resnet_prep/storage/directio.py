@@ -55,10 +55,6 @@ class DirectFile:
         self._buffer: mmap.mmap | None = None  # made by the process that writes (after a fork)
         self.direct_bytes = 0  # written around the page cache by this process
 
-    @property
-    def direct(self) -> bool:
-        return self._direct is not None
-
     def buffer(self, size: int) -> mmap.mmap:
         """This process's page-aligned buffer of at least ``size`` bytes (its content is not kept)."""
         if self._buffer is None or len(self._buffer) < size:
